@@ -1,0 +1,406 @@
+"""Fields and engine plumbing shared by `LlamaCpp`, `ChatLlamaCpp` and `LlamaCppEmbeddings`.
+
+The field names and meanings follow `langchain_community`'s llama.cpp classes so that their
+documentation works with only the import changed; defaults differ where theirs were wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from langchain_llamacpp import _engine, _native
+from langchain_llamacpp.grammars import resolve_grammar_path
+
+# Per-call keyword arguments accepted by invoke/stream/generate (besides `stop`).
+CALL_OPTIONS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "typical_p",
+        "repeat_penalty",
+        "last_n_tokens_size",
+        "frequency_penalty",
+        "presence_penalty",
+        "mirostat_mode",
+        "mirostat_tau",
+        "mirostat_eta",
+        "seed",
+        "max_tokens",
+        "logprobs",
+        "logit_bias",
+        "grammar",
+        "grammar_path",
+        "echo",
+        "suffix",
+    }
+)
+
+_SAMPLING_KWARGS = frozenset(f for f in dir(_native.SamplingParams) if not f.startswith("_"))
+
+
+class LlamaCppParams(BaseModel):
+    """Model, context and sampling settings common to the llama.cpp LangChain classes."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
+
+    model_path: str
+    """Path to the GGUF model file."""
+
+    lora_base: str | None = None
+    """Accepted for compatibility; llama.cpp applies `lora_path` to the loaded model directly."""
+
+    lora_path: str | None = None
+    """Path to a LoRA adapter (GGUF) applied on top of the model."""
+
+    lora_scale: float = 1.0
+    """Strength of the LoRA adapter."""
+
+    n_ctx: int | None = Field(None, ge=0)
+    """Context window per request (prompt plus completion). None: the model's trained length,
+    capped at 4096; 0: the full trained length."""
+
+    n_parts: int = -1
+    """Accepted for compatibility; GGUF files are not split this way any more."""
+
+    seed: int = -1
+    """Sampling seed; -1 for a random one."""
+
+    f16_kv: bool = True
+    """Keep the KV cache in 16-bit floats (False: 32-bit)."""
+
+    logits_all: bool = False
+    """Accepted for compatibility; `logprobs` works without it."""
+
+    vocab_only: bool = False
+    """Load only the vocabulary (tokenize, no generation)."""
+
+    use_mlock: bool = False
+    """Lock the weights in RAM so they are never swapped out."""
+
+    n_threads: int | None = Field(None, ge=1)
+    """Threads for generation. None: the machine's physical cores."""
+
+    n_threads_batch: int | None = Field(None, ge=1)
+    """Threads for prompt processing. None: same as `n_threads`."""
+
+    n_batch: int = Field(512, ge=1)
+    """Prompt tokens evaluated per decode step (llama.cpp's default; 8, the old default here, made
+    prompt processing many times slower)."""
+
+    n_ubatch: int | None = Field(None, ge=1)
+    """Physical batch size. None: `n_batch`."""
+
+    n_seq: int = Field(1, ge=1, le=256)
+    """Sequence slots: up to this many requests are decoded together in one batch, and this
+    many conversations keep their prompt cache warm. KV-cache memory grows with it."""
+
+    n_gpu_layers: int | None = None
+    """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
+
+    flash_attn: bool | None = None
+    """Flash attention: None lets llama.cpp decide."""
+
+    suffix: str | None = None
+    """Text after the completion, for fill-in-the-middle models."""
+
+    max_tokens: int | None = 256
+    """Most tokens to generate; None or -1 generates until the end of the text or a full context."""
+
+    temperature: float = 0.8
+    """Sampling temperature; 0 for greedy (deterministic) decoding."""
+
+    top_p: float = 0.95
+    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to top_p."""
+
+    top_k: int = 40
+    """Keep only the k most likely tokens (0: all)."""
+
+    min_p: float = 0.05
+    """Drop tokens less likely than min_p times the most likely one."""
+
+    typical_p: float = 1.0
+    """Locally typical sampling (1.0: off)."""
+
+    logprobs: int | None = None
+    """Return log probabilities of the sampled tokens and this many top alternatives."""
+
+    echo: bool = False
+    """Include the prompt in the returned text."""
+
+    stop: list[str] | None = None
+    """Stop strings; generation ends before the first of them, which is not returned."""
+
+    repeat_penalty: float = 1.1
+    """Penalty for repeating recent tokens (1.0: off)."""
+
+    last_n_tokens_size: int = 64
+    """How many recent tokens `repeat_penalty` looks at."""
+
+    frequency_penalty: float = 0.0
+    """Penalty proportional to how often a token already appeared."""
+
+    presence_penalty: float = 0.0
+    """Penalty for any token that already appeared."""
+
+    mirostat_mode: int = Field(0, ge=0, le=2)
+    """Mirostat sampling: 0 off, 1 Mirostat, 2 Mirostat 2.0."""
+
+    mirostat_tau: float = 5.0
+    """Mirostat target entropy."""
+
+    mirostat_eta: float = 0.1
+    """Mirostat learning rate."""
+
+    logit_bias: dict[int, float] | None = None
+    """Added to the logits of the given token ids before sampling."""
+
+    use_mmap: bool = True
+    """Map the model file into memory instead of reading it."""
+
+    rope_freq_scale: float | None = None
+    """RoPE frequency scaling factor. None: the model's own value."""
+
+    rope_freq_base: float | None = None
+    """RoPE base frequency. None: the model's own value (a fixed 10000 breaks models trained with
+    another base, such as Llama 3 or Qwen 2)."""
+
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Further llama.cpp settings: model loading (`kv_overrides`, `check_tensors`), context
+    (`n_ubatch`, `swa_full`, `offload_kqv`, ...) or sampling (`min_p`, ...)."""
+
+    streaming: bool = True
+    """Compatibility: callbacks always receive tokens as they are generated."""
+
+    grammar_path: str | Path | None = None
+    """A GBNF grammar file constraining the output; the names of the bundled grammars ("json",
+    "list", ...) work too."""
+
+    grammar: str | None = None
+    """GBNF grammar text constraining the output."""
+
+    verbose: bool = False
+    """Print llama.cpp's load details and per-call timings to stderr. False prints nothing."""
+
+    _engine: _native.Engine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_extra_kwargs(cls, values: Any) -> Any:
+        """Unknown constructor arguments go to model_kwargs, with a warning (as in langchain_community)."""
+        if not isinstance(values, dict):
+            return values
+        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        extra = dict(values.get("model_kwargs") or {})
+        for name in list(values):
+            if name not in known:
+                if name in extra:
+                    raise ValueError(f"{name!r} is given twice: as an argument and in model_kwargs")
+                warnings.warn(
+                    f"{name!r} is not a field of {cls.__name__}; passing it to llama.cpp through model_kwargs",
+                    stacklevel=4,
+                )
+                extra[name] = values.pop(name)
+        if extra:
+            values["model_kwargs"] = extra
+        return values
+
+    @model_validator(mode="after")
+    def _check_paths(self) -> LlamaCppParams:
+        path = os.path.expanduser(os.fspath(self.model_path))
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        self.model_path = path
+        if self.lora_path is not None and not os.path.exists(os.path.expanduser(self.lora_path)):
+            raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}")
+        if self.grammar is not None and self.grammar_path is not None:
+            raise ValueError("give either grammar or grammar_path, not both")
+        if self.grammar_path is not None:
+            self.grammar_path = resolve_grammar_path(self.grammar_path)
+        unknown = set(self.model_kwargs) - _MODEL_KWARGS
+        if unknown:
+            raise ValueError(
+                f"unknown model_kwargs {sorted(unknown)}; known: {', '.join(sorted(_MODEL_KWARGS))}"
+            )
+        return self
+
+    # -- engine ---------------------------------------------------------------------------
+
+    def _model_config(self) -> _engine.ModelConfig:
+        kw = self.model_kwargs
+        overrides = kw.get("kv_overrides") or {}
+        return _engine.ModelConfig(
+            path=self.model_path,
+            n_gpu_layers=self.n_gpu_layers if self.n_gpu_layers is not None else 0,
+            use_mmap=self.use_mmap,
+            use_mlock=self.use_mlock,
+            vocab_only=self.vocab_only,
+            check_tensors=bool(kw.get("check_tensors", False)),
+            kv_overrides=tuple(sorted((str(k), _override_spec(v)) for k, v in overrides.items())),
+        )
+
+    def _engine_config(self, embeddings: bool = False) -> _engine.EngineConfig:
+        kw = {k: v for k, v in self.model_kwargs.items() if k in _engine.ENGINE_FIELDS}
+        return _engine.EngineConfig(
+            **{
+                "n_ctx": -1 if self.n_ctx is None else self.n_ctx,
+                "n_batch": self.n_batch,
+                "n_ubatch": self.n_ubatch or self.n_batch,
+                "n_seq": self.n_seq,
+                "n_threads": self.n_threads or 0,
+                "n_threads_batch": self.n_threads_batch or 0,
+                "f16_kv": self.f16_kv,
+                "flash_attn": -1 if self.flash_attn is None else int(self.flash_attn),
+                "rope_freq_base": self.rope_freq_base or 0.0,
+                "rope_freq_scale": self.rope_freq_scale or 0.0,
+                "embeddings": embeddings,
+                "lora_path": os.path.expanduser(self.lora_path) if self.lora_path else "",
+                "lora_scale": self.lora_scale,
+                **kw,
+            }
+        )
+
+    def load(self) -> _native.Engine:
+        """Load the model now (otherwise it is loaded on first use) and return its engine."""
+        if self._engine is None:
+            self._engine = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose)
+        return self._engine
+
+    @property
+    def native_model(self) -> _native.Model:
+        """The loaded llama.cpp model (tokenize, detokenize, metadata)."""
+        if self.vocab_only:
+            return _engine.load_model(self._model_config(), self.verbose)
+        return self.load().model
+
+    def close(self) -> None:
+        """Drop this instance's engine; weights are freed when no instance uses them."""
+        self._engine = None
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Per-call options merged over the fields."""
+        unknown = set(kwargs) - CALL_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {', '.join(sorted(CALL_OPTIONS))}")
+        options = {name: getattr(self, name) for name in CALL_OPTIONS}
+        # A grammar given for this call replaces the instance's, whichever way it is given.
+        if "grammar" in kwargs or "grammar_path" in kwargs:
+            options["grammar"] = options["grammar_path"] = None
+        options.update(kwargs)
+        return options
+
+    def _stop_list(self, stop: list[str] | None) -> list[str]:
+        """The constructor's stop strings plus the call's, never one dropping the other."""
+        merged = list(self.stop or [])
+        for s in stop or []:
+            if s not in merged:
+                merged.append(s)
+        return merged
+
+    def _request_params(
+        self,
+        prompt_tokens: list[int],
+        stop: list[str],
+        options: dict[str, Any],
+        grammar: str | None = None,
+    ) -> _native.RequestParams:
+        params = _native.RequestParams()
+        params.prompt = prompt_tokens
+        max_tokens = options["max_tokens"]
+        params.max_tokens = -1 if max_tokens is None or max_tokens < 0 else int(max_tokens)
+        params.stop = stop
+        logprobs = options["logprobs"]
+        params.n_probs = 0 if logprobs is None else (int(logprobs) if logprobs > 0 else -1)
+        s = params.sampling
+        s.temperature = float(options["temperature"])
+        s.top_p = float(options["top_p"])
+        s.top_k = int(options["top_k"])
+        s.min_p = float(options["min_p"])
+        s.typical_p = float(options["typical_p"])
+        s.repeat_penalty = float(options["repeat_penalty"])
+        s.repeat_last_n = int(options["last_n_tokens_size"])
+        s.frequency_penalty = float(options["frequency_penalty"])
+        s.presence_penalty = float(options["presence_penalty"])
+        s.mirostat = int(options["mirostat_mode"])
+        s.mirostat_tau = float(options["mirostat_tau"])
+        s.mirostat_eta = float(options["mirostat_eta"])
+        s.seed = int(options["seed"])
+        if options["logit_bias"]:
+            s.logit_bias = [(int(k), float(v)) for k, v in options["logit_bias"].items()]
+        sampling_kw = {k: v for k, v in self.model_kwargs.items() if k in _SAMPLING_KWARGS}
+        _engine.apply_overrides(s, sampling_kw, _SAMPLING_KWARGS, "sampling")
+        if grammar is None:
+            grammar = self._grammar_text(options)
+        if grammar:
+            s.grammar = grammar
+        return params
+
+    @staticmethod
+    def _grammar_text(options: dict[str, Any]) -> str | None:
+        if options.get("grammar") and options.get("grammar_path"):
+            raise ValueError("give either grammar or grammar_path, not both")
+        if options.get("grammar"):
+            return str(options["grammar"])
+        if options.get("grammar_path"):
+            return Path(resolve_grammar_path(options["grammar_path"])).read_text(encoding="utf-8")
+        return None
+
+    def _report(self, request: _native.Request) -> None:
+        """Forward native logs; with verbose, print the call's timings as llama.cpp does."""
+        _engine.flush_native_logs(self.verbose)
+        if not self.verbose:
+            return
+        u = request.usage
+        evaluated = u["prompt_tokens"] - u["cached_tokens"]
+        pp = evaluated / (u["prompt_ms"] / 1000) if u["prompt_ms"] > 0 else 0.0
+        gen = max(u["completion_tokens"] - 1, 0)
+        tg = gen / (u["generation_ms"] / 1000) if u["generation_ms"] > 0 else 0.0
+        print(
+            f"llama_perf: prompt eval = {u['prompt_ms']:.1f} ms / {evaluated} tokens ({pp:.1f} tok/s, "
+            f"{u['cached_tokens']} cached) | eval = {u['generation_ms']:.1f} ms / {u['completion_tokens']} "
+            f"tokens ({tg:.1f} tok/s) | queued = {u['queued_ms']:.1f} ms | finish = {request.finish_reason}",
+            file=sys.stderr,
+        )
+
+    @staticmethod
+    def _usage(request: _native.Request) -> dict[str, int]:
+        u = request.usage
+        return {
+            "prompt_tokens": int(u["prompt_tokens"]),
+            "completion_tokens": int(u["completion_tokens"]),
+            "total_tokens": int(u["prompt_tokens"] + u["completion_tokens"]),
+            "cached_tokens": int(u["cached_tokens"]),
+        }
+
+
+_MODEL_KWARGS = (
+    _engine.ENGINE_FIELDS
+    | _SAMPLING_KWARGS
+    | {"kv_overrides", "check_tensors"}
+) - {"embeddings", "lora_path", "lora_scale", "grammar", "grammar_lazy", "grammar_triggers", "preserved_tokens",
+     "generation_prompt", "grammar_is_tool_call"}
+
+
+def _override_spec(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"bool:{str(value).lower()}"
+    if isinstance(value, int):
+        return f"int:{value}"
+    if isinstance(value, float):
+        return f"float:{value}"
+    return f"str:{value}"

@@ -1,0 +1,195 @@
+"""Access to the native engine: shared models and engines, logging, and token streams.
+
+Nothing here knows about LangChain; the model classes build on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import sys
+import threading
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+from langchain_llamacpp import _native
+
+logger = logging.getLogger("langchain_llamacpp")
+logger.addHandler(logging.NullHandler())  # a library never prints through logging's last resort
+_native_logger = logging.getLogger("langchain_llamacpp.llama_cpp")
+
+# ggml_log_level -> logging level
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR, 5: logging.INFO}
+
+
+def flush_native_logs(verbose: bool = False) -> None:
+    """Forward buffered llama.cpp log lines to `logging` (and to stderr when verbose)."""
+    lines = _native.drain_logs()
+    for level, text in lines:
+        _native_logger.log(_LEVELS.get(level, logging.INFO), "%s", text)
+        if verbose:
+            print(text, file=sys.stderr)
+    if verbose and lines:
+        sys.stderr.flush()
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str
+    n_gpu_layers: int = 0
+    use_mmap: bool = True
+    use_mlock: bool = False
+    vocab_only: bool = False
+    check_tensors: bool = False
+    kv_overrides: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    n_ctx: int = -1
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_seq: int = 1
+    n_threads: int = 0
+    n_threads_batch: int = 0
+    f16_kv: bool = True
+    flash_attn: int = -1
+    rope_freq_base: float = 0.0
+    rope_freq_scale: float = 0.0
+    embeddings: bool = False
+    pooling: int = -1
+    swa_full: bool = True
+    offload_kqv: bool = True
+    lora_path: str = ""
+    lora_scale: float = 1.0
+
+
+ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
+MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
+
+_lock = threading.Lock()
+_engines: weakref.WeakValueDictionary[tuple[ModelConfig, EngineConfig], _native.Engine] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
+    """Load (or reuse) the weights for `config`."""
+    params = _native.ModelParams()
+    params.path = os.fspath(config.path)
+    params.n_gpu_layers = config.n_gpu_layers
+    params.use_mmap = config.use_mmap
+    params.use_mlock = config.use_mlock
+    params.vocab_only = config.vocab_only
+    params.check_tensors = config.check_tensors
+    params.kv_overrides = dict(config.kv_overrides)
+    try:
+        model = _native.Model.load(params)
+    finally:
+        flush_native_logs(verbose)
+    return model
+
+
+def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: bool = False) -> _native.Engine:
+    """The engine for these settings, shared by every instance that asks for the same ones.
+
+    Sharing the engine shares its prompt cache: an `LlamaCpp` and a `ChatLlamaCpp` on the same
+    file and settings reuse each other's cached prefixes.
+    """
+    key = (model_config, engine_config)
+    with _lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            return engine
+        model = load_model(model_config, verbose)
+        params = _native.EngineParams()
+        for name in ENGINE_FIELDS:
+            setattr(params, name, getattr(engine_config, name))
+        try:
+            engine = _native.Engine.create(model, params)
+        finally:
+            flush_native_logs(verbose)
+        _engines[key] = engine
+        if verbose:
+            print(
+                f"langchain_llamacpp: loaded {model.description} from {model_config.path} in "
+                f"{model.load_time_ms:.0f} ms (n_ctx={engine.n_ctx} x {engine.n_seq} seq, "
+                f"n_batch={engine.n_batch}, n_threads={engine.n_threads})",
+                file=sys.stderr,
+            )
+        return engine
+
+
+def _shutdown() -> None:
+    # Engine threads must stop before the interpreter tears down what they use.
+    _native.shutdown()
+
+
+atexit.register(_shutdown)
+
+
+def iter_chunks(request: _native.Request) -> Iterator[_native.Chunk]:
+    """Yield a request's chunks as they come; closing the iterator cancels the request."""
+    try:
+        while True:
+            chunk = request.next()
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        request.cancel()
+
+
+async def aiter_chunks(
+    engine: _native.Engine, params: _native.RequestParams
+) -> AsyncIterator[tuple[_native.Request, list[_native.Chunk]]]:
+    """Submit a request and yield its chunks through the event loop.
+
+    The engine writes a byte to a pipe when output is ready; the loop watches the pipe, so no
+    thread waits per request and the loop is never blocked. Cancelling the task cancels the
+    request.
+    """
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    ready = asyncio.Event()
+
+    def on_readable() -> None:
+        try:
+            os.read(read_fd, 4096)
+        except BlockingIOError:
+            pass
+        ready.set()
+
+    request: _native.Request | None = None
+    try:
+        loop.add_reader(read_fd, on_readable)
+        request = engine.submit(params, write_fd)
+        while True:
+            ready.clear()
+            chunks = request.poll()
+            if chunks:
+                yield request, chunks
+                continue
+            if request.done:
+                request.raise_if_failed()
+                return
+            await ready.wait()
+    finally:
+        if request is not None:
+            request.cancel()
+        loop.remove_reader(read_fd)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def apply_overrides(target: Any, values: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    for key, value in values.items():
+        if key not in allowed:
+            raise ValueError(f"unknown {what} parameter {key!r}; known: {', '.join(sorted(allowed))}")
+        setattr(target, key, value)

@@ -1,0 +1,823 @@
+#include "engine.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <limits>
+#include <set>
+
+#include "common.h"
+#include "logging.h"
+
+namespace lcl {
+
+double now_ms() {
+    using namespace std::chrono;
+    return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+// ---------------------------------------------------------------------------------------
+// RequestState / Request
+
+void RequestState::notify() {
+    cv.notify_all();
+    if (notify_fd >= 0 && !signaled.exchange(true)) {
+        const char byte = 1;
+        [[maybe_unused]] const auto n = ::write(notify_fd, &byte, 1);
+    }
+}
+
+void RequestState::push(Chunk chunk) {
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        chunks.push_back(std::move(chunk));
+    }
+    notify();
+}
+
+void RequestState::finish(std::string reason, std::string error_text) {
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (done) {
+            return;
+        }
+        finish_reason = std::move(reason);
+        error = std::move(error_text);
+        done = true;
+    }
+    notify();
+}
+
+Request::Request(std::shared_ptr<RequestState> state, std::shared_ptr<Engine> engine)
+    : state_(std::move(state)), engine_(std::move(engine)) {}
+
+Request::~Request() {
+    // A handle dropped before the end (a closed stream) stops its sequence.
+    cancel();
+}
+
+void Request::cancel() {
+    if (!state_->done && !state_->cancelled.exchange(true)) {
+        engine_->wake();
+    }
+}
+
+bool Request::done() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->done && state_->chunks.empty();
+}
+
+void Request::raise_if_failed() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (state_->done && !state_->error.empty() && state_->chunks.empty()) {
+        throw std::runtime_error(state_->error);
+    }
+}
+
+std::optional<Chunk> Request::next() {
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    state_->cv.wait(lock, [&] { return !state_->chunks.empty() || state_->done; });
+    if (!state_->chunks.empty()) {
+        Chunk chunk = std::move(state_->chunks.front());
+        state_->chunks.pop_front();
+        return chunk;
+    }
+    if (!state_->error.empty()) {
+        throw std::runtime_error(state_->error);
+    }
+    return std::nullopt;
+}
+
+std::vector<Chunk> Request::poll() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->signaled = false;  // before taking: a later push signals again
+    std::vector<Chunk> out(std::make_move_iterator(state_->chunks.begin()),
+                           std::make_move_iterator(state_->chunks.end()));
+    state_->chunks.clear();
+    return out;
+}
+
+std::vector<Chunk> Request::wait() {
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    state_->cv.wait(lock, [&] { return state_->done; });
+    std::vector<Chunk> out(std::make_move_iterator(state_->chunks.begin()),
+                           std::make_move_iterator(state_->chunks.end()));
+    state_->chunks.clear();
+    if (!state_->error.empty()) {
+        throw std::runtime_error(state_->error);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Engine
+
+struct Engine::Slot {
+    int id = 0;
+    std::vector<llama_token> cache;  // tokens whose KV is in this sequence, in position order
+    bool active = false;
+    bool generating = false;
+    std::shared_ptr<RequestState> state;
+    RequestParams params;
+    common_sampler_ptr sampler;
+    std::set<llama_token> render_special;
+    size_t n_prompt_done = 0;
+    llama_token next_token = LLAMA_TOKEN_NULL;
+    int n_decoded = 0;
+    int i_batch = -1;
+    Utf8Assembler utf8;
+    std::unique_ptr<StopMatcher> stop;
+    double t_start = 0, t_prompt_done = 0;
+    long long last_used = 0;
+};
+
+struct Engine::Task {
+    std::function<void()> fn;
+    std::promise<void> done;
+};
+
+namespace {
+
+std::mutex g_engines_mutex;
+std::vector<std::weak_ptr<Engine>> g_engines;
+
+void batch_add(llama_batch & batch, llama_token token, llama_pos pos, llama_seq_id seq, bool output) {
+    const int i = batch.n_tokens++;
+    batch.token[i] = token;
+    batch.pos[i] = pos;
+    batch.n_seq_id[i] = 1;
+    batch.seq_id[i][0] = seq;
+    batch.logits[i] = output ? 1 : 0;
+}
+
+size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
+    const size_t n = std::min(a.size(), b.size());
+    size_t i = 0;
+    while (i < n && a[i] == b[i]) {
+        ++i;
+    }
+    return i;
+}
+
+common_params_sampling to_common(const SamplingParams & s, const llama_vocab * vocab) {
+    common_params_sampling p;
+    p.seed = s.seed < 0 ? LLAMA_DEFAULT_SEED : static_cast<uint32_t>(s.seed);
+    p.temp = s.temperature;
+    p.top_k = s.top_k;
+    p.top_p = s.top_p;
+    p.min_p = s.min_p;
+    p.typ_p = s.typical_p;
+    p.penalty_repeat = s.repeat_penalty;
+    p.penalty_last_n = s.repeat_last_n;
+    p.penalty_freq = s.frequency_penalty;
+    p.penalty_present = s.presence_penalty;
+    p.mirostat = s.mirostat;
+    p.mirostat_tau = s.mirostat_tau;
+    p.mirostat_eta = s.mirostat_eta;
+    p.n_prev = std::max(64, s.repeat_last_n);
+    for (const auto & [token, bias] : s.logit_bias) {
+        if (token < 0 || token >= llama_vocab_n_tokens(vocab)) {
+            throw std::invalid_argument("logit_bias names token " + std::to_string(token) +
+                                        ", outside the vocabulary (0.." +
+                                        std::to_string(llama_vocab_n_tokens(vocab) - 1) + ")");
+        }
+        p.logit_bias.push_back({token, bias});
+    }
+    if (!s.grammar.empty()) {
+        p.grammar = common_grammar(s.grammar_is_tool_call ? COMMON_GRAMMAR_TYPE_TOOL_CALLS : COMMON_GRAMMAR_TYPE_USER,
+                                   s.grammar);
+        p.grammar_lazy = s.grammar_lazy;
+        p.generation_prompt = s.generation_prompt;
+    }
+    for (const auto & word : s.preserved_tokens) {
+        const auto ids = common_tokenize(vocab, word, false, true);
+        if (ids.size() == 1) {
+            p.preserved_tokens.insert(ids[0]);
+        }
+    }
+    for (const auto & t : s.grammar_triggers) {
+        const auto type = static_cast<common_grammar_trigger_type>(t.type);
+        if (type == COMMON_GRAMMAR_TRIGGER_TYPE_WORD) {
+            const auto ids = common_tokenize(vocab, t.value, false, true);
+            if (ids.size() == 1 && p.preserved_tokens.count(ids[0]) != 0) {
+                p.grammar_triggers.push_back({COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN, t.value, ids[0]});
+                continue;
+            }
+        }
+        p.grammar_triggers.push_back({type, t.value, t.token});
+    }
+    if (p.grammar_lazy && p.grammar_triggers.empty()) {
+        throw std::invalid_argument("a lazy grammar needs at least one trigger");
+    }
+    return p;
+}
+
+void fill_logprobs(Chunk & chunk, llama_context * ctx, const Model & model, int idx, llama_token token, int n_top) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        return;
+    }
+    const int n_vocab = model.n_vocab();
+    float max_logit = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n_vocab; ++i) {
+        max_logit = std::max(max_logit, logits[i]);
+    }
+    double sum = 0.0;
+    for (int i = 0; i < n_vocab; ++i) {
+        sum += std::exp(static_cast<double>(logits[i] - max_logit));
+    }
+    const float log_z = max_logit + static_cast<float>(std::log(sum));
+    chunk.logprob = logits[token] - log_z;
+    chunk.has_logprob = true;
+    if (n_top <= 0) {
+        return;
+    }
+    n_top = std::min(n_top, n_vocab);
+    std::vector<int> ids(n_vocab);
+    for (int i = 0; i < n_vocab; ++i) {
+        ids[i] = i;
+    }
+    std::partial_sort(ids.begin(), ids.begin() + n_top, ids.end(),
+                      [&](int a, int b) { return logits[a] > logits[b]; });
+    chunk.top.reserve(n_top);
+    for (int i = 0; i < n_top; ++i) {
+        chunk.top.push_back({ids[i], model.token_to_piece(ids[i], true), logits[ids[i]] - log_z});
+    }
+}
+
+}  // namespace
+
+Engine::Engine(std::shared_ptr<Model> model, const EngineParams & params) : model_(std::move(model)), params_(params) {}
+
+std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const EngineParams & params_in) {
+    if (model->params().vocab_only) {
+        throw std::invalid_argument("the model was loaded with vocab_only=True: it can tokenize but not generate");
+    }
+    EngineParams params = params_in;
+    if (params.n_seq < 1 || params.n_seq > 256) {
+        throw std::invalid_argument("n_seq must be between 1 and 256, got " + std::to_string(params.n_seq));
+    }
+    if (params.n_ctx == 0) {
+        params.n_ctx = model->n_ctx_train();
+    } else if (params.n_ctx < 0) {
+        params.n_ctx = std::min(4096, model->n_ctx_train());  // a sensible default, not 32k of KV cache
+    }
+    if (params.n_batch <= 0 || params.n_ubatch <= 0) {
+        throw std::invalid_argument("n_batch and n_ubatch must be positive");
+    }
+    params.n_ubatch = std::min(params.n_ubatch, params.n_batch);
+    if (params.n_threads <= 0) {
+        params.n_threads = std::max(1, common_cpu_get_num_math());
+    }
+    if (params.n_threads_batch <= 0) {
+        params.n_threads_batch = params.n_threads;
+    }
+    std::shared_ptr<Engine> engine(new Engine(std::move(model), params));
+
+    auto cparams = llama_context_default_params();
+    cparams.n_ctx = static_cast<uint32_t>(params.n_ctx) * static_cast<uint32_t>(params.n_seq);
+    cparams.n_batch = params.n_batch;
+    cparams.n_ubatch = params.n_ubatch;
+    cparams.n_seq_max = params.n_seq;
+    cparams.n_threads = params.n_threads;
+    cparams.n_threads_batch = params.n_threads_batch;
+    cparams.type_k = params.f16_kv ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    cparams.type_v = cparams.type_k;
+    cparams.flash_attn_type = params.flash_attn < 0   ? LLAMA_FLASH_ATTN_TYPE_AUTO
+                              : params.flash_attn == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
+                                                       : LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    cparams.rope_freq_base = params.rope_freq_base;
+    cparams.rope_freq_scale = params.rope_freq_scale;
+    cparams.embeddings = params.embeddings;
+    cparams.pooling_type = static_cast<llama_pooling_type>(params.pooling);
+    cparams.swa_full = params.swa_full;
+    cparams.kv_unified = false;
+    cparams.offload_kqv = params.offload_kqv;
+    cparams.no_perf = true;
+
+    ErrorCapture capture;
+    engine->ctx_.reset(llama_init_from_model(engine->model_->get(), cparams));
+    if (engine->ctx_ && params.embeddings && params.pooling < 0 &&
+        llama_pooling_type(engine->ctx_.get()) == LLAMA_POOLING_TYPE_NONE) {
+        // A generative model has no pooling of its own: average the token embeddings.
+        cparams.pooling_type = LLAMA_POOLING_TYPE_MEAN;
+        engine->ctx_.reset(llama_init_from_model(engine->model_->get(), cparams));
+    }
+    if (!engine->ctx_) {
+        throw std::runtime_error("failed to create the llama.cpp context (n_ctx=" + std::to_string(cparams.n_ctx) +
+                                 "): " + capture.message("out of memory?"));
+    }
+    if (!params.lora_path.empty()) {
+        std::error_code ec;
+        if (!std::filesystem::exists(params.lora_path, ec)) {
+            throw FileNotFound("LoRA adapter not found: " + params.lora_path);
+        }
+        engine->lora_.reset(llama_adapter_lora_init(engine->model_->get(), params.lora_path.c_str()));
+        if (!engine->lora_) {
+            throw std::invalid_argument("failed to load LoRA adapter " + params.lora_path + ": " +
+                                        capture.message("not a LoRA GGUF for this model"));
+        }
+        llama_adapter_lora * adapters[] = {engine->lora_.get()};
+        float scales[] = {params.lora_scale};
+        if (llama_set_adapters_lora(engine->ctx_.get(), adapters, 1, scales) != 0) {
+            throw std::invalid_argument("failed to apply LoRA adapter " + params.lora_path);
+        }
+    }
+    engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
+    engine->batch_ = llama_batch_init(std::max(params.n_batch, params.n_seq), 0, 1);
+    for (int i = 0; i < params.n_seq; ++i) {
+        auto slot = std::make_unique<Slot>();
+        slot->id = i;
+        engine->slots_.push_back(std::move(slot));
+    }
+    engine->thread_ = std::thread([raw = engine.get()] { raw->loop(); });
+    {
+        std::lock_guard<std::mutex> lock(g_engines_mutex);
+        g_engines.push_back(engine);
+    }
+    return engine;
+}
+
+Engine::~Engine() {
+    shutdown();
+    if (batch_.token != nullptr) {
+        llama_batch_free(batch_);
+    }
+}
+
+void Engine::shutdown() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_ && !thread_.joinable()) {
+            return;
+        }
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) {
+        if (thread_.get_id() == std::this_thread::get_id()) {
+            thread_.detach();
+        } else {
+            thread_.join();
+        }
+    }
+}
+
+void Engine::wake() { cv_.notify_all(); }
+
+int Engine::n_ctx_total() const { return static_cast<int>(llama_n_ctx(ctx_.get())); }
+
+int Engine::n_threads() const { return params_.n_threads; }
+
+Engine::Stats Engine::stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stats_;
+}
+
+std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
+    if (params.prompt.empty()) {
+        throw std::invalid_argument("the prompt is empty: nothing to evaluate");
+    }
+    const int n_vocab = model_->n_vocab();
+    for (auto t : params.prompt) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::invalid_argument("prompt token " + std::to_string(t) + " is outside the vocabulary");
+        }
+    }
+    const int n_prompt = static_cast<int>(params.prompt.size());
+    if (n_prompt >= n_ctx_seq_) {
+        throw std::invalid_argument("the prompt has " + std::to_string(n_prompt) + " tokens, more than fit in the context (n_ctx=" +
+                                    std::to_string(n_ctx_seq_) + "); raise n_ctx or shorten the prompt");
+    }
+    if (params.max_tokens > 0 && n_prompt + params.max_tokens > n_ctx_seq_) {
+        throw std::invalid_argument("the prompt (" + std::to_string(n_prompt) + " tokens) plus max_tokens (" +
+                                    std::to_string(params.max_tokens) + ") exceeds the context (n_ctx=" +
+                                    std::to_string(n_ctx_seq_) + "); raise n_ctx or lower max_tokens");
+    }
+    Pending pending;
+    {
+        // Built here so that an invalid grammar raises in the caller, with the parser's message.
+        ErrorCapture capture;
+        auto sparams = to_common(params.sampling, model_->vocab());
+        try {
+            pending.sampler.reset(common_sampler_init(model_->get(), sparams));
+        } catch (const std::exception & e) {
+            throw std::invalid_argument(std::string("invalid grammar: ") + capture.message(e.what()));
+        }
+        if (!pending.sampler) {
+            throw std::invalid_argument("invalid sampling parameters: " + capture.message("sampler initialisation failed"));
+        }
+    }
+    auto state = std::make_shared<RequestState>();
+    state->notify_fd = notify_fd;
+    state->prompt_tokens = n_prompt;
+    pending.state = state;
+    pending.params = std::move(params);
+    pending.t_submit = now_ms();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) {
+            throw std::runtime_error("the engine has been shut down");
+        }
+        pending_.push_back(std::move(pending));
+    }
+    cv_.notify_all();
+    return std::make_unique<Request>(state, shared_from_this());
+}
+
+void Engine::run_on_thread(std::function<void()> fn) {
+    auto task = std::make_shared<Task>();
+    task->fn = std::move(fn);
+    auto future = task->done.get_future();
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (stopping_) {
+            throw std::runtime_error("the engine has been shut down");
+        }
+        tasks_.push_back(task);
+    }
+    cv_.notify_all();
+    future.get();  // rethrows
+}
+
+void Engine::run_tasks() {
+    std::deque<std::shared_ptr<Task>> tasks;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        tasks.swap(tasks_);
+    }
+    for (auto & task : tasks) {
+        try {
+            task->fn();
+            task->done.set_value();
+        } catch (...) {
+            task->done.set_exception(std::current_exception());
+        }
+    }
+}
+
+std::vector<std::vector<llama_token>> Engine::cached_prompts() {
+    std::vector<std::vector<llama_token>> out;
+    run_on_thread([&] {
+        for (const auto & slot : slots_) {
+            out.push_back(slot->cache);
+        }
+    });
+    return out;
+}
+
+void Engine::clear_cache() {
+    run_on_thread([&] {
+        for (auto & slot : slots_) {
+            if (!slot->active) {
+                llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot->id, -1, -1);
+                slot->cache.clear();
+            }
+        }
+    });
+}
+
+std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize) {
+    if (!params_.embeddings) {
+        throw std::invalid_argument("this engine was created without embeddings=True");
+    }
+    const int n_embd = model_->n_embd();
+    std::vector<float> out;
+    out.reserve(inputs.size() * n_embd);
+    for (const auto & tokens : inputs) {
+        if (tokens.empty()) {
+            throw std::invalid_argument("cannot embed an empty text");
+        }
+        if (static_cast<int>(tokens.size()) > std::min(params_.n_batch, n_ctx_seq_)) {
+            throw std::invalid_argument("text has " + std::to_string(tokens.size()) +
+                                        " tokens, more than n_batch/n_ctx (" +
+                                        std::to_string(std::min(params_.n_batch, n_ctx_seq_)) + ") allows");
+        }
+    }
+    run_on_thread([&] {
+        llama_context * ctx = ctx_.get();
+        llama_memory_t mem = llama_get_memory(ctx);
+        for (const auto & tokens : inputs) {
+            // Slot 0's sequence is used as scratch space; its prompt cache is dropped.
+            llama_memory_seq_rm(mem, 0, -1, -1);
+            slots_[0]->cache.clear();
+            batch_.n_tokens = 0;
+            for (size_t i = 0; i < tokens.size(); ++i) {
+                batch_add(batch_, tokens[i], static_cast<llama_pos>(i), 0, true);
+            }
+            ErrorCapture capture;
+            const int rc = llama_decode(ctx, batch_);
+            if (rc != 0) {
+                throw std::runtime_error("llama_decode failed while embedding (code " + std::to_string(rc) + "): " +
+                                         capture.message("no details"));
+            }
+            const float * e = llama_get_embeddings_seq(ctx, 0);
+            if (e == nullptr) {
+                throw std::runtime_error("the model returned no pooled embedding");
+            }
+            double norm = 0.0;
+            for (int i = 0; i < n_embd; ++i) {
+                norm += static_cast<double>(e[i]) * e[i];
+            }
+            const float scale = (normalize && norm > 0.0) ? static_cast<float>(1.0 / std::sqrt(norm)) : 1.0f;
+            for (int i = 0; i < n_embd; ++i) {
+                out.push_back(e[i] * scale);
+            }
+        }
+        llama_memory_seq_rm(mem, 0, -1, -1);
+    });
+    return out;
+}
+
+bool Engine::assign_pending() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool assigned = false;
+    while (!pending_.empty()) {
+        // Drop requests cancelled while queued.
+        if (pending_.front().state->cancelled) {
+            pending_.front().state->finish("cancelled");
+            pending_.pop_front();
+            continue;
+        }
+        const auto & prompt = pending_.front().params.prompt;
+        Slot * best = nullptr;
+        size_t best_prefix = 0;
+        for (auto & slot : slots_) {
+            if (slot->active) {
+                continue;
+            }
+            const size_t prefix = common_prefix(slot->cache, prompt);
+            if (best == nullptr || prefix > best_prefix ||
+                (prefix == best_prefix && slot->last_used < best->last_used)) {
+                best = slot.get();
+                best_prefix = prefix;
+            }
+        }
+        if (best == nullptr) {
+            break;
+        }
+        Pending pending = std::move(pending_.front());
+        pending_.pop_front();
+        lock.unlock();
+        start_slot(*best, std::move(pending));
+        assigned = true;
+        lock.lock();
+    }
+    return assigned;
+}
+
+void Engine::start_slot(Slot & slot, Pending && pending) {
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    const auto & prompt = pending.params.prompt;
+    size_t n_keep = common_prefix(slot.cache, prompt);
+    if (n_keep >= prompt.size()) {
+        n_keep = prompt.size() - 1;  // the last prompt token is evaluated again for its logits
+    }
+    if (!llama_memory_seq_rm(mem, slot.id, static_cast<llama_pos>(n_keep), -1)) {
+        llama_memory_seq_rm(mem, slot.id, -1, -1);  // this memory cannot cut a sequence: start over
+        n_keep = 0;
+    }
+    slot.cache.resize(n_keep);
+    slot.n_prompt_done = n_keep;
+    slot.params = std::move(pending.params);
+    slot.sampler = std::move(pending.sampler);
+    slot.state = std::move(pending.state);
+    slot.active = true;
+    slot.generating = false;
+    slot.next_token = LLAMA_TOKEN_NULL;
+    slot.n_decoded = 0;
+    slot.i_batch = -1;
+    slot.utf8 = Utf8Assembler();
+    slot.stop = std::make_unique<StopMatcher>(slot.params.stop);
+    slot.render_special.clear();
+    for (const auto & word : slot.params.sampling.preserved_tokens) {
+        const auto ids = model_->tokenize(word, false, true);
+        if (ids.size() == 1) {
+            slot.render_special.insert(ids[0]);
+        }
+    }
+    slot.t_start = now_ms();
+    slot.state->cached_tokens = static_cast<int>(n_keep);
+    slot.state->t_queued_ms = slot.t_start - pending.t_submit;
+    // Repetition penalties see the end of the prompt, as in llama.cpp's own tools.
+    const size_t window = static_cast<size_t>(std::max(64, slot.params.sampling.repeat_last_n));
+    const size_t from = prompt.size() > window ? prompt.size() - window : 0;
+    for (size_t i = from; i < slot.params.prompt.size(); ++i) {
+        common_sampler_accept(slot.sampler.get(), slot.params.prompt[i], false);
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.prompt_tokens_reused += static_cast<long long>(n_keep);
+}
+
+void Engine::finish_slot(Slot & slot, const std::string & reason, const std::string & error) {
+    static std::atomic<long long> use_counter{0};
+    if (slot.state) {
+        // Release what was held back: an incomplete character, text that was not a stop string.
+        Chunk tail;
+        tail.text = slot.utf8.flush() + slot.stop->flush();
+        if (error.empty() && !tail.text.empty()) {
+            slot.state->push(std::move(tail));
+        }
+        const double t = now_ms();
+        if (slot.generating) {
+            slot.state->t_gen_ms = t - slot.t_prompt_done;
+        } else {
+            slot.state->t_prompt_ms = t - slot.t_start;
+        }
+        slot.state->completion_tokens = slot.n_decoded;
+        slot.state->finish(reason, error);
+    }
+    slot.state.reset();
+    slot.sampler.reset();
+    slot.active = false;
+    slot.generating = false;
+    slot.i_batch = -1;
+    slot.last_used = ++use_counter;
+}
+
+void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
+    slot.n_decoded++;
+    Chunk chunk;
+    chunk.token = token;
+    if (slot.params.n_probs != 0) {
+        fill_logprobs(chunk, ctx_.get(), *model_, batch_index, token, slot.params.n_probs);
+    }
+    if (!slot.params.ignore_eos && model_->is_eog(token)) {
+        if (chunk.has_logprob) {
+            slot.state->push(std::move(chunk));
+        }
+        finish_slot(slot, "stop");
+        return;
+    }
+    const bool special = slot.params.render_special || slot.render_special.count(token) != 0;
+    auto result = slot.stop->push(slot.utf8.push(model_->token_to_piece(token, special)));
+    chunk.text = std::move(result.text);
+    slot.state->push(std::move(chunk));
+    if (result.stopped) {
+        slot.state->stop_string = result.stop;
+        finish_slot(slot, "stop");
+    } else if (slot.params.max_tokens >= 0 && slot.n_decoded >= slot.params.max_tokens) {
+        finish_slot(slot, "length");
+    } else if (static_cast<int>(slot.cache.size()) + 1 >= n_ctx_seq_) {
+        finish_slot(slot, "length");  // the context is full
+    } else {
+        slot.next_token = token;
+    }
+}
+
+void Engine::step() {
+    // Cancelled requests leave first, freeing their slots within one step.
+    for (auto & slot : slots_) {
+        if (slot->active && slot->state->cancelled) {
+            finish_slot(*slot, "cancelled");
+        }
+    }
+    batch_.n_tokens = 0;
+    // Every generating sequence contributes its next token...
+    for (auto & slot : slots_) {
+        if (slot->active && slot->generating && slot->next_token != LLAMA_TOKEN_NULL) {
+            batch_add(batch_, slot->next_token, static_cast<llama_pos>(slot->cache.size()), slot->id, true);
+            slot->cache.push_back(slot->next_token);
+            slot->next_token = LLAMA_TOKEN_NULL;
+            slot->i_batch = batch_.n_tokens - 1;
+        }
+    }
+    // ...and prompts fill the rest of the batch, in chunks, so running streams keep flowing.
+    long long n_prompt_tokens = 0;
+    for (auto & slot : slots_) {
+        if (!slot->active || slot->generating) {
+            continue;
+        }
+        const auto & prompt = slot->params.prompt;
+        while (slot->n_prompt_done < prompt.size() && batch_.n_tokens < params_.n_batch) {
+            const bool last = slot->n_prompt_done + 1 == prompt.size();
+            batch_add(batch_, prompt[slot->n_prompt_done], static_cast<llama_pos>(slot->cache.size()), slot->id, last);
+            slot->cache.push_back(prompt[slot->n_prompt_done]);
+            slot->n_prompt_done++;
+            n_prompt_tokens++;
+            if (last) {
+                slot->i_batch = batch_.n_tokens - 1;
+            }
+        }
+    }
+    if (batch_.n_tokens == 0) {
+        return;
+    }
+    ErrorCapture capture;
+    const int rc = llama_decode(ctx_.get(), batch_);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stats_.steps++;
+        stats_.tokens_decoded += batch_.n_tokens;
+        stats_.prompt_tokens_evaluated += n_prompt_tokens;
+        stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens);
+    }
+    if (rc != 0) {
+        const std::string what = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
+        llama_memory_t mem = llama_get_memory(ctx_.get());
+        for (auto & slot : slots_) {
+            if (slot->active) {
+                llama_memory_seq_rm(mem, slot->id, -1, -1);
+                slot->cache.clear();
+                finish_slot(*slot, "error", what + ": " + capture.message("no details"));
+            }
+        }
+        return;
+    }
+    for (auto & slot : slots_) {
+        if (!slot->active || slot->i_batch < 0) {
+            continue;
+        }
+        const int idx = slot->i_batch;
+        slot->i_batch = -1;
+        if (!slot->generating) {
+            slot->generating = true;
+            slot->t_prompt_done = now_ms();
+            slot->state->t_prompt_ms = slot->t_prompt_done - slot->t_start;
+        }
+        llama_token token;
+        try {
+            token = common_sampler_sample(slot->sampler.get(), ctx_.get(), idx);
+            common_sampler_accept(slot->sampler.get(), token, true);
+        } catch (const std::exception & e) {
+            finish_slot(*slot, "error", std::string("sampling failed: ") + e.what());
+            continue;
+        }
+        emit_token(*slot, token, idx);
+    }
+}
+
+void Engine::loop() {
+    while (true) {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            cv_.wait(lock, [&] {
+                if (stopping_ || !pending_.empty() || !tasks_.empty()) {
+                    return true;
+                }
+                for (const auto & slot : slots_) {
+                    if (slot->active) {
+                        return true;
+                    }
+                }
+                return false;
+            });
+            if (stopping_) {
+                break;
+            }
+        }
+        run_tasks();
+        assign_pending();
+        try {
+            step();
+        } catch (const std::exception & e) {
+            for (auto & slot : slots_) {
+                if (slot->active) {
+                    finish_slot(*slot, "error", std::string("engine error: ") + e.what());
+                }
+            }
+        }
+    }
+    // Shutting down: nothing may wait forever on this engine.
+    for (auto & slot : slots_) {
+        if (slot->active) {
+            finish_slot(*slot, "cancelled", "the engine was shut down");
+        }
+    }
+    std::deque<Pending> pending;
+    std::deque<std::shared_ptr<Task>> tasks;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        pending.swap(pending_);
+        tasks.swap(tasks_);
+    }
+    for (auto & p : pending) {
+        p.state->finish("cancelled", "the engine was shut down");
+    }
+    for (auto & t : tasks) {
+        t->done.set_exception(std::make_exception_ptr(std::runtime_error("the engine was shut down")));
+    }
+}
+
+void shutdown_all_engines() {
+    std::vector<std::shared_ptr<Engine>> engines;
+    {
+        std::lock_guard<std::mutex> lock(g_engines_mutex);
+        for (auto & weak : g_engines) {
+            if (auto e = weak.lock()) {
+                engines.push_back(std::move(e));
+            }
+        }
+        g_engines.clear();
+    }
+    for (auto & e : engines) {
+        e->shutdown();
+    }
+}
+
+}  // namespace lcl

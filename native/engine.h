@@ -1,0 +1,214 @@
+// The engine: one llama_context, a set of sequence slots, and one thread that owns decoding.
+// Like llama.cpp's server loop, every step builds one batch from all active slots; requests
+// from any Python thread are queued to it and their output is handed back through RequestState.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "model.h"
+#include "sampling.h"
+#include "text.h"
+
+namespace lcl {
+
+struct EngineParams {
+    int n_ctx = -1;          // context per sequence; 0: trained length; -1: min(4096, trained)
+    int n_batch = 512;       // logical batch: tokens per decode step
+    int n_ubatch = 512;      // physical batch
+    int n_seq = 1;           // sequence slots: requests decoded together, conversations kept warm
+    int n_threads = 0;       // 0: from the machine
+    int n_threads_batch = 0; // 0: same as n_threads
+    bool f16_kv = true;
+    int flash_attn = -1;     // -1 auto, 0 off, 1 on
+    float rope_freq_base = 0.0f;   // 0: from the model
+    float rope_freq_scale = 0.0f;  // 0: from the model
+    bool embeddings = false;
+    int pooling = -1;        // llama_pooling_type; -1 from the model
+    bool swa_full = true;    // full SWA cache so prompt prefixes can be reused
+    bool offload_kqv = true;
+    std::string lora_path;   // a LoRA adapter applied to this engine's context
+    float lora_scale = 1.0f;
+};
+
+struct GrammarTrigger {
+    int type = 0;  // common_grammar_trigger_type
+    std::string value;
+    int token = -1;
+};
+
+struct SamplingParams {
+    float temperature = 0.8f;
+    int top_k = 40;
+    float top_p = 0.95f;
+    float min_p = 0.05f;
+    float typical_p = 1.0f;
+    float repeat_penalty = 1.0f;
+    int repeat_last_n = 64;
+    float frequency_penalty = 0.0f;
+    float presence_penalty = 0.0f;
+    int mirostat = 0;
+    float mirostat_tau = 5.0f;
+    float mirostat_eta = 0.1f;
+    int64_t seed = -1;  // -1: random
+    std::vector<std::pair<int, float>> logit_bias;
+    std::string grammar;
+    bool grammar_lazy = false;
+    bool grammar_is_tool_call = false;  // a grammar from the chat template (prefilled with the generation prompt)
+    std::vector<GrammarTrigger> grammar_triggers;
+    std::vector<std::string> preserved_tokens;
+    std::string generation_prompt;
+};
+
+struct RequestParams {
+    std::vector<llama_token> prompt;
+    int max_tokens = -1;  // -1: until end of generation or the context is full
+    std::vector<std::string> stop;
+    int n_probs = 0;      // top logprobs per token; -1 for the chosen token's logprob only
+    bool ignore_eos = false;
+    bool render_special = false;
+    SamplingParams sampling;
+};
+
+struct TopLogprob {
+    int token;
+    std::string text;
+    float logprob;
+};
+
+struct Chunk {
+    std::string text;
+    int token = -1;
+    float logprob = 0.0f;
+    bool has_logprob = false;
+    std::vector<TopLogprob> top;
+};
+
+// Shared between the engine thread and the Python handle.
+struct RequestState {
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::deque<Chunk> chunks;
+    bool done = false;
+    std::string error;
+    std::string finish_reason;
+    std::string stop_string;
+    int prompt_tokens = 0;
+    int cached_tokens = 0;
+    int completion_tokens = 0;
+    double t_queued_ms = 0, t_prompt_ms = 0, t_gen_ms = 0;
+    std::atomic<bool> cancelled{false};
+    std::atomic<bool> signaled{false};
+    int notify_fd = -1;
+
+    void push(Chunk chunk);
+    void finish(std::string reason, std::string error_text = {});
+    void notify();
+};
+
+class Engine;
+
+class Request {
+public:
+    Request(std::shared_ptr<RequestState> state, std::shared_ptr<Engine> engine);
+    ~Request();
+    // Blocks until a chunk is ready; nullopt at the end. Rethrows an engine error.
+    std::optional<Chunk> next();
+    // Non-blocking: all chunks ready now.
+    std::vector<Chunk> poll();
+    // Blocks until the request finished; all remaining chunks.
+    std::vector<Chunk> wait();
+    void cancel();
+    bool done();
+    void raise_if_failed();
+    std::shared_ptr<RequestState> state() const { return state_; }
+
+private:
+    std::shared_ptr<RequestState> state_;
+    std::shared_ptr<Engine> engine_;
+};
+
+class Engine : public std::enable_shared_from_this<Engine> {
+public:
+    static std::shared_ptr<Engine> create(std::shared_ptr<Model> model, const EngineParams & params);
+    ~Engine();
+
+    // Validates and queues a request; errors in the request itself (prompt too long, bad
+    // grammar) are thrown here, in the caller's thread.
+    std::unique_ptr<Request> submit(RequestParams params, int notify_fd);
+
+    void shutdown();
+    void wake();
+
+    int n_ctx_per_seq() const { return n_ctx_seq_; }
+    int n_ctx_total() const;
+    int n_seq() const { return params_.n_seq; }
+    int n_batch() const { return params_.n_batch; }
+    int n_threads() const;
+    const EngineParams & params() const { return params_; }
+    std::shared_ptr<Model> model() const { return model_; }
+    std::vector<std::vector<llama_token>> cached_prompts();  // per slot, for tests and diagnostics
+
+    // Low-level: the engine's context is owned by its thread; these run there.
+    std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize);
+    void clear_cache();
+
+    struct Stats {
+        long long steps = 0;
+        long long tokens_decoded = 0;
+        long long prompt_tokens_evaluated = 0;
+        long long prompt_tokens_reused = 0;
+        long long max_batch = 0;
+    };
+    Stats stats();
+
+private:
+    Engine(std::shared_ptr<Model> model, const EngineParams & params);
+    struct Slot;
+    struct Pending {
+        RequestParams params;
+        common_sampler_ptr sampler;
+        std::shared_ptr<RequestState> state;
+        double t_submit;
+    };
+    struct Task;  // work other than generation, run on the engine thread
+
+    void loop();
+    bool assign_pending();                     // returns true if a slot was assigned
+    void start_slot(Slot & slot, Pending && pending);
+    void step();
+    void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
+    void emit_token(Slot & slot, llama_token token, int batch_index);
+    void run_tasks();
+    void run_on_thread(std::function<void()> fn);
+
+    std::shared_ptr<Model> model_;
+    EngineParams params_;
+    llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
+    llama_context_ptr ctx_;
+    int n_ctx_seq_ = 0;
+    std::vector<std::unique_ptr<Slot>> slots_;
+    llama_batch batch_{};
+
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<Pending> pending_;
+    std::deque<std::shared_ptr<Task>> tasks_;
+    bool stopping_ = false;
+    Stats stats_;
+    std::thread thread_;
+};
+
+// Stops every engine thread (called at interpreter exit).
+void shutdown_all_engines();
+
+double now_ms();
+
+}  // namespace lcl

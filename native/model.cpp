@@ -1,0 +1,237 @@
+#include "model.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+
+#include "common.h"
+#include "logging.h"
+
+namespace lcl {
+namespace {
+
+std::once_flag g_backend_once;
+
+void init_backend() {
+    std::call_once(g_backend_once, [] {
+        install_log_callback();
+        llama_backend_init();
+    });
+}
+
+std::string registry_key(const ModelParams & p, const std::string & canonical) {
+    std::string key = canonical + '|' + std::to_string(p.n_gpu_layers) + '|' + (p.use_mmap ? '1' : '0') +
+                      (p.use_mlock ? '1' : '0') + (p.vocab_only ? '1' : '0') + (p.check_tensors ? '1' : '0');
+    for (const auto & [k, v] : p.kv_overrides) {
+        key += '|' + k + '=' + v;
+    }
+    return key;
+}
+
+llama_model_kv_override parse_override(const std::string & key, const std::string & spec) {
+    llama_model_kv_override o{};
+    if (key.size() >= sizeof(o.key)) {
+        throw std::invalid_argument("metadata override key too long: " + key);
+    }
+    std::strncpy(o.key, key.c_str(), sizeof(o.key) - 1);
+    const auto colon = spec.find(':');
+    const std::string type = colon == std::string::npos ? "" : spec.substr(0, colon);
+    const std::string value = colon == std::string::npos ? spec : spec.substr(colon + 1);
+    if (type == "str") {
+        if (value.size() >= sizeof(o.val_str)) {
+            throw std::invalid_argument("metadata override value too long for " + key);
+        }
+        o.tag = LLAMA_KV_OVERRIDE_TYPE_STR;
+        std::strncpy(o.val_str, value.c_str(), sizeof(o.val_str) - 1);
+    } else if (type == "bool") {
+        o.tag = LLAMA_KV_OVERRIDE_TYPE_BOOL;
+        o.val_bool = value == "true" || value == "1";
+    } else if (type == "int" || type == "float") {
+        try {
+            if (type == "int") {
+                o.tag = LLAMA_KV_OVERRIDE_TYPE_INT;
+                o.val_i64 = std::stoll(value);
+            } else {
+                o.tag = LLAMA_KV_OVERRIDE_TYPE_FLOAT;
+                o.val_f64 = std::stod(value);
+            }
+        } catch (const std::logic_error &) {
+            throw std::invalid_argument("invalid metadata override " + key + "=" + spec);
+        }
+    } else {
+        throw std::invalid_argument("metadata override for " + key +
+                                    " must look like int:N, float:X, bool:B or str:S");
+    }
+    return o;
+}
+
+bool has_gguf_magic(const std::string & path) {
+    FILE * f = std::fopen(path.c_str(), "rb");
+    if (f == nullptr) {
+        return false;
+    }
+    char magic[4] = {0, 0, 0, 0};
+    const size_t n = std::fread(magic, 1, 4, f);
+    std::fclose(f);
+    return n == 4 && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+}  // namespace
+
+Model::Model(ModelParams params, llama_model_ptr model, double load_ms)
+    : params_(std::move(params)), model_(std::move(model)), vocab_(llama_model_get_vocab(model_.get())),
+      load_ms_(load_ms) {}
+
+std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCallback & progress) {
+    init_backend();
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (params.path.empty() || !fs::exists(params.path, ec)) {
+        throw FileNotFound("model file not found: " + params.path);
+    }
+    if (fs::is_directory(params.path, ec)) {
+        throw std::invalid_argument("model path is a directory, not a GGUF file: " + params.path);
+    }
+    if (!has_gguf_magic(params.path)) {
+        throw std::invalid_argument("not a GGUF file (bad magic bytes): " + params.path);
+    }
+    const std::string canonical = fs::canonical(params.path, ec).string();
+    const std::string key = registry_key(params, ec ? params.path : canonical);
+
+    // One lock around the load: two threads asking for the same file get one copy of the weights.
+    static std::mutex registry_mutex;
+    static std::map<std::string, std::weak_ptr<Model>> registry;
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    if (auto it = registry.find(key); it != registry.end()) {
+        if (auto existing = it->second.lock()) {
+            return existing;
+        }
+    }
+
+    auto mparams = llama_model_default_params();
+    mparams.n_gpu_layers = params.n_gpu_layers;
+    mparams.use_mmap = params.use_mmap;
+    mparams.use_mlock = params.use_mlock;
+    mparams.vocab_only = params.vocab_only;
+    mparams.check_tensors = params.check_tensors;
+    std::vector<llama_model_kv_override> overrides;
+    for (const auto & [k, v] : params.kv_overrides) {
+        overrides.push_back(parse_override(k, v));
+    }
+    if (!overrides.empty()) {
+        overrides.emplace_back();
+        overrides.back().key[0] = 0;
+        mparams.kv_overrides = overrides.data();
+    }
+    struct ProgressState {
+        const ProgressCallback * cb;
+        bool cancelled = false;
+    } state{&progress};
+    if (progress) {
+        mparams.progress_callback = [](float p, void * ud) -> bool {
+            auto * st = static_cast<ProgressState *>(ud);
+            try {
+                if (!(*st->cb)(p)) {
+                    st->cancelled = true;
+                }
+            } catch (...) {
+                st->cancelled = true;
+            }
+            return !st->cancelled;
+        };
+        mparams.progress_callback_user_data = &state;
+    }
+
+    ErrorCapture capture;
+    const auto t0 = std::chrono::steady_clock::now();
+    llama_model_ptr model(llama_model_load_from_file(params.path.c_str(), mparams));
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (!model) {
+        if (state.cancelled) {
+            throw std::runtime_error("model loading cancelled by the progress callback: " + params.path);
+        }
+        throw std::invalid_argument("failed to load model from " + params.path +
+                                    " (corrupt or unsupported GGUF): " + capture.message("no details"));
+    }
+    std::shared_ptr<Model> result(new Model(params, std::move(model), ms));
+    registry[key] = result;
+    return result;
+}
+
+std::vector<llama_token> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    return common_tokenize(vocab_, text, add_special, parse_special);
+}
+
+std::string Model::token_to_piece(llama_token token, bool special) const {
+    if (token < 0 || token >= n_vocab()) {
+        throw std::out_of_range("token id out of range: " + std::to_string(token));
+    }
+    return common_token_to_piece(vocab_, token, special);
+}
+
+std::string Model::detokenize(const std::vector<llama_token> & tokens, bool special) const {
+    for (auto t : tokens) {
+        if (t < 0 || t >= n_vocab()) {
+            throw std::out_of_range("token id out of range: " + std::to_string(t));
+        }
+    }
+    return common_detokenize(vocab_, tokens, special);
+}
+
+int Model::n_ctx_train() const { return llama_model_n_ctx_train(model_.get()); }
+int Model::n_vocab() const { return llama_vocab_n_tokens(vocab_); }
+int Model::n_embd() const { return llama_model_n_embd(model_.get()); }
+int Model::n_layer() const { return llama_model_n_layer(model_.get()); }
+uint64_t Model::size_bytes() const { return llama_model_size(model_.get()); }
+uint64_t Model::n_params() const { return llama_model_n_params(model_.get()); }
+
+std::string Model::description() const {
+    char buf[256];
+    const int n = llama_model_desc(model_.get(), buf, sizeof(buf));
+    return n > 0 ? std::string(buf, std::min<size_t>(n, sizeof(buf) - 1)) : std::string();
+}
+
+std::string Model::chat_template(const std::string & name) const {
+    const char * t = llama_model_chat_template(model_.get(), name.empty() ? nullptr : name.c_str());
+    return t != nullptr ? std::string(t) : std::string();
+}
+
+std::string Model::meta(const std::string & key) const {
+    const int32_t n = llama_model_meta_val_str(model_.get(), key.c_str(), nullptr, 0);
+    if (n < 0) {
+        return {};
+    }
+    std::string value(static_cast<size_t>(n) + 1, '\0');
+    llama_model_meta_val_str(model_.get(), key.c_str(), value.data(), value.size());
+    value.resize(static_cast<size_t>(n));
+    return value;
+}
+
+std::map<std::string, std::string> Model::metadata() const {
+    std::map<std::string, std::string> out;
+    const int32_t count = llama_model_meta_count(model_.get());
+    for (int32_t i = 0; i < count; ++i) {
+        char key[512];
+        if (llama_model_meta_key_by_index(model_.get(), i, key, sizeof(key)) < 0) {
+            continue;
+        }
+        const int32_t n = llama_model_meta_val_str_by_index(model_.get(), i, nullptr, 0);
+        if (n < 0) {
+            continue;
+        }
+        std::string value(static_cast<size_t>(n) + 1, '\0');
+        llama_model_meta_val_str_by_index(model_.get(), i, value.data(), value.size());
+        value.resize(static_cast<size_t>(n));
+        out.emplace(key, std::move(value));
+    }
+    return out;
+}
+
+llama_token Model::bos() const { return llama_vocab_bos(vocab_); }
+llama_token Model::eos() const { return llama_vocab_eos(vocab_); }
+bool Model::add_bos() const { return llama_vocab_get_add_bos(vocab_); }
+bool Model::is_eog(llama_token token) const { return llama_vocab_is_eog(vocab_, token); }
+
+}  // namespace lcl

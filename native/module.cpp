@@ -1,0 +1,322 @@
+// Python bindings. Whole tasks are bound (load a model, run a request), not llama.h call by
+// call; every call that computes or waits releases the GIL.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/function.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include "build-info.h"
+#include "engine.h"
+#include "logging.h"
+#include "model.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace lcl {
+void register_chat(nb::module_ & m);
+}
+
+namespace {
+
+// Token pieces and metadata are bytes from the model: decode leniently, never raise.
+nb::str py_str(const std::string & s) {
+    PyObject * o = PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace");
+    if (o == nullptr) {
+        throw nb::python_error();
+    }
+    return nb::steal<nb::str>(o);
+}
+
+void register_model(nb::module_ & m) {
+    nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.")
+        .def(nb::init<>())
+        .def_rw("path", &lcl::ModelParams::path)
+        .def_rw("n_gpu_layers", &lcl::ModelParams::n_gpu_layers, "Layers to offload to the GPU; -1 for all.")
+        .def_rw("use_mmap", &lcl::ModelParams::use_mmap)
+        .def_rw("use_mlock", &lcl::ModelParams::use_mlock)
+        .def_rw("vocab_only", &lcl::ModelParams::vocab_only)
+        .def_rw("check_tensors", &lcl::ModelParams::check_tensors)
+        .def_rw("kv_overrides", &lcl::ModelParams::kv_overrides,
+                "Metadata overrides: key -> 'int:N' | 'float:X' | 'bool:B' | 'str:S'.");
+
+    nb::class_<lcl::Model>(m, "Model", "Loaded weights and vocabulary, shared by all engines on the same file.")
+        .def_static(
+            "load",
+            [](const lcl::ModelParams & params, std::optional<nb::callable> progress) {
+                lcl::ProgressCallback cb;
+                if (progress) {
+                    cb = [fn = *progress](float p) -> bool {
+                        nb::gil_scoped_acquire gil;
+                        nb::object r = fn(p);
+                        return r.is_none() || nb::cast<bool>(r);
+                    };
+                }
+                nb::gil_scoped_release release;
+                auto model = lcl::Model::load(params, cb);
+                if (cb) {
+                    // The callable must be released with the GIL held.
+                    nb::gil_scoped_acquire gil;
+                    cb = nullptr;
+                }
+                return model;
+            },
+            "params"_a, "progress"_a = nb::none(),
+            "Load a model (or reuse the loaded copy). progress(fraction) may return False to cancel.")
+        .def("tokenize", &lcl::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false,
+             nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "token_to_piece",
+            [](const lcl::Model & self, int token, bool special) {
+                const std::string piece = self.token_to_piece(token, special);
+                return nb::bytes(piece.data(), piece.size());
+            },
+            "token"_a, "special"_a = false, "The token's bytes (a piece may be part of a UTF-8 character).")
+        .def(
+            "detokenize",
+            [](const lcl::Model & self, const std::vector<llama_token> & tokens, bool special) {
+                return py_str(self.detokenize(tokens, special));
+            },
+            "tokens"_a, "special"_a = false)
+        .def_prop_ro("path", [](const lcl::Model & self) { return self.params().path; })
+        .def_prop_ro("n_ctx_train", &lcl::Model::n_ctx_train)
+        .def_prop_ro("n_vocab", &lcl::Model::n_vocab)
+        .def_prop_ro("n_embd", &lcl::Model::n_embd)
+        .def_prop_ro("n_layer", &lcl::Model::n_layer)
+        .def_prop_ro("size_bytes", &lcl::Model::size_bytes)
+        .def_prop_ro("n_params", &lcl::Model::n_params)
+        .def_prop_ro("description", [](const lcl::Model & self) { return py_str(self.description()); })
+        .def_prop_ro("architecture", [](const lcl::Model & self) { return py_str(self.meta("general.architecture")); })
+        .def_prop_ro("name", [](const lcl::Model & self) { return py_str(self.meta("general.name")); })
+        .def_prop_ro("bos_token", &lcl::Model::bos)
+        .def_prop_ro("eos_token", &lcl::Model::eos)
+        .def_prop_ro("add_bos", &lcl::Model::add_bos)
+        .def_prop_ro("load_time_ms", &lcl::Model::load_time_ms)
+        .def("is_eog", &lcl::Model::is_eog, "token"_a)
+        .def_prop_ro("fim_tokens",
+                     [](const lcl::Model & self) {
+                         const llama_vocab * v = self.vocab();
+                         return std::vector<int>{llama_vocab_fim_pre(v), llama_vocab_fim_suf(v), llama_vocab_fim_mid(v)};
+                     },
+                     "Fill-in-the-middle token ids (prefix, suffix, middle); -1 where the vocabulary has none.")
+        .def(
+            "chat_template",
+            [](const lcl::Model & self, const std::string & name) -> std::optional<nb::str> {
+                const std::string t = self.chat_template(name);
+                if (t.empty()) {
+                    return std::nullopt;
+                }
+                return py_str(t);
+            },
+            "name"_a = "", "The model's Jinja chat template (None if it has none).")
+        .def(
+            "metadata",
+            [](const lcl::Model & self) {
+                nb::dict out;
+                for (const auto & [k, v] : self.metadata()) {
+                    out[py_str(k)] = py_str(v);
+                }
+                return out;
+            },
+            "All GGUF metadata as strings.");
+}
+
+void register_engine(nb::module_ & m) {
+    nb::class_<lcl::EngineParams>(m, "EngineParams", "Context and scheduling settings of an engine.")
+        .def(nb::init<>())
+        .def_rw("n_ctx", &lcl::EngineParams::n_ctx, "Context per sequence; 0 for the model's trained length.")
+        .def_rw("n_batch", &lcl::EngineParams::n_batch)
+        .def_rw("n_ubatch", &lcl::EngineParams::n_ubatch)
+        .def_rw("n_seq", &lcl::EngineParams::n_seq, "Sequence slots decoded together.")
+        .def_rw("n_threads", &lcl::EngineParams::n_threads)
+        .def_rw("n_threads_batch", &lcl::EngineParams::n_threads_batch)
+        .def_rw("f16_kv", &lcl::EngineParams::f16_kv)
+        .def_rw("flash_attn", &lcl::EngineParams::flash_attn, "-1 auto, 0 off, 1 on.")
+        .def_rw("rope_freq_base", &lcl::EngineParams::rope_freq_base)
+        .def_rw("rope_freq_scale", &lcl::EngineParams::rope_freq_scale)
+        .def_rw("embeddings", &lcl::EngineParams::embeddings)
+        .def_rw("pooling", &lcl::EngineParams::pooling)
+        .def_rw("swa_full", &lcl::EngineParams::swa_full)
+        .def_rw("offload_kqv", &lcl::EngineParams::offload_kqv)
+        .def_rw("lora_path", &lcl::EngineParams::lora_path)
+        .def_rw("lora_scale", &lcl::EngineParams::lora_scale);
+
+    nb::class_<lcl::GrammarTrigger>(m, "GrammarTrigger")
+        .def(nb::init<>())
+        .def_rw("type", &lcl::GrammarTrigger::type)
+        .def_rw("value", &lcl::GrammarTrigger::value)
+        .def_rw("token", &lcl::GrammarTrigger::token);
+
+    nb::class_<lcl::SamplingParams>(m, "SamplingParams", "llama.cpp's sampler chain settings for one request.")
+        .def(nb::init<>())
+        .def_rw("temperature", &lcl::SamplingParams::temperature, "0 for greedy decoding.")
+        .def_rw("top_k", &lcl::SamplingParams::top_k)
+        .def_rw("top_p", &lcl::SamplingParams::top_p)
+        .def_rw("min_p", &lcl::SamplingParams::min_p)
+        .def_rw("typical_p", &lcl::SamplingParams::typical_p)
+        .def_rw("repeat_penalty", &lcl::SamplingParams::repeat_penalty)
+        .def_rw("repeat_last_n", &lcl::SamplingParams::repeat_last_n)
+        .def_rw("frequency_penalty", &lcl::SamplingParams::frequency_penalty)
+        .def_rw("presence_penalty", &lcl::SamplingParams::presence_penalty)
+        .def_rw("mirostat", &lcl::SamplingParams::mirostat)
+        .def_rw("mirostat_tau", &lcl::SamplingParams::mirostat_tau)
+        .def_rw("mirostat_eta", &lcl::SamplingParams::mirostat_eta)
+        .def_rw("seed", &lcl::SamplingParams::seed, "-1 for a random seed.")
+        .def_rw("logit_bias", &lcl::SamplingParams::logit_bias)
+        .def_rw("grammar", &lcl::SamplingParams::grammar, "GBNF grammar text; empty for none.")
+        .def_rw("grammar_lazy", &lcl::SamplingParams::grammar_lazy)
+        .def_rw("grammar_is_tool_call", &lcl::SamplingParams::grammar_is_tool_call)
+        .def_rw("grammar_triggers", &lcl::SamplingParams::grammar_triggers)
+        .def_rw("preserved_tokens", &lcl::SamplingParams::preserved_tokens)
+        .def_rw("generation_prompt", &lcl::SamplingParams::generation_prompt);
+
+    nb::class_<lcl::RequestParams>(m, "RequestParams", "One generation request.")
+        .def(nb::init<>())
+        .def_rw("prompt", &lcl::RequestParams::prompt, "Prompt token ids.")
+        .def_rw("max_tokens", &lcl::RequestParams::max_tokens, "-1: until end of generation or a full context.")
+        .def_rw("stop", &lcl::RequestParams::stop)
+        .def_rw("n_probs", &lcl::RequestParams::n_probs, "Top logprobs per token; -1: the chosen token's only.")
+        .def_rw("ignore_eos", &lcl::RequestParams::ignore_eos)
+        .def_rw("render_special", &lcl::RequestParams::render_special)
+        .def_rw("sampling", &lcl::RequestParams::sampling);
+
+    nb::class_<lcl::TopLogprob>(m, "TopLogprob")
+        .def_ro("token", &lcl::TopLogprob::token)
+        .def_prop_ro("text", [](const lcl::TopLogprob & self) { return py_str(self.text); })
+        .def_ro("logprob", &lcl::TopLogprob::logprob);
+
+    nb::class_<lcl::Chunk>(m, "Chunk", "Output of one sampled token (text may be empty while held back).")
+        .def_prop_ro("text", [](const lcl::Chunk & self) { return py_str(self.text); })
+        .def_ro("token", &lcl::Chunk::token)
+        .def_prop_ro("logprob",
+                     [](const lcl::Chunk & self) -> std::optional<float> {
+                         return self.has_logprob ? std::optional<float>(self.logprob) : std::nullopt;
+                     })
+        .def_ro("top_logprobs", &lcl::Chunk::top);
+
+    nb::class_<lcl::Request>(m, "Request", "A running request: iterate for chunks; dropping it cancels.")
+        .def("next", &lcl::Request::next, nb::call_guard<nb::gil_scoped_release>(),
+             "Block until the next chunk; None at the end. Raises RuntimeError on engine errors.")
+        .def("poll", &lcl::Request::poll, "Chunks ready now, without blocking.")
+        .def("wait", &lcl::Request::wait, nb::call_guard<nb::gil_scoped_release>(),
+             "Block until done; the remaining chunks.")
+        .def("cancel", &lcl::Request::cancel, "Stop generating; the slot is freed within one step.")
+        .def("raise_if_failed", &lcl::Request::raise_if_failed)
+        .def_prop_ro("done", &lcl::Request::done)
+        .def_prop_ro("finish_reason",
+                     [](lcl::Request & self) {
+                         auto st = self.state();
+                         std::lock_guard<std::mutex> lock(st->mutex);
+                         return st->finish_reason;
+                     })
+        .def_prop_ro("stop_string",
+                     [](lcl::Request & self) {
+                         auto st = self.state();
+                         std::lock_guard<std::mutex> lock(st->mutex);
+                         return st->stop_string;
+                     })
+        .def_prop_ro("usage",
+                     [](lcl::Request & self) {
+                         auto st = self.state();
+                         std::lock_guard<std::mutex> lock(st->mutex);
+                         nb::dict d;
+                         d["prompt_tokens"] = st->prompt_tokens;
+                         d["cached_tokens"] = st->cached_tokens;
+                         d["completion_tokens"] = st->completion_tokens;
+                         d["queued_ms"] = st->t_queued_ms;
+                         d["prompt_ms"] = st->t_prompt_ms;
+                         d["generation_ms"] = st->t_gen_ms;
+                         return d;
+                     },
+                     "Token counts and timings (prompt_tokens, cached_tokens, completion_tokens, *_ms).");
+
+    nb::class_<lcl::Engine>(m, "Engine", "A context with sequence slots and one decoding thread.",
+                            nb::is_weak_referenceable())
+        .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def("submit", &lcl::Engine::submit, "params"_a, "notify_fd"_a = -1, nb::call_guard<nb::gil_scoped_release>(),
+             "Queue a request. notify_fd, if given, receives a byte whenever output is ready (for asyncio).")
+        .def("shutdown", &lcl::Engine::shutdown, nb::call_guard<nb::gil_scoped_release>())
+        .def("clear_cache", &lcl::Engine::clear_cache, nb::call_guard<nb::gil_scoped_release>(),
+             "Forget the cached prompts of idle slots.")
+        .def("cached_prompts", &lcl::Engine::cached_prompts, nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "embed",
+            [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, bool normalize) {
+                std::vector<float> flat;
+                {
+                    nb::gil_scoped_release release;
+                    flat = self.embed(inputs, normalize);
+                }
+                const size_t n_embd = static_cast<size_t>(self.model()->n_embd());
+                nb::list out;
+                for (size_t i = 0; i < inputs.size(); ++i) {
+                    nb::list row;
+                    for (size_t j = 0; j < n_embd; ++j) {
+                        row.append(flat[i * n_embd + j]);
+                    }
+                    out.append(row);
+                }
+                return out;
+            },
+            "inputs"_a, "normalize"_a = true, "Pooled embeddings, one list of floats per input.")
+        .def_prop_ro("model", &lcl::Engine::model)
+        .def_prop_ro("n_ctx", &lcl::Engine::n_ctx_per_seq, "Context per sequence.")
+        .def_prop_ro("n_ctx_total", &lcl::Engine::n_ctx_total)
+        .def_prop_ro("n_seq", &lcl::Engine::n_seq)
+        .def_prop_ro("n_batch", &lcl::Engine::n_batch)
+        .def_prop_ro("n_threads", &lcl::Engine::n_threads)
+        .def(
+            "stats",
+            [](lcl::Engine & self) {
+                const auto s = self.stats();
+                nb::dict d;
+                d["steps"] = s.steps;
+                d["tokens_decoded"] = s.tokens_decoded;
+                d["prompt_tokens_evaluated"] = s.prompt_tokens_evaluated;
+                d["prompt_tokens_reused"] = s.prompt_tokens_reused;
+                d["max_batch"] = s.max_batch;
+                return d;
+            },
+            "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");
+}
+
+}  // namespace
+
+NB_MODULE(_native, m) {
+    m.doc() = "Native llama.cpp engine for langchain_llamacpp (no LangChain here).";
+    // Objects still alive at interpreter exit are expected (cached models); don't print about them.
+    nb::set_leak_warnings(false);
+
+    nb::register_exception_translator([](const std::exception_ptr & p, void *) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const lcl::FileNotFound & e) {
+            PyErr_SetString(PyExc_FileNotFoundError, e.what());
+        }
+    });
+
+    lcl::install_log_callback();
+    register_model(m);
+    register_engine(m);
+    lcl::register_chat(m);
+
+    m.def(
+        "drain_logs",
+        [] {
+            nb::list out;
+            for (const auto & [level, text] : lcl::drain_logs()) {
+                out.append(nb::make_tuple(level, py_str(text)));
+            }
+            return out;
+        },
+        "Buffered llama.cpp log lines as (ggml_log_level, text); the Python side forwards them to logging.");
+    m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<nb::gil_scoped_release>(),
+          "Stop every engine thread (registered with atexit).");
+    m.def("system_info", [] { return std::string(llama_print_system_info()); });
+    m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
+}
