@@ -294,7 +294,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     cparams.rope_freq_base = params.rope_freq_base;
     cparams.rope_freq_scale = params.rope_freq_scale;
     cparams.embeddings = params.embeddings;
-    cparams.pooling_type = static_cast<llama_pooling_type>(params.pooling);
+    cparams.pooling_type = static_cast<enum llama_pooling_type>(params.pooling);
     cparams.swa_full = params.swa_full;
     cparams.kv_unified = false;
     cparams.offload_kqv = params.offload_kqv;

@@ -112,8 +112,11 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
 
     auto mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;
-    mparams.use_mmap = params.use_mmap;
-    mparams.use_mlock = params.use_mlock;
+    if (params.use_mmap) {
+        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
+    } else {
+        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE;
+    }
     mparams.vocab_only = params.vocab_only;
     mparams.check_tensors = params.check_tensors;
     std::vector<llama_model_kv_override> overrides;
