@@ -29,6 +29,9 @@ from langchain_llamacpp._base import LlamaCppParams
 from langchain_llamacpp._messages import (
     convert_messages_to_llamacpp,
     convert_tools_to_openai,
+    extract_json_tool_calls,
+    force_tool_call_grammar,
+    looks_like_json_call,
     new_call_id,
     normalize_tool_choice,
     parse_tool_calls,
@@ -47,6 +50,7 @@ class _Call:
     parser: _native.ChatParser
     parse: bool  # output needs parsing (tools, reasoning); otherwise it is plain content
     options: dict[str, Any]
+    tool_names: list[str] = field(default_factory=list)  # tools the model may call ("auto")
     call_ids: list[str] = field(default_factory=list)
 
 
@@ -273,6 +277,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         tokens = engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
         stops = self._stop_list(stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
         template_grammar = rendered["grammar"]
+        if template_grammar and choice == "required":
+            template_grammar = force_tool_call_grammar(template_grammar)
         params = self._request_params(tokens, stops, options, grammar=template_grammar or user_grammar or "")
         s = params.sampling
         if template_grammar:
@@ -289,7 +295,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         parse_tools = bool(tools) and choice != "none"
         parser = _native.ChatParser(rendered["format"], rendered["parser"], rendered["generation_prompt"], parse_tools)
         needs_parse = parse_tools or bool(rendered["supports_thinking"]) or rendered["format"] != 0
-        return _Call(engine, params, parser, needs_parse, options)
+        auto_names = [t["function"]["name"] for t in tools] if tools and choice == "auto" else []
+        return _Call(engine, params, parser, needs_parse, options, auto_names)
 
     # -- output ----------------------------------------------------------------------------
 
@@ -303,6 +310,10 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
                 return None  # wait for more text
             _engine.logger.warning("could not parse the model output as a message; returning it as text")
             return {"content": text}
+        if not partial and call.tool_names and not parsed.get("tool_calls"):
+            fallback = extract_json_tool_calls(parsed.get("content") or "", call.tool_names)
+            if fallback:
+                parsed["tool_calls"], parsed["content"] = fallback, ""
         # Stable ids: streamed chunks and the final message name each call the same way.
         for i, raw in enumerate(parsed.get("tool_calls") or []):
             if i >= len(call.call_ids):
@@ -359,6 +370,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         if parsed is None:
             return None
         content = parsed.get("content") or ""
+        if partial and call.tool_names and looks_like_json_call(content):
+            content = state["content"]  # may be a tool call written as JSON: hold until the end
         reasoning = parsed.get("reasoning_content") or ""
         delta_content = content[len(state["content"]) :] if content.startswith(state["content"]) else ""
         delta_reasoning = reasoning[len(state["reasoning"]) :] if reasoning.startswith(state["reasoning"]) else ""
