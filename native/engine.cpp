@@ -12,6 +12,7 @@
 #include <set>
 
 #include "common.h"
+#include "grammar.h"
 #include "logging.h"
 
 namespace lcl {
@@ -189,6 +190,10 @@ common_params_sampling to_common(const SamplingParams & s, const llama_vocab * v
         p.logit_bias.push_back({token, bias});
     }
     if (!s.grammar.empty()) {
+        const std::string error = grammar_error(vocab, s.grammar);
+        if (!error.empty()) {
+            throw std::invalid_argument("invalid grammar: " + error);
+        }
         p.grammar = common_grammar(s.grammar_is_tool_call ? COMMON_GRAMMAR_TYPE_TOOL_CALLS : COMMON_GRAMMAR_TYPE_USER,
                                    s.grammar);
         p.grammar_lazy = s.grammar_lazy;
@@ -201,6 +206,9 @@ common_params_sampling to_common(const SamplingParams & s, const llama_vocab * v
         }
     }
     for (const auto & t : s.grammar_triggers) {
+        if (t.type < COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN || t.type > COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL) {
+            throw std::invalid_argument("unknown grammar trigger type " + std::to_string(t.type));
+        }
         const auto type = static_cast<common_grammar_trigger_type>(t.type);
         if (type == COMMON_GRAMMAR_TRIGGER_TYPE_WORD) {
             const auto ids = common_tokenize(vocab, t.value, false, true);
@@ -329,7 +337,11 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         }
     }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
-    engine->batch_ = llama_batch_init(std::max(params.n_batch, params.n_seq), 0, 1);
+    // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
+    engine->params_.n_batch = static_cast<int>(llama_n_batch(engine->ctx_.get()));
+    engine->params_.n_ubatch = static_cast<int>(llama_n_ubatch(engine->ctx_.get()));
+    engine->params_.n_ctx = engine->n_ctx_seq_;
+    engine->batch_ = llama_batch_init(std::max(engine->params_.n_batch, params.n_seq), 0, 1);
     for (int i = 0; i < params.n_seq; ++i) {
         auto slot = std::make_unique<Slot>();
         slot->id = i;

@@ -1,0 +1,97 @@
+"""A tiny random-weight llama model in GGUF, for fast tests that exercise the real engine.
+
+The vocabulary (and optionally a chat template) comes from one of llama.cpp's vocab files in
+``vendor/llama.cpp/models/``; the weights are random, so the text is nonsense but deterministic at
+temperature 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = ROOT / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-spm.gguf"
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def _field_value(reader: GGUFReader, name: str) -> object:
+    field = reader.fields[name]
+    kind = field.types[0]
+    if kind == GGUFValueType.ARRAY:
+        sub = field.types[-1]
+        if sub == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+        return [field.parts[i][0].item() for i in field.data]
+    if kind == GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    return field.parts[field.data[0]][0].item()
+
+
+def write_tiny_model(
+    path: Path,
+    *,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_head: int = 4,
+    n_ff: int = 128,
+    n_ctx_train: int = 2048,
+    seed: int = 0,
+    chat_template: str | None = None,
+) -> Path:
+    reader = GGUFReader(str(VOCAB))
+    tokens = _field_value(reader, "tokenizer.ggml.tokens")
+    assert isinstance(tokens, list)
+    n_vocab = len(tokens)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-random-llama")
+    writer.add_context_length(n_ctx_train)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(n_embd // n_head)
+    writer.add_vocab_size(n_vocab)
+    writer.add_file_type(0)
+    writer.add_tokenizer_model(str(_field_value(reader, "tokenizer.ggml.model")))
+    writer.add_tokenizer_pre(str(_field_value(reader, "tokenizer.ggml.pre")))
+    writer.add_token_list(tokens)
+    writer.add_token_scores(_field_value(reader, "tokenizer.ggml.scores"))  # type: ignore[arg-type]
+    writer.add_token_types(_field_value(reader, "tokenizer.ggml.token_type"))  # type: ignore[arg-type]
+    writer.add_bos_token_id(int(_field_value(reader, "tokenizer.ggml.bos_token_id")))  # type: ignore[arg-type]
+    writer.add_eos_token_id(int(_field_value(reader, "tokenizer.ggml.eos_token_id")))  # type: ignore[arg-type]
+    writer.add_unk_token_id(int(_field_value(reader, "tokenizer.ggml.unknown_token_id")))  # type: ignore[arg-type]
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
+
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, *shape: int, scale: float = 0.02) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
+
+    tensor("token_embd.weight", n_vocab, n_embd, scale=1.0)
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    tensor("output.weight", n_vocab, n_embd, scale=0.5)
+    for i in range(n_layer):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            tensor(f"blk.{i}.{name}.weight", n_embd, n_embd)
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
