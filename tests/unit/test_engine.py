@@ -1,0 +1,334 @@
+"""The native engine on a tiny random-weight model: text handling, concurrency, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+
+import langchain_llamacpp
+from langchain_llamacpp import LlamaCpp, _native
+
+
+def _llm(path: str, **kwargs: Any) -> LlamaCpp:
+    defaults: dict[str, Any] = {"temperature": 0, "max_tokens": 40, "seed": 1}
+    defaults.update(kwargs)
+    return LlamaCpp(model_path=path, **defaults)
+
+
+def test_public_api_is_pinned() -> None:
+    assert sorted(langchain_llamacpp.__all__) == [
+        "ChatLlamaCpp",
+        "LlamaCpp",
+        "LlamaCppEmbeddings",
+        "__version__",
+        "grammars",
+    ]
+
+
+def test_stream_joined_equals_invoke(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path)
+    text = llm.invoke("Hello there")
+    assert text
+    assert "".join(llm.stream("Hello there")) == text
+
+
+def test_max_tokens_and_finish_reason(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=7)
+    result = llm.generate(["Hello"])
+    info = result.generations[0][0].generation_info
+    assert info is not None
+    assert info["finish_reason"] == "length"
+    assert info["usage"]["completion_tokens"] == 7
+    assert result.llm_output is not None
+    usage = result.llm_output["token_usage"]
+    assert usage["completion_tokens"] == 7
+    assert usage["total_tokens"] == usage["prompt_tokens"] + 7
+
+
+def test_stop_strings_are_held_back(tiny_model_path: str) -> None:
+    """Whatever stop string is chosen, no part of it reaches the stream or the result."""
+    llm = _llm(tiny_model_path, max_tokens=60)
+    full = llm.invoke("Once upon a time")
+    assert len(full) > 30
+    # Stop strings that start mid-token and span token boundaries.
+    for start, length in [(10, 4), (17, 9), (25, 3)]:
+        stop = full[start : start + length]
+        expected = full[: full.index(stop)]
+        chunks = list(llm.stream("Once upon a time", stop=[stop]))
+        assert "".join(chunks) == expected
+        assert llm.invoke("Once upon a time", stop=[stop]) == expected
+        # No chunk ends with a prefix of the stop string that was later withdrawn.
+        assert stop not in "".join(chunks)
+
+
+def test_constructor_and_call_stop_are_merged(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=60)
+    full = llm.invoke("Once upon a time")
+    first, second = full[30:34], full[12:16]
+    merged = _llm(tiny_model_path, max_tokens=60, stop=[first])
+    assert merged.invoke("Once upon a time") == full[: full.index(first)]
+    assert merged.invoke("Once upon a time", stop=[second]) == full[: full.index(second)]
+    assert "".join(merged.stream("Once upon a time", stop=[second])) == full[: full.index(second)]
+
+
+def test_grammar_constrains_output(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, grammar='root ::= ("yes" | "no") "."', max_tokens=10)
+    assert llm.invoke("Answer:") in ("yes.", "no.")
+
+
+def test_bundled_grammar_by_name(tiny_model_path: str) -> None:
+    from langchain_llamacpp import grammars
+
+    assert {"json", "list"} <= set(grammars.names())
+    llm = _llm(tiny_model_path, grammar_path="list", max_tokens=30)
+    text = llm.invoke("A list:")
+    assert text.startswith("- ") or text.startswith("\n")
+    # The docs' paths resolve to the bundled files when they do not exist here.
+    docs_style = _llm(tiny_model_path, grammar_path="/Users/somebody/llama.cpp/grammars/json.gbnf")
+    assert str(docs_style.grammar_path).endswith("grammars/json.gbnf")
+
+
+def test_logprobs(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, logprobs=3, max_tokens=5)
+    info = llm.generate(["Hello"]).generations[0][0].generation_info
+    assert info is not None
+    lp = info["logprobs"]
+    assert len(lp["token_logprobs"]) == 5
+    assert all(x <= 0 for x in lp["token_logprobs"])
+    assert all(len(top) == 3 for top in lp["top_logprobs"])
+    # Greedy: the chosen token is the most likely one.
+    for chosen, top in zip(lp["token_logprobs"], lp["top_logprobs"], strict=True):
+        assert chosen == pytest.approx(max(top.values()), abs=1e-4)
+
+
+def test_echo_and_per_call_options(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=5)
+    plain = llm.invoke("Hello")
+    assert llm.invoke("Hello", echo=True) == "Hello" + plain
+    assert llm.invoke("Hello", max_tokens=2) != plain
+
+
+def test_callbacks_get_every_token_before_it_is_yielded(tiny_model_path: str) -> None:
+    seen: list[str] = []
+
+    class Recorder(BaseCallbackHandler):
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            seen.append(token)
+
+    llm = _llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
+    yielded = []
+    for piece in llm.stream("Hi"):
+        if piece:
+            assert seen and seen[-1] == piece  # the callback ran first
+        yielded.append(piece)
+    assert "".join(seen) == "".join(yielded)
+    seen.clear()
+    text = llm.invoke("Hi")
+    assert len(seen) >= 10 and "".join(seen) == text
+
+
+async def test_async_callbacks_are_awaited(tiny_model_path: str) -> None:
+    seen: list[str] = []
+
+    class Recorder(AsyncCallbackHandler):
+        async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            await asyncio.sleep(0)
+            seen.append(token)
+
+    llm = _llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
+    text = await llm.ainvoke("Hi")
+    assert "".join(seen) == text
+    assert text == llm.invoke("Hi")
+
+
+async def test_astream_leaves_the_event_loop_free(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=200, n_ctx=512)
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    pieces = [p async for p in llm.astream("Hello")]
+    done = True
+    await task
+    assert "".join(pieces) == llm.invoke("Hello", max_tokens=200)
+    assert ticks > 20  # the loop kept running while tokens were generated
+
+
+async def test_cancelled_task_stops_its_sequence(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
+    engine = llm.load()
+
+    async def consume() -> None:
+        async for _ in llm.astream("Hello"):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    before = engine.stats()["tokens_decoded"]
+    await asyncio.sleep(0.3)
+    assert engine.stats()["tokens_decoded"] - before <= 2  # stopped within a step
+    assert llm.invoke("Hello", max_tokens=3)  # the slot is free again
+
+
+def test_closing_a_stream_frees_the_slot(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
+    engine = llm.load()
+    stream = llm.stream("Hello")
+    for _ in range(3):
+        next(stream)
+    stream.close()
+    before = engine.stats()["tokens_decoded"]
+    time.sleep(0.3)
+    assert engine.stats()["tokens_decoded"] - before <= 2
+    assert llm.invoke("Hello", max_tokens=3)
+
+
+def test_exception_in_callback_cancels(tiny_model_path: str) -> None:
+    class Boom(BaseCallbackHandler):
+        raise_error = True
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            raise RuntimeError("stop here")
+
+    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048, callbacks=[Boom()])
+    engine = llm.load()
+    with pytest.raises(RuntimeError, match="stop here"):
+        llm.invoke("Hello")
+    before = engine.stats()["tokens_decoded"]
+    time.sleep(0.3)
+    assert engine.stats()["tokens_decoded"] - before <= 2
+
+
+@pytest.mark.parametrize("n_seq", [1, 4])
+def test_threads_share_one_instance(tiny_model_path: str, n_seq: int) -> None:
+    llm = _llm(tiny_model_path, max_tokens=16, n_seq=n_seq)
+    prompts = [f"Prompt number {i}" for i in range(10)]
+    expected = [llm.invoke(p) for p in prompts]
+    results: dict[tuple[int, int], str] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i, p in enumerate(prompts):
+                results[(t, i)] = llm.invoke(p)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(results[(t, i)] == expected[i] for t in range(8) for i in range(10))
+
+
+def test_batch_and_generate_many(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4)
+    prompts = [f"Item {i}:" for i in range(6)]
+    sequential = [llm.invoke(p) for p in prompts]
+    assert llm.batch(prompts) == sequential
+    engine = llm.load()
+    before = engine.stats()["max_batch"]
+    result = llm.generate(prompts)
+    assert [g[0].text for g in result.generations] == sequential
+    assert max(before, engine.stats()["max_batch"]) >= 4  # decoded together
+
+
+async def test_abatch(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4)
+    prompts = [f"Item {i}:" for i in range(6)]
+    assert await llm.abatch(prompts) == [llm.invoke(p) for p in prompts]
+
+
+def test_prompt_cache_reuses_prefix(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=4, n_seq=2)
+    engine = llm.load()
+    prefix = "The quick brown fox jumps over the lazy dog. " * 5
+    llm.invoke(prefix + "First")
+    reused = engine.stats()["prompt_tokens_reused"]
+    result = llm.generate([prefix + "Second"])
+    info = result.generations[0][0].generation_info
+    assert info is not None and info["usage"]["cached_tokens"] >= 50
+    assert engine.stats()["prompt_tokens_reused"] - reused >= 50
+
+
+def test_instances_share_weights_and_engine(tiny_model_path: str) -> None:
+    a = _llm(tiny_model_path, temperature=0.5)
+    b = _llm(tiny_model_path, temperature=0.1)
+    assert a.load() is b.load()  # same model and context settings: one engine, one cache
+    c = _llm(tiny_model_path, n_ctx=1024)
+    assert c.load() is not a.load()
+    assert c.native_model is a.native_model  # but one copy of the weights
+
+
+def test_tokenizer_api(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path)
+    model = llm.native_model
+    tokens = model.tokenize("Hello world", add_special=False)
+    assert model.detokenize(tokens) == "Hello world"
+    assert llm.get_num_tokens("Hello world") == len(tokens)
+    assert model.n_vocab == 32000 and model.architecture == "llama"
+    assert b"".join(model.token_to_piece(t) for t in tokens).decode().strip() == "Hello world"
+    with pytest.raises(IndexError):
+        model.token_to_piece(10**6)
+
+
+def test_silent_when_not_verbose(tiny_model_path: str) -> None:
+    code = (
+        "from langchain_llamacpp import LlamaCpp\n"
+        f"llm = LlamaCpp(model_path={tiny_model_path!r}, temperature=0, max_tokens=5)\n"
+        "llm.invoke('hi'); list(llm.stream('hi'))\n"
+        "try:\n    llm.invoke('hi', grammar='root ::= nope')\nexcept ValueError:\n    pass\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr == ""
+
+
+def test_verbose_prints_load_info_and_timings(tiny_model_path: str) -> None:
+    code = (
+        "from langchain_llamacpp import LlamaCpp\n"
+        f"llm = LlamaCpp(model_path={tiny_model_path!r}, temperature=0, max_tokens=5, n_ctx=768, verbose=True)\n"
+        "llm.invoke('hi')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "llama_model_loader" in proc.stderr or "print_info" in proc.stderr
+    assert "tok/s" in proc.stderr and "prompt eval" in proc.stderr
+
+
+def test_context_manager_and_close(tiny_model_path: str) -> None:
+    with _llm(tiny_model_path, n_ctx=640) as llm:
+        assert llm.invoke("Hi", max_tokens=2)
+    assert llm._engine is None
+
+
+def test_native_request_api(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path)
+    engine = llm.load()
+    params = _native.RequestParams()
+    params.prompt = engine.model.tokenize("Hello")
+    params.max_tokens = 5
+    params.sampling.temperature = 0
+    request = engine.submit(params)
+    chunks = request.wait()
+    assert len(chunks) == 5 and request.finish_reason == "length"
+    assert request.usage["completion_tokens"] == 5
