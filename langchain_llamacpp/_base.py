@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_llamacpp import _engine, _native
+import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._native as _native
 from langchain_llamacpp.grammars import resolve_grammar_path
 
 # Per-call keyword arguments accepted by invoke/stream/generate (besides `stop`).
@@ -189,7 +190,7 @@ class LlamaCppParams(BaseModel):
     verbose: bool = False
     """Print llama.cpp's load details and per-call timings to stderr. False prints nothing."""
 
-    _engine: _native.Engine | None = PrivateAttr(default=None)
+    _loaded: _native.Engine | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
     @classmethod
@@ -226,9 +227,7 @@ class LlamaCppParams(BaseModel):
             self.grammar_path = resolve_grammar_path(self.grammar_path)
         unknown = set(self.model_kwargs) - _MODEL_KWARGS
         if unknown:
-            raise ValueError(
-                f"unknown model_kwargs {sorted(unknown)}; known: {', '.join(sorted(_MODEL_KWARGS))}"
-            )
+            raise ValueError(f"unknown model_kwargs {sorted(unknown)}; known: {', '.join(sorted(_MODEL_KWARGS))}")
         return self
 
     # -- engine ---------------------------------------------------------------------------
@@ -269,9 +268,9 @@ class LlamaCppParams(BaseModel):
 
     def load(self) -> _native.Engine:
         """Load the model now (otherwise it is loaded on first use) and return its engine."""
-        if self._engine is None:
-            self._engine = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose)
-        return self._engine
+        if self._loaded is None:
+            self._loaded = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose)
+        return self._loaded
 
     @property
     def native_model(self) -> _native.Model:
@@ -282,7 +281,7 @@ class LlamaCppParams(BaseModel):
 
     def close(self) -> None:
         """Drop this instance's engine; weights are freed when no instance uses them."""
-        self._engine = None
+        self._loaded = None
 
     def __enter__(self) -> Any:
         return self
@@ -388,12 +387,17 @@ class LlamaCppParams(BaseModel):
         }
 
 
-_MODEL_KWARGS = (
-    _engine.ENGINE_FIELDS
-    | _SAMPLING_KWARGS
-    | {"kv_overrides", "check_tensors"}
-) - {"embeddings", "lora_path", "lora_scale", "grammar", "grammar_lazy", "grammar_triggers", "preserved_tokens",
-     "generation_prompt", "grammar_is_tool_call"}
+_MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "check_tensors"}) - {
+    "embeddings",
+    "lora_path",
+    "lora_scale",
+    "grammar",
+    "grammar_lazy",
+    "grammar_triggers",
+    "preserved_tokens",
+    "generation_prompt",
+    "grammar_is_tool_call",
+}
 
 
 def _override_spec(value: Any) -> str:

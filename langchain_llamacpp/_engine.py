@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -16,14 +17,21 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
-from langchain_llamacpp import _native
+import langchain_llamacpp._native as _native
 
 logger = logging.getLogger("langchain_llamacpp")
 logger.addHandler(logging.NullHandler())  # a library never prints through logging's last resort
 _native_logger = logging.getLogger("langchain_llamacpp.llama_cpp")
 
 # ggml_log_level -> logging level
-_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR, 5: logging.INFO}
+_LEVELS = {
+    0: logging.INFO,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+    5: logging.INFO,
+}
 
 
 def flush_native_logs(verbose: bool = False) -> None:
@@ -72,9 +80,7 @@ ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
 
 _lock = threading.Lock()
-_engines: weakref.WeakValueDictionary[tuple[ModelConfig, EngineConfig], _native.Engine] = (
-    weakref.WeakValueDictionary()
-)
+_engines: weakref.WeakValueDictionary[tuple[ModelConfig, EngineConfig], _native.Engine] = weakref.WeakValueDictionary()
 
 
 def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
@@ -144,48 +150,58 @@ def iter_chunks(request: _native.Request) -> Iterator[_native.Chunk]:
         request.cancel()
 
 
-async def aiter_chunks(
-    engine: _native.Engine, params: _native.RequestParams
-) -> AsyncIterator[tuple[_native.Request, list[_native.Chunk]]]:
-    """Submit a request and yield its chunks through the event loop.
+class AsyncRequest:
+    """A request whose output arrives through the event loop.
 
     The engine writes a byte to a pipe when output is ready; the loop watches the pipe, so no
-    thread waits per request and the loop is never blocked. Cancelling the task cancels the
-    request.
+    thread waits per request and the loop is never blocked. Leaving `batches()` early (a
+    cancelled task, a closed stream) cancels the request.
     """
-    loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
-    ready = asyncio.Event()
 
-    def on_readable() -> None:
+    def __init__(self, engine: _native.Engine, params: _native.RequestParams) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._loop.add_reader(self._read_fd, self._on_readable)
         try:
-            os.read(read_fd, 4096)
-        except BlockingIOError:
-            pass
-        ready.set()
+            self.request: _native.Request = engine.submit(params, self._write_fd)
+        except BaseException:
+            self.close()
+            raise
 
-    request: _native.Request | None = None
-    try:
-        loop.add_reader(read_fd, on_readable)
-        request = engine.submit(params, write_fd)
-        while True:
-            ready.clear()
-            chunks = request.poll()
-            if chunks:
-                yield request, chunks
-                continue
-            if request.done:
-                request.raise_if_failed()
-                return
-            await ready.wait()
-    finally:
-        if request is not None:
-            request.cancel()
-        loop.remove_reader(read_fd)
-        os.close(read_fd)
-        os.close(write_fd)
+    def _on_readable(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read_fd, 4096)
+        self._ready.set()
+
+    async def batches(self) -> AsyncIterator[list[_native.Chunk]]:
+        """Chunks as they become ready, a list at a time."""
+        try:
+            while True:
+                self._ready.clear()
+                chunks = self.request.poll()
+                if chunks:
+                    yield chunks
+                    continue
+                if self.request.done:
+                    self.request.raise_if_failed()
+                    return
+                await self._ready.wait()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if hasattr(self, "request"):
+            self.request.cancel()
+        self._loop.remove_reader(self._read_fd)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
 
 def apply_overrides(target: Any, values: dict[str, Any], allowed: frozenset[str], what: str) -> None:

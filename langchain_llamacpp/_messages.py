@@ -14,10 +14,12 @@ from langchain_core.messages import (
     BaseMessage,
     ChatMessage,
     HumanMessage,
+    InvalidToolCall,
     SystemMessage,
+    ToolCall,
     ToolMessage,
 )
-from langchain_core.messages.tool import InvalidToolCall, ToolCall, invalid_tool_call, tool_call
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
@@ -38,9 +40,7 @@ def _content_text(content: str | list[Any]) -> str:
             elif kind in ("tool_use", "tool_call", "reasoning", "thinking"):
                 continue  # carried by tool_calls / not sent back to the model
             else:
-                raise ValueError(
-                    f"content blocks of type {kind!r} are not supported by ChatLlamaCpp (text only)"
-                )
+                raise ValueError(f"content blocks of type {kind!r} are not supported by ChatLlamaCpp (text only)")
         else:
             raise ValueError(f"unsupported content block: {block!r}")
     return "".join(parts)
@@ -50,7 +50,10 @@ def _lc_tool_call_to_openai(call: ToolCall) -> dict[str, Any]:
     return {
         "id": call.get("id") or new_call_id(),
         "type": "function",
-        "function": {"name": call["name"], "arguments": json.dumps(call["args"], ensure_ascii=False)},
+        "function": {
+            "name": call["name"],
+            "arguments": json.dumps(call["args"], ensure_ascii=False),
+        },
     }
 
 
@@ -77,7 +80,11 @@ def convert_messages_to_llamacpp(messages: Sequence[BaseMessage]) -> list[dict[s
                 entry["tool_calls"] = calls
             out.append(entry)
         elif isinstance(message, ToolMessage):
-            entry = {"role": "tool", "content": _content_text(message.content), "tool_call_id": message.tool_call_id}
+            entry = {
+                "role": "tool",
+                "content": _content_text(message.content),
+                "tool_call_id": message.tool_call_id,
+            }
             if message.name:
                 entry["name"] = message.name
             out.append(entry)
@@ -108,10 +115,6 @@ def convert_tools_to_openai(
         elif not isinstance(params, dict) or params.get("type", "object") != "object":
             raise ValueError(f"the parameters of tool {name!r} must be a JSON schema of type object, got {params!r}")
         formatted.append(converted)
-    names = [t["function"]["name"] for t in formatted]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise ValueError(f"tool names must be unique; repeated: {sorted(duplicates)}")
     return formatted
 
 
@@ -144,7 +147,9 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def parse_tool_calls(raw_calls: list[dict[str, Any]]) -> tuple[list[ToolCall], list[InvalidToolCall]]:
+def parse_tool_calls(
+    raw_calls: list[dict[str, Any]],
+) -> tuple[list[ToolCall], list[InvalidToolCall]]:
     """Tool calls from llama.cpp's parsed message; arguments that are not a JSON object are invalid."""
     calls: list[ToolCall] = []
     invalid: list[InvalidToolCall] = []
@@ -196,7 +201,8 @@ def extract_json_tool_calls(text: str, tool_names: list[str]) -> list[dict[str, 
     for item in items:
         if not isinstance(item, dict):
             return None
-        function = item.get("function") if isinstance(item.get("function"), dict) else item
+        nested = item.get("function")
+        function: dict[str, Any] = nested if isinstance(nested, dict) else item
         name = function.get("name")
         args = function.get("arguments", function.get("parameters", function.get("args", {})))
         if name not in tool_names:
@@ -208,7 +214,13 @@ def extract_json_tool_calls(text: str, tool_names: list[str]) -> list[dict[str, 
                 return None
         if not isinstance(args, dict):
             return None
-        calls.append({"id": "", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}})
+        calls.append(
+            {
+                "id": "",
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)},
+            }
+        )
     return calls or None
 
 

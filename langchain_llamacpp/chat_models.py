@@ -11,12 +11,16 @@ from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LanguageModelInput, LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import tool_call_chunk
-from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers import (
+    JsonOutputKeyToolsParser,
+    JsonOutputParser,
+    PydanticOutputParser,
+)
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
@@ -24,7 +28,8 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, PrivateAttr
 
-from langchain_llamacpp import _engine, _native
+import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._native as _native
 from langchain_llamacpp._base import LlamaCppParams
 from langchain_llamacpp._messages import (
     convert_messages_to_llamacpp,
@@ -146,7 +151,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "llamacpp"
-        params["ls_model_name"] = self._model_name()
+        params["ls_model_name"] = kwargs.get("model") or self._model_name()
         params["ls_model_type"] = "chat"
         params["ls_temperature"] = kwargs.get("temperature", self.temperature)
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
@@ -183,19 +188,21 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             bound["parallel_tool_calls"] = parallel_tool_calls
         return super().bind(**bound, **kwargs)
 
-    def with_structured_output(  # type: ignore[override]
+    def with_structured_output(
         self,
         schema: dict[str, Any] | type,
         *,
         method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
         include_raw: bool = False,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
         """Output that matches `schema` (a pydantic class, TypedDict or JSON schema).
 
         method="json_schema" (default) constrains the reply with a grammar built from the schema;
         "function_calling" forces a call of a tool with that schema; "json_mode" constrains the
-        reply to any JSON object (describe the shape in the prompt).
+        reply to any JSON object (describe the shape in the prompt). `strict` is accepted for
+        compatibility: the grammar already makes every method strict.
         """
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
@@ -470,7 +477,9 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             chunk = piece if chunk is None else chunk + piece
         assert chunk is not None
         return ChatResult(
-            generations=[ChatGeneration(message=_chunk_to_message(chunk.message), generation_info=chunk.generation_info)]
+            generations=[
+                ChatGeneration(message=_chunk_to_message(chunk.message), generation_info=chunk.generation_info)
+            ]
         )
 
     def _stream(
@@ -505,8 +514,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
         state = self._new_state()
-        request: _native.Request | None = None
-        async for request, batch in _engine.aiter_chunks(call.engine, call.params):
+        stream = _engine.AsyncRequest(call.engine, call.params)
+        async for batch in stream.batches():
             for native in batch:
                 chunk = self._advance(call, state, native)
                 if chunk is None:
@@ -514,9 +523,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-        assert request is not None
-        self._report(request)
-        for chunk in self._finish(call, state, request):
+        self._report(stream.request)
+        for chunk in self._finish(call, state, stream.request):
             if run_manager and chunk.text:
                 await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk

@@ -9,7 +9,8 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from langchain_llamacpp import _engine, _native
+import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._native as _native
 
 
 class LlamaCppEmbeddings(BaseModel, Embeddings):
@@ -68,7 +69,7 @@ class LlamaCppEmbeddings(BaseModel, Embeddings):
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further context settings (see `LlamaCpp.model_kwargs`)."""
 
-    _engine: _native.Engine | None = PrivateAttr(default=None)
+    _loaded: _native.Engine | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_path(self) -> LlamaCppEmbeddings:
@@ -80,7 +81,7 @@ class LlamaCppEmbeddings(BaseModel, Embeddings):
 
     def load(self) -> _native.Engine:
         """Load the model now (otherwise on first use)."""
-        if self._engine is None:
+        if self._loaded is None:
             model_config = _engine.ModelConfig(
                 path=self.model_path,
                 n_gpu_layers=self.n_gpu_layers or 0,
@@ -99,8 +100,8 @@ class LlamaCppEmbeddings(BaseModel, Embeddings):
                     **self.model_kwargs,
                 }
             )
-            self._engine = _engine.get_engine(model_config, engine_config, self.verbose)
-        return self._engine
+            self._loaded = _engine.get_engine(model_config, engine_config, self.verbose)
+        return self._loaded
 
     def _embed(self, texts: list[str]) -> list[list[float]]:
         engine = self.load()

@@ -9,7 +9,8 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-from langchain_llamacpp import _engine, _native
+import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._native as _native
 from langchain_llamacpp._base import LlamaCppParams
 
 
@@ -105,9 +106,7 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
             return list(model.tokenize(prompt, add_special=True, parse_special=True))
         pre, suf, mid = model.fim_tokens
         if min(pre, suf, mid) < 0:
-            raise ValueError(
-                f"suffix needs a fill-in-the-middle model; {self._model_name()} has no FIM tokens"
-            )
+            raise ValueError(f"suffix needs a fill-in-the-middle model; {self._model_name()} has no FIM tokens")
         tokens = [model.bos_token] if model.add_bos and model.bos_token >= 0 else []
         tokens += [pre, *model.tokenize(prompt, add_special=False, parse_special=False)]
         tokens += [suf, *model.tokenize(suffix, add_special=False, parse_special=False), mid]
@@ -164,13 +163,23 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
                 text = "".join(c.text for c in chunks)
                 if options["echo"]:
                     text = prompt + text
-                generations.append([Generation(text=text, generation_info=self._generation_info(request, chunks, options))])
+                generations.append(
+                    [
+                        Generation(
+                            text=text,
+                            generation_info=self._generation_info(request, chunks, options),
+                        )
+                    ]
+                )
                 for key in totals:
                     totals[key] += self._usage(request)[key]
         finally:
             for _, request, _ in submitted:
                 request.cancel()
-        return LLMResult(generations=generations, llm_output={"token_usage": totals, "model_name": self._model_name()})
+        return LLMResult(
+            generations=generations,
+            llm_output={"token_usage": totals, "model_name": self._model_name()},
+        )
 
     async def _agenerate(
         self,
@@ -183,16 +192,16 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
 
         async def one(prompt: str) -> tuple[Generation, dict[str, int]]:
             chunks: list[_native.Chunk] = []
-            request: _native.Request | None = None
             engine, params, options = self._submit(prompt, stop, kwargs)
             if options["echo"] and run_manager:
                 await run_manager.on_llm_new_token(prompt)
-            async for request, batch in _engine.aiter_chunks(engine, params):
+            stream = _engine.AsyncRequest(engine, params)
+            async for batch in stream.batches():
                 for chunk in batch:
                     chunks.append(chunk)
                     if chunk.text and run_manager:
                         await run_manager.on_llm_new_token(chunk.text, chunk=GenerationChunk(text=chunk.text))
-            assert request is not None
+            request = stream.request
             self._report(request)
             text = "".join(c.text for c in chunks)
             if options["echo"]:
@@ -229,7 +238,8 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
             if not native.text and not want_logprobs:
                 continue
             chunk = GenerationChunk(
-                text=native.text, generation_info={"logprobs": _logprobs([native])} if want_logprobs else None
+                text=native.text,
+                generation_info={"logprobs": _logprobs([native])} if want_logprobs else None,
             )
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
@@ -251,23 +261,26 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
                 await run_manager.on_llm_new_token(prompt, chunk=chunk)
             yield chunk
         want_logprobs = options["logprobs"] is not None
-        request: _native.Request | None = None
-        async for request, batch in _engine.aiter_chunks(engine, params):
+        stream = _engine.AsyncRequest(engine, params)
+        async for batch in stream.batches():
             for native in batch:
                 if not native.text and not want_logprobs:
                     continue
                 chunk = GenerationChunk(
-                    text=native.text, generation_info={"logprobs": _logprobs([native])} if want_logprobs else None
+                    text=native.text,
+                    generation_info={"logprobs": _logprobs([native])} if want_logprobs else None,
                 )
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-        assert request is not None
-        self._report(request)
-        yield GenerationChunk(text="", generation_info=self._final_info(request))
+        self._report(stream.request)
+        yield GenerationChunk(text="", generation_info=self._final_info(stream.request))
 
     def _final_info(self, request: _native.Request) -> dict[str, Any]:
-        info: dict[str, Any] = {"finish_reason": request.finish_reason, "usage": self._usage(request)}
+        info: dict[str, Any] = {
+            "finish_reason": request.finish_reason,
+            "usage": self._usage(request),
+        }
         if request.stop_string:
             info["stop"] = request.stop_string
         return info

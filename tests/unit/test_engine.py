@@ -318,7 +318,7 @@ def test_verbose_prints_load_info_and_timings(tiny_model_path: str) -> None:
 def test_context_manager_and_close(tiny_model_path: str) -> None:
     with _llm(tiny_model_path, n_ctx=640) as llm:
         assert llm.invoke("Hi", max_tokens=2)
-    assert llm._engine is None
+    assert llm._loaded is None
 
 
 def test_native_request_api(tiny_model_path: str) -> None:
