@@ -26,6 +26,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, PrivateAttr
 
 import langchain_llamacpp._engine as _engine
@@ -206,7 +207,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         """
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
-        is_pydantic = isinstance(schema, type) and issubclass(schema, BaseModel)
+        is_pydantic = is_basemodel_subclass(schema)  # pydantic 2, or pydantic.v1
         parser: Runnable[Any, Any]
         if method == "function_calling":
             tool = convert_to_openai_tool(schema)
@@ -225,7 +226,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             if method == "json_schema":
                 json_schema = (
                     schema.model_json_schema()  # type: ignore[union-attr]
-                    if is_pydantic
+                    if isinstance(schema, type) and issubclass(schema, BaseModel)
                     else convert_to_json_schema(schema)
                 )
             else:

@@ -1,0 +1,45 @@
+"""LangChain's standard integration tests for chat models, on Qwen2.5-Coder-0.5B-Instruct."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+
+from langchain_llamacpp import ChatLlamaCpp
+
+
+class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _model_path(self, qwen_path: str) -> None:
+        type(self)._path = qwen_path
+
+    @property
+    def chat_model_class(self) -> type[ChatLlamaCpp]:
+        return ChatLlamaCpp
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model_path": self._path, "n_ctx": 4096, "n_seq": 4, "seed": 7}
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        # timeout, max_retries and api_key are for hosted APIs; a local model has none of them.
+        return {"temperature": 0, "max_tokens": 256, "stop": []}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False
