@@ -242,6 +242,7 @@ class LlamaCppParams(BaseModel):
             use_mlock=self.use_mlock,
             vocab_only=self.vocab_only,
             check_tensors=bool(kw.get("check_tensors", False)),
+            repack=bool(kw.get("repack", True)),
             kv_overrides=tuple(sorted((str(k), _override_spec(v)) for k, v in overrides.items())),
         )
 
@@ -387,7 +388,7 @@ class LlamaCppParams(BaseModel):
         }
 
 
-_MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "check_tensors"}) - {
+_MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "check_tensors", "repack"}) - {
     "embeddings",
     "lora_path",
     "lora_scale",

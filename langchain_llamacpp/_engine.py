@@ -53,6 +53,7 @@ class ModelConfig:
     use_mlock: bool = False
     vocab_only: bool = False
     check_tensors: bool = False
+    repack: bool = True
     kv_overrides: tuple[tuple[str, str], ...] = ()
 
 
@@ -92,6 +93,7 @@ def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
     params.use_mlock = config.use_mlock
     params.vocab_only = config.vocab_only
     params.check_tensors = config.check_tensors
+    params.repack = config.repack
     params.kv_overrides = dict(config.kv_overrides)
     try:
         model = _native.Model.load(params)

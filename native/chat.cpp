@@ -22,6 +22,19 @@ namespace {
 class ChatTemplates {
 public:
     ChatTemplates(std::shared_ptr<Model> model, const std::string & override_template) : model_(std::move(model)) {
+        // Parse first ourselves: common_chat_templates_init reports a parse error only to its
+        // (silenced) log and rethrows it sliced to a bare std::exception.
+        const std::string source = override_template.empty() ? model_->chat_template("") : override_template;
+        if (!source.empty()) {
+            try {
+                common_chat_template probe(source, "", "");
+            } catch (const std::exception & e) {
+                throw std::invalid_argument(
+                    std::string(override_template.empty() ? "the model's chat template" : "the chat_template given") +
+                    " cannot be parsed by llama.cpp's Jinja engine (" + e.what() +
+                    "); pass chat_template=... with a template that works");
+            }
+        }
         ErrorCapture capture;
         try {
             tmpls_ = common_chat_templates_init(model_->get(), override_template);

@@ -23,7 +23,7 @@ void init_backend() {
 
 std::string registry_key(const ModelParams & p, const std::string & canonical) {
     std::string key = canonical + '|' + std::to_string(p.n_gpu_layers) + '|' + (p.use_mmap ? '1' : '0') +
-                      (p.use_mlock ? '1' : '0') + (p.vocab_only ? '1' : '0') + (p.check_tensors ? '1' : '0');
+                      (p.use_mlock ? '1' : '0') + (p.vocab_only ? '1' : '0') + (p.check_tensors ? '1' : '0') + (p.repack ? '1' : '0');
     for (const auto & [k, v] : p.kv_overrides) {
         key += '|' + k + '=' + v;
     }
@@ -119,6 +119,7 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     }
     mparams.vocab_only = params.vocab_only;
     mparams.check_tensors = params.check_tensors;
+    mparams.use_extra_bufts = params.repack;
     std::vector<llama_model_kv_override> overrides;
     for (const auto & [k, v] : params.kv_overrides) {
         overrides.push_back(parse_override(k, v));

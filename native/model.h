@@ -26,6 +26,7 @@ struct ModelParams {
     bool use_mlock = false;
     bool vocab_only = false;
     bool check_tensors = false;
+    bool repack = true;  // llama.cpp's repacked weight layouts (extra buffer types)
     std::map<std::string, std::string> kv_overrides;  // "key" -> "int:1" / "float:0.5" / "bool:true" / "str:x"
 };
 

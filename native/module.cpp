@@ -42,6 +42,7 @@ void register_model(nb::module_ & m) {
         .def_rw("use_mlock", &lcl::ModelParams::use_mlock)
         .def_rw("vocab_only", &lcl::ModelParams::vocab_only)
         .def_rw("check_tensors", &lcl::ModelParams::check_tensors)
+        .def_rw("repack", &lcl::ModelParams::repack, "Use llama.cpp's repacked weight layouts (faster on some CPUs).")
         .def_rw("kv_overrides", &lcl::ModelParams::kv_overrides,
                 "Metadata overrides: key -> 'int:N' | 'float:X' | 'bool:B' | 'str:S'.");
 
