@@ -198,6 +198,14 @@ class LlamaCppParams(BaseModel):
         """Unknown constructor arguments go to model_kwargs, with a warning (as in langchain_community)."""
         if not isinstance(values, dict):
             return values
+        # langchain_community's docs pass callback_manager=CallbackManager([...]); langchain-core 1.x
+        # takes the same object as `callbacks`.
+        if "callback_manager" in values:
+            manager = values.pop("callback_manager")
+            if values.get("callbacks") is not None and manager is not None:
+                raise ValueError("give either callbacks or callback_manager, not both")
+            if manager is not None:
+                values["callbacks"] = manager
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         extra = dict(values.get("model_kwargs") or {})
         for name in list(values):

@@ -332,3 +332,18 @@ def test_native_request_api(tiny_model_path: str) -> None:
     chunks = request.wait()
     assert len(chunks) == 5 and request.finish_reason == "length"
     assert request.usage["completion_tokens"] == 5
+
+
+def test_callback_manager_from_the_community_docs(tiny_model_path: str) -> None:
+    from langchain_core.callbacks import CallbackManager
+
+    seen: list[str] = []
+
+    class Recorder(BaseCallbackHandler):
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            seen.append(token)
+
+    llm = _llm(tiny_model_path, max_tokens=6, callback_manager=CallbackManager([Recorder()]))
+    assert "".join(seen) == "" and llm.invoke("Hi") == "".join(seen)
+    with pytest.raises(ValueError, match="either callbacks or callback_manager"):
+        _llm(tiny_model_path, callbacks=[Recorder()], callback_manager=CallbackManager([Recorder()]))
