@@ -41,6 +41,7 @@ CALL_OPTIONS = frozenset(
         "grammar_path",
         "echo",
         "suffix",
+        "ignore_eos",
     }
 )
 
@@ -135,6 +136,9 @@ class LlamaCppParams(BaseModel):
 
     echo: bool = False
     """Include the prompt in the returned text."""
+
+    ignore_eos: bool = False
+    """Keep generating past end-of-generation tokens, up to max_tokens (benchmarks, tests)."""
 
     stop: list[str] | None = None
     """Stop strings; generation ends before the first of them, which is not returned."""
@@ -332,6 +336,7 @@ class LlamaCppParams(BaseModel):
         max_tokens = options["max_tokens"]
         params.max_tokens = -1 if max_tokens is None or max_tokens < 0 else int(max_tokens)
         params.stop = stop
+        params.ignore_eos = bool(options["ignore_eos"])
         logprobs = options["logprobs"]
         params.n_probs = 0 if logprobs is None else (int(logprobs) if logprobs > 0 else -1)
         s = params.sampling

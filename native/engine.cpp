@@ -133,6 +133,9 @@ struct Engine::Slot {
     int i_batch = -1;
     Utf8Assembler utf8;
     std::unique_ptr<StopMatcher> stop;
+    // Plain greedy decoding needs no sampler chain: an argmax over the logits, as llama.cpp's
+    // benchmarks do, instead of sorting the whole vocabulary every token.
+    bool greedy = false;
     double t_start = 0, t_prompt_done = 0;
     long long last_used = 0;
 };
@@ -165,8 +168,16 @@ size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama
     return i;
 }
 
-common_params_sampling to_common(const SamplingParams & s, const llama_vocab * vocab) {
+common_params_sampling to_common(const SamplingParams & s, const llama_vocab * vocab, bool ignore_eos) {
     common_params_sampling p;
+    p.ignore_eos = ignore_eos;
+    if (ignore_eos) {
+        for (llama_token t = 0; t < llama_vocab_n_tokens(vocab); ++t) {
+            if (llama_vocab_is_eog(vocab, t)) {
+                p.logit_bias.push_back({t, -std::numeric_limits<float>::infinity()});
+            }
+        }
+    }
     p.seed = s.seed < 0 ? LLAMA_DEFAULT_SEED : static_cast<uint32_t>(s.seed);
     p.temp = s.temperature;
     p.top_k = s.top_k;
@@ -341,6 +352,20 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     engine->params_.n_batch = static_cast<int>(llama_n_batch(engine->ctx_.get()));
     engine->params_.n_ubatch = static_cast<int>(llama_n_ubatch(engine->ctx_.get()));
     engine->params_.n_ctx = engine->n_ctx_seq_;
+    {
+        const llama_vocab * vocab = engine->model_->vocab();
+        engine->suppressed_.assign(static_cast<size_t>(llama_vocab_n_tokens(vocab)), 0);
+        int32_t n_suppress = 0;
+        const llama_token * suppress = llama_vocab_get_suppress_tokens(vocab, &n_suppress);
+        for (int32_t i = 0; i < n_suppress; ++i) {
+            engine->suppressed_[suppress[i]] = 1;
+        }
+        for (llama_token t = 0; t < llama_vocab_n_tokens(vocab); ++t) {
+            if (llama_vocab_is_eog(vocab, t) && engine->suppressed_[t] == 0) {
+                engine->suppressed_[t] = 2;
+            }
+        }
+    }
     engine->batch_ = llama_batch_init(std::max(engine->params_.n_batch, params.n_seq), 0, 1);
     for (int i = 0; i < params.n_seq; ++i) {
         auto slot = std::make_unique<Slot>();
@@ -415,7 +440,7 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     {
         // Built here so that an invalid grammar raises in the caller, with the parser's message.
         ErrorCapture capture;
-        auto sparams = to_common(params.sampling, model_->vocab());
+        auto sparams = to_common(params.sampling, model_->vocab(), params.ignore_eos);
         try {
             pending.sampler.reset(common_sampler_init(model_->get(), sparams));
         } catch (const std::exception & e) {
@@ -613,6 +638,10 @@ void Engine::start_slot(Slot & slot, Pending && pending) {
             slot.render_special.insert(ids[0]);
         }
     }
+    const auto & sp = slot.params.sampling;
+    slot.greedy = sp.temperature <= 0.0f && sp.grammar.empty() && sp.repeat_penalty == 1.0f &&
+                  sp.frequency_penalty == 0.0f && sp.presence_penalty == 0.0f && sp.logit_bias.empty() &&
+                  sp.mirostat == 0;
     slot.t_start = now_ms();
     slot.state->cached_tokens = static_cast<int>(n_keep);
     slot.state->t_queued_ms = slot.t_start - pending.t_submit;
@@ -680,6 +709,28 @@ void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
     } else {
         slot.next_token = token;
     }
+}
+
+llama_token Engine::argmax(const Slot & slot, int batch_index) const {
+    const float * logits = llama_get_logits_ith(ctx_.get(), batch_index);
+    if (logits == nullptr) {
+        throw std::runtime_error("no logits for this position");
+    }
+    // Suppressed tokens never win; EOG tokens neither when ignore_eos is set.
+    const uint8_t skip_level = slot.params.ignore_eos ? 2 : 1;
+    const int n = static_cast<int>(suppressed_.size());
+    llama_token best = LLAMA_TOKEN_NULL;
+    float best_logit = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < n; ++i) {
+        if (logits[i] > best_logit && (suppressed_[i] == 0 || suppressed_[i] > skip_level)) {
+            best_logit = logits[i];
+            best = i;
+        }
+    }
+    if (best == LLAMA_TOKEN_NULL) {
+        throw std::runtime_error("every token is suppressed");
+    }
+    return best;
 }
 
 void Engine::step() {
@@ -754,8 +805,12 @@ void Engine::step() {
         }
         llama_token token;
         try {
-            token = common_sampler_sample(slot->sampler.get(), ctx_.get(), idx);
-            common_sampler_accept(slot->sampler.get(), token, true);
+            if (slot->greedy) {
+                token = argmax(*slot, idx);
+            } else {
+                token = common_sampler_sample(slot->sampler.get(), ctx_.get(), idx);
+                common_sampler_accept(slot->sampler.get(), token, true);
+            }
         } catch (const std::exception & e) {
             finish_slot(*slot, "error", std::string("sampling failed: ") + e.what());
             continue;

@@ -186,6 +186,7 @@ private:
     void step();
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
+    llama_token argmax(const Slot & slot, int batch_index) const;
     void run_tasks();
     void run_on_thread(std::function<void()> fn);
 
@@ -194,6 +195,7 @@ private:
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
     int n_ctx_seq_ = 0;
+    std::vector<uint8_t> suppressed_;  // tokens the model never emits; EOG tokens are marked 2
     std::vector<std::unique_ptr<Slot>> slots_;
     llama_batch batch_{};
 

@@ -347,3 +347,20 @@ def test_callback_manager_from_the_community_docs(tiny_model_path: str) -> None:
     assert "".join(seen) == "" and llm.invoke("Hi") == "".join(seen)
     with pytest.raises(ValueError, match="either callbacks or callback_manager"):
         _llm(tiny_model_path, callbacks=[Recorder()], callback_manager=CallbackManager([Recorder()]))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_ignore_eos_generates_exactly_max_tokens(tiny_model_path: str, temperature: float) -> None:
+    # The tiny model's EOS token is made the most likely one; ignore_eos must still go on.
+    eos = _llm(tiny_model_path).native_model.eos_token
+    llm = _llm(tiny_model_path, temperature=temperature, max_tokens=9, logit_bias={eos: 100.0})
+    assert llm.generate(["Hi"]).generations[0][0].generation_info["usage"]["completion_tokens"] == 1  # type: ignore[index]
+    info = llm.generate(["Hi"], ignore_eos=True).generations[0][0].generation_info
+    assert info is not None and info["usage"]["completion_tokens"] == 9 and info["finish_reason"] == "length"
+
+
+def test_greedy_fast_path_matches_the_sampler_chain(tiny_model_path: str) -> None:
+    # temperature 0 with no penalties takes an argmax shortcut; a no-op logit bias forces the chain.
+    fast = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30)
+    chain = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30, logit_bias={5: 0.0})
+    assert fast.invoke("Hello") == chain.invoke("Hello")

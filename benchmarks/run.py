@@ -1,0 +1,288 @@
+"""Speed of langchain-llamacpp as ratios against references measured in the same run.
+
+    ./dev bench                 # everything
+    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long
+
+References: llama.cpp's own `llama-bench` and `llama-batched-bench`, built from the vendored tree into the
+same build folder (same compiler flags, same ggml), and, for `batch` and `cache`, the same package used the
+naive way (one call after another, a cold prompt). Figures, not asserts: tests assert behaviour only.
+Results are printed and written to benchmarks/RESULTS.md with the machine's description.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native  # noqa: E402
+from tests.models import get  # noqa: E402
+
+STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+def build_dir() -> Path:
+    dirs = sorted(glob.glob(str(ROOT / "build" / "cp*")))
+    if not dirs:
+        raise SystemExit("build the package first: ./dev build")
+    return Path(dirs[-1])
+
+
+def llama_tool(name: str) -> Path:
+    """Build (incrementally) and locate one of llama.cpp's tools in our build folder."""
+    build = build_dir()
+    subprocess.run(["cmake", "--build", str(build), "--target", name], check=True, capture_output=True)
+    for candidate in build.rglob(name):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit(f"{name} was not built")
+
+
+def llama_bench(model: str, threads: int, pp: int, tg: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            str(llama_tool("llama-bench")),
+            "-m",
+            model,
+            "-t",
+            str(threads),
+            "-p",
+            str(pp),
+            "-n",
+            str(tg),
+            "-r",
+            "3",
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result = {}
+    for row in json.loads(out):
+        key = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"
+        result[key] = float(row["avg_ts"])
+    return result
+
+
+def batched_bench(model: str, threads: int, npp: int, ntg: int, npl: int) -> float:
+    """llama-batched-bench's generation rate (S_TG, tokens/s over all sequences)."""
+    out = subprocess.run(
+        [
+            str(llama_tool("llama-batched-bench")),
+            "-m",
+            model,
+            "-t",
+            str(threads),
+            "-c",
+            str(npl * (npp + ntg) + 64),
+            "-b",
+            "512",
+            "-ub",
+            "512",
+            "-npp",
+            str(npp),
+            "-ntg",
+            str(ntg),
+            "-npl",
+            str(npl),
+            "--output-format",
+            "jsonl",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return float(rows[-1]["speed_tg"])
+
+
+def stream_decode_rate(llm: LlamaCpp, prompt: str, n: int) -> float:
+    """Tokens/s through stream(), from the first token to the last (prompt excluded)."""
+    stamps = []
+    for piece in llm.stream(prompt, max_tokens=n, ignore_eos=True):
+        if piece:
+            stamps.append(time.perf_counter())
+    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(runs))
+
+
+def section_decode(threads: int, lines: list[str]) -> None:
+    lines.append("\n## Decode through `stream()` vs `llama-bench` tg128\n")
+    lines.append("| model | llama-bench tg128 tok/s | stream() tok/s | ratio |\n|---|---|---|---|")
+    for name in ("gemma3", "qwen"):
+        model = str(get(name))
+        reference = llama_bench(model, threads, 0, 128)["tg128"]
+        llm = LlamaCpp(model_path=model, n_threads=threads, temperature=0, repeat_penalty=1.0, n_ctx=512)
+        ours = median_of(3, lambda llm=llm: stream_decode_rate(llm, STORY, 128))  # type: ignore[misc]
+        lines.append(f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** |")
+        print(lines[-1], flush=True)
+
+
+def prompt_rate(engine: _native.Engine, n_prompt: int) -> float:
+    model = engine.model
+    tokens = [model.bos_token] + [(7 * i + 1000) % model.n_vocab for i in range(n_prompt - 1)]
+    engine.clear_cache()
+    params = _native.RequestParams()
+    params.prompt = tokens
+    params.max_tokens = 1
+    params.sampling.temperature = 0
+    request = engine.submit(params)
+    request.wait()
+    return n_prompt / (request.usage["prompt_ms"] / 1000)
+
+
+def section_prompt(threads: int, lines: list[str]) -> None:
+    lines.append("\n## Prompt processing vs `llama-bench` pp512\n")
+    lines.append("| model | llama-bench pp512 tok/s | engine tok/s | ratio |\n|---|---|---|---|")
+    for name in ("gemma3", "qwen"):
+        model = str(get(name))
+        reference = llama_bench(model, threads, 512, 0)["pp512"]
+        engine = LlamaCpp(model_path=model, n_threads=threads, n_ctx=1024).load()
+        ours = median_of(3, lambda engine=engine: prompt_rate(engine, 512))  # type: ignore[misc]
+        lines.append(f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** |")
+        print(lines[-1], flush=True)
+
+
+def section_batch(threads: int, lines: list[str]) -> None:
+    lines.append("\n## `batch()` of 8 prompts (64 tokens each) on gemma3\n")
+    model = str(get("gemma3"))
+    prompts = [f"{STORY} (variant {i})" for i in range(8)]
+    llm = LlamaCpp(
+        model_path=model,
+        n_threads=threads,
+        temperature=0,
+        repeat_penalty=1.0,
+        n_seq=8,
+        n_ctx=256,
+        max_tokens=64,
+        ignore_eos=True,
+    )
+    llm.invoke(prompts[0], max_tokens=1)  # load
+    t0 = time.perf_counter()
+    for p in prompts:
+        llm.invoke(p)
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    llm.batch(prompts)
+    batched = time.perf_counter() - t0
+    rate = 8 * 64 / batched
+    reference = batched_bench(model, threads, 24, 64, 8)
+    lines.append("| measure | value |\n|---|---|")
+    lines.append(f"| 8 calls one after another | {sequential:.2f} s |")
+    lines.append(f"| batch() of the same 8 | {batched:.2f} s |")
+    lines.append(f"| speed-up | **{sequential / batched:.2f}x** |")
+    lines.append(f"| batch() generation rate (incl. prompts) | {rate:.1f} tok/s |")
+    lines.append(f"| llama-batched-bench S_TG at 8 sequences | {reference:.1f} tok/s |")
+    lines.append(f"| ratio | **{rate / reference:.3f}** |")
+    print("\n".join(lines[-7:]), flush=True)
+
+
+def first_token_seconds(chat: ChatLlamaCpp, messages: list[tuple[str, str]]) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    first = None
+    text = ""
+    for chunk in chat.stream(messages):
+        if first is None and chunk.content:
+            first = time.perf_counter() - t0
+        text += str(chunk.content)
+    assert first is not None
+    return first, text
+
+
+def section_cache(threads: int, lines: list[str]) -> None:
+    lines.append("\n## Time to first token of a follow-up chat turn (qwen, 2 slots)\n")
+    model = str(get("qwen"))
+    chat = ChatLlamaCpp(model_path=model, n_threads=threads, temperature=0, max_tokens=32, n_seq=2, n_ctx=4096)
+    system = ("system", "You are a meticulous assistant. " + "Answer carefully and cite the rules you follow. " * 60)
+    chat.load().clear_cache()
+    turn1 = [system, ("human", "Name a fruit.")]
+    cold, reply = first_token_seconds(chat, turn1)
+    turn2 = [*turn1, ("ai", reply), ("human", "Name another one.")]
+    warm, reply2 = first_token_seconds(chat, turn2)
+    other = [("system", "You are a poet. " * 100), ("human", "Write one line about rain.")]
+    first_token_seconds(chat, other)  # another conversation served in between
+    turn3 = [*turn2, ("ai", reply2), ("human", "And a third one?")]
+    after_other, _ = first_token_seconds(chat, turn3)
+    lines.append("| measure | seconds | vs cold |\n|---|---|---|")
+    lines.append(f"| cold first turn | {cold:.3f} | 1.00 |")
+    lines.append(f"| follow-up turn | {warm:.3f} | **{warm / cold:.3f}** |")
+    lines.append(f"| follow-up after another conversation | {after_other:.3f} | **{after_other / cold:.3f}** |")
+    print("\n".join(lines[-4:]), flush=True)
+
+
+def section_long(threads: int, lines: list[str]) -> None:
+    lines.append("\n## Decode rate at token 1000 vs token 100 (gemma3)\n")
+    model = str(get("gemma3"))
+    llm = LlamaCpp(model_path=model, n_threads=threads, temperature=0, repeat_penalty=1.0, n_ctx=2048)
+    stamps = [time.perf_counter() for piece in llm.stream(STORY, max_tokens=1100, ignore_eos=True) if piece]
+
+    def rate(a: int, b: int) -> float:
+        return (b - a) / (stamps[b] - stamps[a])
+
+    early, late = rate(100, 200), rate(950, 1050)
+    lines.append("| window | tok/s |\n|---|---|")
+    lines.append(f"| tokens 100-200 | {early:.1f} |")
+    lines.append(f"| tokens 950-1050 | {late:.1f} |")
+    lines.append(f"| ratio | **{late / early:.3f}** |")
+    print("\n".join(lines[-4:]), flush=True)
+
+
+SECTIONS = {
+    "decode": section_decode,
+    "prompt": section_prompt,
+    "batch": section_batch,
+    "cache": section_cache,
+    "long": section_long,
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, llama.cpp {_native.LLAMA_CPP_BUILD}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {machine()}; {args.threads} threads; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "Produced by `./dev bench`; every ratio compares two figures measured in this same run.",
+    ]
+    for name in args.only or list(SECTIONS):
+        SECTIONS[name](args.threads, lines)
+    if not args.only:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
