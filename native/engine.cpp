@@ -581,18 +581,21 @@ bool Engine::assign_pending() {
             pending_.pop_front();
             continue;
         }
+        // The slot that costs least: prompt tokens still to evaluate plus cached tokens thrown
+        // away (another conversation may come back for them). A follow-up turn lands on its own
+        // conversation's slot; an unrelated prompt takes an empty or least recently used one.
         const auto & prompt = pending_.front().params.prompt;
         Slot * best = nullptr;
-        size_t best_prefix = 0;
+        size_t best_cost = 0;
         for (auto & slot : slots_) {
             if (slot->active) {
                 continue;
             }
             const size_t prefix = common_prefix(slot->cache, prompt);
-            if (best == nullptr || prefix > best_prefix ||
-                (prefix == best_prefix && slot->last_used < best->last_used)) {
+            const size_t cost = (prompt.size() - prefix) + (slot->cache.size() - prefix);
+            if (best == nullptr || cost < best_cost || (cost == best_cost && slot->last_used < best->last_used)) {
                 best = slot.get();
-                best_prefix = prefix;
+                best_cost = cost;
             }
         }
         if (best == nullptr) {

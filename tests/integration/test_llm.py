@@ -155,3 +155,24 @@ def test_verbose_false_is_silent_on_a_real_model(gemma_path: str) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout, proc.stderr) == ("", "")
+
+
+def test_fill_in_the_middle_with_suffix(qwen_path: str) -> None:
+    llm = LlamaCpp(model_path=qwen_path, temperature=0, max_tokens=24, stop=["\n\n"])
+    middle = llm.invoke("def add(a, b):\n    ", suffix="\n\nprint(add(1, 2))\n")
+    assert "return" in middle and "a + b" in middle.replace("a+b", "a + b")
+
+
+def test_suffix_needs_a_fim_model(gemma_path: str) -> None:
+    with pytest.raises(ValueError, match="fill-in-the-middle"):
+        LlamaCpp(model_path=gemma_path, max_tokens=4).invoke("def f():", suffix="return 1")
+
+
+def test_embeddings_rank_related_texts_higher(smollm_path: str) -> None:
+    from langchain_llamacpp import LlamaCppEmbeddings
+
+    embeddings = LlamaCppEmbeddings(model_path=smollm_path)
+    query = embeddings.embed_query("How do cats behave?")
+    docs = embeddings.embed_documents(["Cats are curious animals that sleep a lot.", "The stock market fell today."])
+    scores = [sum(a * b for a, b in zip(query, d, strict=True)) for d in docs]
+    assert scores[0] > scores[1]
