@@ -207,7 +207,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         """
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
-        is_pydantic = is_basemodel_subclass(schema)  # pydantic 2, or pydantic.v1
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)  # pydantic 2, or pydantic.v1
         parser: Runnable[Any, Any]
         if method == "function_calling":
             tool = convert_to_openai_tool(schema)
@@ -225,7 +225,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         elif method in ("json_schema", "json_mode"):
             if method == "json_schema":
                 json_schema = (
-                    schema.model_json_schema()  # type: ignore[union-attr]
+                    schema.model_json_schema()
                     if isinstance(schema, type) and issubclass(schema, BaseModel)
                     else convert_to_json_schema(schema)
                 )
