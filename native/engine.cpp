@@ -519,6 +519,107 @@ void Engine::clear_cache() {
     });
 }
 
+namespace {
+void check_slot_index(int slot, size_t n) {
+    if (slot < 0 || static_cast<size_t>(slot) >= n) {
+        throw std::out_of_range("slot " + std::to_string(slot) + " does not exist (the engine has " + std::to_string(n) +
+                                " slots)");
+    }
+}
+}  // namespace
+
+std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<llama_token> & tokens, bool all_logits) {
+    check_slot_index(slot_id, slots_.size());
+    const int n_vocab = model_->n_vocab();
+    for (auto t : tokens) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::invalid_argument("token " + std::to_string(t) + " is outside the vocabulary");
+        }
+    }
+    std::vector<std::vector<float>> out;
+    run_on_thread([&] {
+        Slot & slot = *slots_[slot_id];
+        if (slot.active) {
+            throw std::runtime_error("slot " + std::to_string(slot_id) + " is busy with a request");
+        }
+        if (static_cast<int>(slot.cache.size() + tokens.size()) > n_ctx_seq_) {
+            throw std::invalid_argument("evaluating " + std::to_string(tokens.size()) + " more tokens would exceed n_ctx (" +
+                                        std::to_string(n_ctx_seq_) + ")");
+        }
+        size_t done = 0;
+        while (done < tokens.size()) {
+            batch_.n_tokens = 0;
+            const size_t end = std::min(tokens.size(), done + static_cast<size_t>(params_.n_batch));
+            for (size_t i = done; i < end; ++i) {
+                const bool output = all_logits || i + 1 == tokens.size();
+                batch_add(batch_, tokens[i], static_cast<llama_pos>(slot.cache.size() + (i - done)), slot.id, output);
+            }
+            ErrorCapture capture;
+            const int rc = llama_decode(ctx_.get(), batch_);
+            if (rc != 0) {
+                throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + "): " + capture.message("no details"));
+            }
+            for (int i = 0; i < batch_.n_tokens; ++i) {
+                if (batch_.logits[i]) {
+                    const float * row = llama_get_logits_ith(ctx_.get(), i);
+                    out.emplace_back(row, row + n_vocab);
+                }
+            }
+            slot.cache.insert(slot.cache.end(), tokens.begin() + static_cast<long>(done), tokens.begin() + static_cast<long>(end));
+            done = end;
+        }
+    });
+    return out;
+}
+
+void Engine::kv_remove(int slot_id, int p0, int p1) {
+    check_slot_index(slot_id, slots_.size());
+    run_on_thread([&] {
+        Slot & slot = *slots_[slot_id];
+        if (slot.active) {
+            throw std::runtime_error("slot " + std::to_string(slot_id) + " is busy with a request");
+        }
+        const int size = static_cast<int>(slot.cache.size());
+        const int from = std::clamp(p0, 0, size);
+        const int to = p1 < 0 ? size : std::clamp(p1, from, size);
+        if (from == to) {
+            return;
+        }
+        if (!llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot.id, from, to)) {
+            throw std::runtime_error("this model's memory cannot remove a part of a sequence");
+        }
+        if (to < size) {
+            // Later tokens move down so that positions stay contiguous.
+            llama_memory_seq_add(llama_get_memory(ctx_.get()), slot.id, to, -1, from - to);
+        }
+        slot.cache.erase(slot.cache.begin() + from, slot.cache.begin() + to);
+    });
+}
+
+void Engine::kv_copy(int src, int dst) {
+    check_slot_index(src, slots_.size());
+    check_slot_index(dst, slots_.size());
+    if (src == dst) {
+        return;
+    }
+    run_on_thread([&] {
+        if (slots_[src]->active || slots_[dst]->active) {
+            throw std::runtime_error("both slots must be idle to copy");
+        }
+        llama_memory_t mem = llama_get_memory(ctx_.get());
+        llama_memory_seq_rm(mem, dst, -1, -1);
+        llama_memory_seq_cp(mem, src, dst, -1, -1);
+        slots_[dst]->cache = slots_[src]->cache;
+    });
+}
+
+std::vector<llama_token> Engine::slot_tokens(int slot_id) {
+    check_slot_index(slot_id, slots_.size());
+    std::vector<llama_token> out;
+    run_on_thread([&] { out = slots_[slot_id]->cache; });
+    return out;
+}
+
 std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize) {
     if (!params_.embeddings) {
         throw std::invalid_argument("this engine was created without embeddings=True");

@@ -160,6 +160,13 @@ public:
     std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize);
     void clear_cache();
 
+    // Low-level sequence access for power users; the slot must be idle. Its tokens stay cached,
+    // so a later request that starts with them reuses the work.
+    std::vector<std::vector<float>> evaluate(int slot, const std::vector<llama_token> & tokens, bool all_logits);
+    void kv_remove(int slot, int p0, int p1);   // drop positions [p0, p1); p1 < 0: to the end
+    void kv_copy(int src, int dst);             // dst becomes a copy of src
+    std::vector<llama_token> slot_tokens(int slot);
+
     struct Stats {
         long long steps = 0;
         long long tokens_decoded = 0;

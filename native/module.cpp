@@ -245,6 +245,16 @@ void register_engine(nb::module_ & m) {
         .def("clear_cache", &lcl::Engine::clear_cache, nb::call_guard<nb::gil_scoped_release>(),
              "Forget the cached prompts of idle slots.")
         .def("cached_prompts", &lcl::Engine::cached_prompts, nb::call_guard<nb::gil_scoped_release>())
+        .def("evaluate", &lcl::Engine::evaluate, "slot"_a, "tokens"_a, "all_logits"_a = false,
+             nb::call_guard<nb::gil_scoped_release>(),
+             "Append tokens to an idle slot's sequence; the logits of the last token (or of every token).")
+        .def("kv_remove", &lcl::Engine::kv_remove, "slot"_a, "p0"_a, "p1"_a = -1,
+             nb::call_guard<nb::gil_scoped_release>(),
+             "Drop positions [p0, p1) of a slot's sequence (p1=-1: to the end); later ones shift down.")
+        .def("kv_copy", &lcl::Engine::kv_copy, "src"_a, "dst"_a, nb::call_guard<nb::gil_scoped_release>(),
+             "Make slot dst a copy of slot src (shared prefix for branching).")
+        .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<nb::gil_scoped_release>(),
+             "The tokens cached in a slot.")
         .def(
             "embed",
             [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, bool normalize) {

@@ -364,3 +364,34 @@ def test_greedy_fast_path_matches_the_sampler_chain(tiny_model_path: str) -> Non
     fast = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30)
     chain = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30, logit_bias={5: 0.0})
     assert fast.invoke("Hello") == chain.invoke("Hello")
+
+
+def test_low_level_sequence_api(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, n_seq=2, n_ctx=768)
+    engine = llm.load()
+    engine.clear_cache()
+    model = engine.model
+    tokens = model.tokenize("The quick brown fox")
+    (last,) = engine.evaluate(0, tokens)
+    assert len(last) == model.n_vocab
+    assert engine.slot_tokens(0) == tokens
+    rows = engine.evaluate(0, model.tokenize(" jumps", add_special=False), all_logits=True)
+    assert len(rows) == len(model.tokenize(" jumps", add_special=False))
+    # Branch: slot 1 copies slot 0, and the same next token gives the same logits in both.
+    engine.kv_copy(0, 1)
+    assert engine.slot_tokens(1) == engine.slot_tokens(0)
+    a = engine.evaluate(0, [100])[0]
+    b = engine.evaluate(1, [100])[0]
+    assert a == pytest.approx(b, abs=1e-4)
+    # Dropping the tail and evaluating again reproduces the earlier logits.
+    n = len(engine.slot_tokens(0))
+    engine.kv_remove(0, n - 1)
+    assert engine.slot_tokens(0) == engine.slot_tokens(1)[:-1]
+    assert engine.evaluate(0, [100])[0] == pytest.approx(a, abs=1e-3)
+    # A request that starts with the evaluated tokens reuses them.
+    result = llm.generate([model.detokenize(tokens)], max_tokens=2)
+    assert result.generations[0][0].generation_info["usage"]["cached_tokens"] > 0  # type: ignore[index]
+    with pytest.raises(IndexError, match="slot 5 does not exist"):
+        engine.evaluate(5, [1])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.evaluate(0, [10**7])
