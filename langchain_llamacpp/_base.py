@@ -302,6 +302,40 @@ class LlamaCppParams(BaseModel):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- identity, shared by the LangChain classes ---------------------------------------------
+
+    def _model_name(self) -> str:
+        return os.path.basename(self.model_path)
+
+    def _base_identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_path": self.model_path,
+            "n_ctx": self.n_ctx,
+            "n_gpu_layers": self.n_gpu_layers,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_tokens": self.max_tokens,
+            "repeat_penalty": self.repeat_penalty,
+            "stop": self.stop,
+            "grammar": self.grammar,
+            "grammar_path": str(self.grammar_path) if self.grammar_path else None,
+            **self.model_kwargs,
+        }
+
+    def _add_ls_params(self, params: Any, stop: list[str] | None, kwargs: dict[str, Any]) -> Any:
+        """LangSmith's ls_* fields, from the instance and this call's options."""
+        params["ls_provider"] = "llamacpp"
+        params["ls_model_name"] = kwargs.get("model") or self._model_name()
+        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
+        max_tokens = kwargs.get("max_tokens", self.max_tokens)
+        if max_tokens is not None and max_tokens >= 0:
+            params["ls_max_tokens"] = max_tokens
+        merged = self._stop_list(stop)
+        if merged:
+            params["ls_stop"] = merged
+        return params
+
     # -- requests ---------------------------------------------------------------------------
 
     def _options(self, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,6 @@ template, tool calling and grammar-constrained structured output."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -132,35 +131,11 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {
-            "model_path": self.model_path,
-            "n_ctx": self.n_ctx,
-            "n_gpu_layers": self.n_gpu_layers,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "max_tokens": self.max_tokens,
-            "repeat_penalty": self.repeat_penalty,
-            "stop": self.stop,
-            "chat_template": self.chat_template,
-            **self.model_kwargs,
-        }
-
-    def _model_name(self) -> str:
-        return os.path.basename(self.model_path)
+        return {**self._base_identifying_params(), "chat_template": self.chat_template}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "llamacpp"
-        params["ls_model_name"] = kwargs.get("model") or self._model_name()
+        params: LangSmithParams = self._add_ls_params(super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
         params["ls_model_type"] = "chat"
-        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None and max_tokens >= 0:
-            params["ls_max_tokens"] = max_tokens
-        merged = self._stop_list(stop)
-        if merged:
-            params["ls_stop"] = merged
         return params
 
     # -- tools and structured output -------------------------------------------------------

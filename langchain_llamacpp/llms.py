@@ -64,38 +64,11 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
 
     @property
     def _identifying_params(self) -> Mapping[str, Any]:
-        return {
-            "model_path": self.model_path,
-            "n_ctx": self.n_ctx,
-            "n_gpu_layers": self.n_gpu_layers,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "max_tokens": self.max_tokens,
-            "repeat_penalty": self.repeat_penalty,
-            "stop": self.stop,
-            "grammar": self.grammar,
-            "grammar_path": str(self.grammar_path) if self.grammar_path else None,
-            **self.model_kwargs,
-        }
+        return self._base_identifying_params()
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
-        params = super()._get_ls_params(stop=stop, **kwargs)
-        params["ls_provider"] = "llamacpp"
-        params["ls_model_name"] = self._model_name()
-        params["ls_temperature"] = kwargs.get("temperature", self.temperature)
-        max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        if max_tokens is not None and max_tokens >= 0:
-            params["ls_max_tokens"] = max_tokens
-        merged = self._stop_list(stop)
-        if merged:
-            params["ls_stop"] = merged
+        params: LangSmithParams = self._add_ls_params(super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
         return params
-
-    def _model_name(self) -> str:
-        import os
-
-        return os.path.basename(self.model_path)
 
     # -- request building ---------------------------------------------------------------------
 
