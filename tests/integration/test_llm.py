@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
 from typing import Any
 
 import pytest
@@ -14,6 +12,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 
 from langchain_llamacpp import LlamaCpp
+from tests.concurrency import call_from_threads, collect_counting_loop_ticks
 
 PROMPT = "The three most famous landmarks in Paris are"
 
@@ -96,43 +95,12 @@ def test_eight_threads_ten_calls_each(gemma_path: str) -> None:
     llm = LlamaCpp(model_path=gemma_path, temperature=0, max_tokens=12, seed=3)
     prompts = [f"Fact number {i} about the ocean:" for i in range(10)]
     expected = [llm.invoke(p, max_tokens=12) for p in prompts]
-    results: dict[tuple[int, int], str] = {}
-    errors: list[BaseException] = []
-
-    def worker(t: int) -> None:
-        try:
-            for i, p in enumerate(prompts):
-                results[(t, i)] = llm.invoke(p, max_tokens=12)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    mismatches = [(t, i) for t in range(8) for i in range(10) if results[(t, i)] != expected[i]]
-    assert not mismatches
+    assert call_from_threads(llm.invoke, prompts, n_threads=8) == [expected] * 8
 
 
 async def test_astream_leaves_event_loop_free(llm: LlamaCpp) -> None:
-    ticks = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            await asyncio.sleep(0.005)
-
-    task = asyncio.create_task(ticker())
-    n = 0
-    async for _ in llm.astream(PROMPT):
-        n += 1
-    done = True
-    await task
-    assert n > 10 and ticks > 10
+    pieces, ticks = await collect_counting_loop_ticks(llm.astream(PROMPT), 0.005)
+    assert len(pieces) > 10 and ticks > 10
 
 
 def test_generation_info_and_usage(llm: LlamaCpp) -> None:

@@ -7,17 +7,13 @@ from typing import Any
 import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
-from langchain_llamacpp import ChatLlamaCpp
+from tests.standard_settings import ChatLlamaCppSuiteSettings
 
 
-class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
+class TestChatLlamaCppIntegration(ChatLlamaCppSuiteSettings, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _model_path(self, qwen_path: str) -> None:
         type(self)._path = qwen_path
-
-    @property
-    def chat_model_class(self) -> type[ChatLlamaCpp]:
-        return ChatLlamaCpp
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
@@ -27,18 +23,6 @@ class TestChatLlamaCppIntegration(ChatModelIntegrationTests):
     def standard_chat_model_params(self) -> dict[str, Any]:
         # timeout, max_retries and api_key are for hosted APIs; a local model has none of them.
         return {"temperature": 0, "max_tokens": 256, "stop": []}
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_llamacpp
 from langchain_llamacpp import LlamaCpp, _native
+from tests.concurrency import call_from_threads, collect_counting_loop_ticks
 
 
 def _llm(path: str, **kwargs: Any) -> LlamaCpp:
@@ -150,19 +150,7 @@ async def test_async_callbacks_are_awaited(tiny_model_path: str) -> None:
 
 async def test_astream_leaves_the_event_loop_free(tiny_model_path: str) -> None:
     llm = _llm(tiny_model_path, max_tokens=200, n_ctx=512)
-    ticks = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(ticker())
-    pieces = [p async for p in llm.astream("Hello")]
-    done = True
-    await task
+    pieces, ticks = await collect_counting_loop_ticks(llm.astream("Hello"), 0.001)
     assert "".join(pieces) == llm.invoke("Hello", max_tokens=200)
     assert ticks > 20  # the loop kept running while tokens were generated
 
@@ -220,23 +208,7 @@ def test_threads_share_one_instance(tiny_model_path: str, n_seq: int) -> None:
     llm = _llm(tiny_model_path, max_tokens=16, n_seq=n_seq)
     prompts = [f"Prompt number {i}" for i in range(10)]
     expected = [llm.invoke(p) for p in prompts]
-    results: dict[tuple[int, int], str] = {}
-    errors: list[BaseException] = []
-
-    def worker(t: int) -> None:
-        try:
-            for i, p in enumerate(prompts):
-                results[(t, i)] = llm.invoke(p)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert all(results[(t, i)] == expected[i] for t in range(8) for i in range(10))
+    assert call_from_threads(llm.invoke, prompts, n_threads=8) == [expected] * 8
 
 
 def test_batch_and_generate_many(tiny_model_path: str) -> None:

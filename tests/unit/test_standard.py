@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from langchain_llamacpp import ChatLlamaCpp
+from tests.standard_settings import ChatLlamaCppSuiteSettings
 
 
-class TestChatLlamaCppUnit(ChatModelUnitTests):
+class TestChatLlamaCppUnit(ChatLlamaCppSuiteSettings, ChatModelUnitTests):
     @pytest.fixture(autouse=True)
     def _model_path(self, tiny_model_path: str) -> None:
         type(self)._path = tiny_model_path
@@ -21,24 +21,8 @@ class TestChatLlamaCppUnit(ChatModelUnitTests):
         return {"temperature": 0, "max_tokens": 100, "stop": []}
 
     @property
-    def chat_model_class(self) -> type[ChatLlamaCpp]:
-        return ChatLlamaCpp
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model_path": self._path}
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @pytest.mark.xfail(
         raises=ValueError,
