@@ -359,7 +359,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, llama.cpp {_native.LLAMA_CPP_BUILD}"
+    pinned = ROOT / "vendor" / "llama.cpp" / "PINNED"  # the source has no git metadata, so not in the build info
+    source = pinned.read_text().split()[-1] if pinned.exists() else _native.LLAMA_CPP_BUILD
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {source}"
 
 
 def main() -> int:
