@@ -71,7 +71,7 @@ class EngineConfig:
     rope_freq_scale: float = 0.0
     embeddings: bool = False
     pooling: int = -1
-    swa_full: bool = True
+    swa_full: bool = False
     offload_kqv: bool = True
     lora_path: str = ""
     lora_scale: float = 1.0

@@ -348,6 +348,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         }
     }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
+    engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
     // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
     engine->params_.n_batch = static_cast<int>(llama_n_batch(engine->ctx_.get()));
     engine->params_.n_ubatch = static_cast<int>(llama_n_ubatch(engine->ctx_.get()));
@@ -692,7 +693,7 @@ bool Engine::assign_pending() {
             if (slot->active) {
                 continue;
             }
-            const size_t prefix = common_prefix(slot->cache, prompt);
+            const size_t prefix = reusable_prefix(*slot, prompt);
             const size_t cost = (prompt.size() - prefix) + (slot->cache.size() - prefix);
             if (best == nullptr || cost < best_cost || (cost == best_cost && slot->last_used < best->last_used)) {
                 best = slot.get();
@@ -712,13 +713,26 @@ bool Engine::assign_pending() {
     return assigned;
 }
 
+size_t Engine::reusable_prefix(const Slot & slot, const std::vector<llama_token> & prompt) const {
+    size_t n = common_prefix(slot.cache, prompt);
+    if (n >= prompt.size()) {
+        n = prompt.size() - 1;  // the last prompt token is evaluated again for its logits
+    }
+    if (n > 0 && n_swa_ > 0) {
+        // A sliding-window cache drops positions that fell out of every window. The token after
+        // the prefix attends to the n_swa positions before it: they must all still be there.
+        const llama_pos pos_min = llama_memory_seq_pos_min(llama_get_memory(ctx_.get()), slot.id);
+        if (pos_min > std::max(0, static_cast<int>(n) - n_swa_)) {
+            n = 0;
+        }
+    }
+    return n;
+}
+
 void Engine::start_slot(Slot & slot, Pending && pending) {
     llama_memory_t mem = llama_get_memory(ctx_.get());
     const auto & prompt = pending.params.prompt;
-    size_t n_keep = common_prefix(slot.cache, prompt);
-    if (n_keep >= prompt.size()) {
-        n_keep = prompt.size() - 1;  // the last prompt token is evaluated again for its logits
-    }
+    size_t n_keep = reusable_prefix(slot, prompt);
     if (!llama_memory_seq_rm(mem, slot.id, static_cast<llama_pos>(n_keep), -1)) {
         llama_memory_seq_rm(mem, slot.id, -1, -1);  // this memory cannot cut a sequence: start over
         n_keep = 0;

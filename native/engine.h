@@ -32,7 +32,7 @@ struct EngineParams {
     float rope_freq_scale = 0.0f;  // 0: from the model
     bool embeddings = false;
     int pooling = -1;        // llama_pooling_type; -1 from the model
-    bool swa_full = true;    // full SWA cache so prompt prefixes can be reused
+    bool swa_full = false;   // sliding-window layers keep only their window (prefix reuse is checked)
     bool offload_kqv = true;
     std::string lora_path;   // a LoRA adapter applied to this engine's context
     float lora_scale = 1.0f;
@@ -194,6 +194,7 @@ private:
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
     llama_token argmax(const Slot & slot, int batch_index) const;
+    size_t reusable_prefix(const Slot & slot, const std::vector<llama_token> & prompt) const;
     void run_tasks();
     void run_on_thread(std::function<void()> fn);
 
@@ -202,6 +203,7 @@ private:
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
     int n_ctx_seq_ = 0;
+    int n_swa_ = 0;  // window of the sliding-window layers whose cache is not full size; 0: none
     std::vector<uint8_t> suppressed_;  // tokens the model never emits; EOG tokens are marked 2
     std::vector<std::unique_ptr<Slot>> slots_;
     llama_batch batch_{};

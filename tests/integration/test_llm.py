@@ -144,3 +144,39 @@ def test_embeddings_rank_related_texts_higher(smollm_path: str) -> None:
     docs = embeddings.embed_documents(["Cats are curious animals that sleep a lot.", "The stock market fell today."])
     scores = [sum(a * b for a, b in zip(query, d, strict=True)) for d in docs]
     assert scores[0] > scores[1]
+
+
+def _cached(llm: LlamaCpp, prompt: str) -> tuple[str, int]:
+    generation = llm.generate([prompt]).generations[0][0]
+    assert generation.generation_info is not None
+    return generation.text, generation.generation_info["usage"]["cached_tokens"]
+
+
+def test_sliding_window_cache_reuses_a_prefix_only_while_its_window_is_cached(gemma_path: str) -> None:
+    # Gemma 3 attends over a 512-token window in 5 of its 6 layers, and those layers keep only that
+    # window in their cache. A prompt may reuse a prefix only if the window before its end is still there.
+    llm = LlamaCpp(model_path=gemma_path, temperature=0, max_tokens=6, n_ctx=2048, n_batch=256, seed=3)
+    engine = llm.load()
+    engine.clear_cache()
+    text = " ".join(f"Line {i}: the tide rises and falls." for i in range(110))
+    n_text = len(engine.model.tokenize(text))
+    assert n_text > 1000
+    _, cached = _cached(llm, text)
+    assert cached == 0
+
+    # A follow-up that extends the prompt (the next turn of a conversation) reuses all of it.
+    _, cached = _cached(llm, text + " Line 110:")
+    assert cached >= n_text - 2
+
+    # Branching near the start, long after the window there was dropped: evaluated from scratch,
+    # with the output of a cold start.
+    early = text[:120] + " Then the storm came and"
+    branched, cached = _cached(llm, early)
+    assert cached == 0
+    engine.clear_cache()
+    assert branched == llm.invoke(early)
+
+    # Branching late, within the cached window, reuses the prefix.
+    _cached(llm, text)
+    _, cached = _cached(llm, text[: len(text) * 9 // 10] + " Then the storm came and")
+    assert cached > n_text * 8 // 10
