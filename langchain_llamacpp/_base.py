@@ -102,7 +102,10 @@ class LlamaCppParams(BaseModel):
 
     n_seq: int = Field(1, ge=1, le=256)
     """Sequence slots: up to this many requests are decoded together in one batch, and this
-    many conversations keep their prompt cache warm. KV-cache memory grows with it."""
+    many conversations keep their prompt cache warm. `n_ctx` is per slot, so KV-cache memory grows
+    with it. With one slot concurrent calls queue, and their outputs are exactly those of calls made
+    one after another; with more, llama.cpp's CPU kernels round differently at different batch sizes,
+    so at temperature 0 a nearly tied token can come out differently."""
 
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
