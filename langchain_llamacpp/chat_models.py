@@ -348,7 +348,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     def _deltas(self, call: _Call, state: dict[str, Any], text: str, partial: bool) -> AIMessageChunk | None:
         """The change in the parsed message since the last chunk, as a message chunk."""
         if not call.parse:
-            return AIMessageChunk(content=text[state["sent_text"] :]) if len(text) > state["sent_text"] else None
+            return None  # plain content was sent as it came (see _advance)
         parsed = self._parse(call, text, partial)
         if parsed is None:
             return None
@@ -391,17 +391,20 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     @staticmethod
     def _new_state() -> dict[str, Any]:
-        return {"text": "", "sent_text": 0, "content": "", "reasoning": "", "calls": []}
+        return {"text": "", "content": "", "reasoning": "", "calls": []}
 
     def _advance(self, call: _Call, state: dict[str, Any], native: _native.Chunk) -> ChatGenerationChunk | None:
-        state["text"] += native.text
-        message = self._deltas(call, state, state["text"], partial=True)
+        if call.parse:
+            # Tool calls and reasoning are parsed from the whole text so far, as llama.cpp's server does.
+            state["text"] += native.text
+            message = self._deltas(call, state, state["text"], partial=True)
+        else:
+            # Plain content: nothing is kept, so a token costs the same at any length of output.
+            message = AIMessageChunk(content=native.text) if native.text else None
         if message is None and call.options["logprobs"] is None:
             return None
         if message is None:
             message = AIMessageChunk(content="")
-        if not call.parse:
-            state["sent_text"] = len(state["text"])
         info = {"logprobs": _chat_logprobs([native])} if call.options["logprobs"] is not None else None
         if info:
             message.response_metadata = {"logprobs": info["logprobs"]}
