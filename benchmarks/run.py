@@ -141,7 +141,11 @@ class Series:
         return self.error or fmt.format(statistics.median(self.values))
 
     def ratio(self, fmt: str = "{:.3f}") -> str:
-        return self.error or fmt.format(statistics.median(self.ratios))
+        """The median ratio, and the range over rounds: the spread is the machine's noise."""
+        if self.error:
+            return self.error
+        low, high = (fmt.format(r) for r in (min(self.ratios), max(self.ratios)))
+        return f"{fmt.format(statistics.median(self.ratios))} ({low}-{high})"
 
 
 def interleave(
@@ -226,7 +230,8 @@ def stream_decode_rate(llm: LlamaCpp, prompt: str, n: int) -> float:
 def section_decode(threads: int, lines: list[str]) -> None:
     lines.append("\n## Decode through `stream()` vs `llama-bench` tg128\n")
     lines.append(
-        "| model | llama-bench tg128 tok/s | stream() tok/s | ratio | community stream() tok/s | community ratio |"
+        "| model | llama-bench tg128 tok/s | stream() tok/s | ratio (range over rounds) | community stream() tok/s "
+        "| community ratio |"
         "\n|---|---|---|---|---|---|"
     )
     for name in ("gemma3", "qwen"):
@@ -241,7 +246,7 @@ def section_decode(threads: int, lines: list[str]) -> None:
         )
         ours, theirs = m["ours"], m["community"]
         lines.append(
-            f"| {name} | {reference:.1f} | {ours.value()} | **{ours.ratio()}** | {theirs.value()} | {theirs.ratio()} |"
+            f"| {name} | {reference:.1f} | {ours.value()} | {ours.ratio()} | {theirs.value()} | {theirs.ratio()} |"
         )
         print(lines[-1], flush=True)
 
@@ -262,7 +267,8 @@ def prompt_rate(engine: _native.Engine, n_prompt: int) -> float:
 def section_prompt(threads: int, lines: list[str]) -> None:
     lines.append("\n## Prompt processing vs `llama-bench` pp512\n")
     lines.append(
-        "| model | llama-bench pp512 tok/s | engine tok/s | ratio | community tok/s (invoke) | community ratio |"
+        "| model | llama-bench pp512 tok/s | engine tok/s | ratio (range over rounds) | community tok/s (invoke) "
+        "| community ratio |"
         "\n|---|---|---|---|---|---|"
     )
     for name in ("gemma3", "qwen"):
@@ -277,7 +283,7 @@ def section_prompt(threads: int, lines: list[str]) -> None:
         )
         ours, theirs = m["ours"], m["community"]
         lines.append(
-            f"| {name} | {reference:.1f} | {ours.value()} | **{ours.ratio()}** | {theirs.value()} | {theirs.ratio()} |"
+            f"| {name} | {reference:.1f} | {ours.value()} | {ours.ratio()} | {theirs.value()} | {theirs.ratio()} |"
         )
         print(lines[-1], flush=True)
 
@@ -397,7 +403,7 @@ def section_long(threads: int, lines: list[str]) -> None:
     reference_decline, m = interleave(3, reference, ours=ours, community=community)
     lines.append("| | late / early (tokens 950-1050 vs 100-200) | vs llama-bench's own decline |\n|---|---|---|")
     lines.append(f"| llama-bench tg100 at depth 950 vs 100 | {reference_decline:.3f} | 1.000 |")
-    lines.append(f"| stream() | **{m['ours'].value('{:.3f}')}** | **{m['ours'].ratio()}** |")
+    lines.append(f"| stream() | **{m['ours'].value('{:.3f}')}** | {m['ours'].ratio()} |")
     lines.append(f"| community stream() | {m['community'].value('{:.3f}')} | {m['community'].ratio()} |")
     print("\n".join(lines[-4:]), flush=True)
 
@@ -437,7 +443,9 @@ def main() -> int:
         "# Benchmark results",
         "",
         f"Machine: {machine()}; {args.threads} threads; run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
-        "Produced by `./dev bench`; every ratio compares two figures measured in this same run.",
+        "Produced by `./dev bench`; every ratio compares two figures measured in this same run. Ratios are medians",
+        "of per-round ratios (reference and measure taken back to back); the range beside them is the spread over",
+        "rounds, which on a shared VM is mostly the machine's own noise.",
     ]
     for name in args.only or list(SECTIONS):
         SECTIONS[name](args.threads, lines)
