@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -46,7 +46,7 @@ def get_time(timezone: str) -> str:
 
 class WeatherInput(BaseModel):
     location: str = Field(description="The city and state, e.g. San Francisco, CA")
-    unit: str = Field(enum=["celsius", "fahrenheit"])  # type: ignore[call-overload]
+    unit: Literal["celsius", "fahrenheit"]
 
 
 @tool("get_current_weather", args_schema=WeatherInput)
