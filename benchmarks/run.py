@@ -32,10 +32,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.community import STORY, first_token_seconds  # noqa: E402  (shared by both sides)
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native  # noqa: E402
 from tests.models import get  # noqa: E402
-
-STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 
 
 class Community:
@@ -335,18 +334,6 @@ def section_batch(threads: int, lines: list[str]) -> None:
     lines.append(f"| llama-batched-bench S_TG at 8 sequences | {reference:.1f} tok/s | |")
     lines.append(f"| ratio | **{rate / reference:.3f}** | |")
     print("\n".join(lines[-7:]), flush=True)
-
-
-def first_token_seconds(chat: ChatLlamaCpp, messages: list[tuple[str, str]]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    first = None
-    text = ""
-    for chunk in chat.stream(messages):
-        if first is None and chunk.content:
-            first = time.perf_counter() - t0
-        text += str(chunk.content)
-    assert first is not None
-    return first, text
 
 
 def section_cache(threads: int, lines: list[str]) -> None:
