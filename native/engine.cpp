@@ -689,6 +689,7 @@ bool Engine::assign_pending() {
         const auto & prompt = pending_.front().params.prompt;
         Slot * best = nullptr;
         size_t best_cost = 0;
+        size_t best_prefix = 0;
         for (auto & slot : slots_) {
             if (slot->active) {
                 continue;
@@ -698,6 +699,7 @@ bool Engine::assign_pending() {
             if (best == nullptr || cost < best_cost || (cost == best_cost && slot->last_used < best->last_used)) {
                 best = slot.get();
                 best_cost = cost;
+                best_prefix = prefix;
             }
         }
         if (best == nullptr) {
@@ -706,7 +708,7 @@ bool Engine::assign_pending() {
         Pending pending = std::move(pending_.front());
         pending_.pop_front();
         lock.unlock();
-        start_slot(*best, std::move(pending));
+        start_slot(*best, std::move(pending), best_prefix);
         assigned = true;
         lock.lock();
     }
@@ -729,10 +731,8 @@ size_t Engine::reusable_prefix(const Slot & slot, const std::vector<llama_token>
     return n;
 }
 
-void Engine::start_slot(Slot & slot, Pending && pending) {
+void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
     llama_memory_t mem = llama_get_memory(ctx_.get());
-    const auto & prompt = pending.params.prompt;
-    size_t n_keep = reusable_prefix(slot, prompt);
     if (!llama_memory_seq_rm(mem, slot.id, static_cast<llama_pos>(n_keep), -1)) {
         llama_memory_seq_rm(mem, slot.id, -1, -1);  // this memory cannot cut a sequence: start over
         n_keep = 0;
@@ -763,11 +763,14 @@ void Engine::start_slot(Slot & slot, Pending && pending) {
     slot.t_start = now_ms();
     slot.state->cached_tokens = static_cast<int>(n_keep);
     slot.state->t_queued_ms = slot.t_start - pending.t_submit;
-    // Repetition penalties see the end of the prompt, as in llama.cpp's own tools.
-    const size_t window = static_cast<size_t>(std::max(64, slot.params.sampling.repeat_last_n));
+    // Repetition penalties see the end of the prompt, as in llama.cpp's own tools (a negative
+    // repeat_last_n: all of it).
+    const auto & prompt = slot.params.prompt;
+    const int last_n = slot.params.sampling.repeat_last_n;
+    const size_t window = last_n < 0 ? prompt.size() : static_cast<size_t>(std::max(64, last_n));
     const size_t from = prompt.size() > window ? prompt.size() - window : 0;
-    for (size_t i = from; i < slot.params.prompt.size(); ++i) {
-        common_sampler_accept(slot.sampler.get(), slot.params.prompt[i], false);
+    for (size_t i = from; i < prompt.size(); ++i) {
+        common_sampler_accept(slot.sampler.get(), prompt[i], false);
     }
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.prompt_tokens_reused += static_cast<long long>(n_keep);

@@ -189,7 +189,7 @@ private:
 
     void loop();
     bool assign_pending();                     // returns true if a slot was assigned
-    void start_slot(Slot & slot, Pending && pending);
+    void start_slot(Slot & slot, Pending && pending, size_t n_keep);  // n_keep: reusable_prefix()
     void step();
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
