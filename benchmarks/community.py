@@ -1,7 +1,7 @@
 """The same measurements as run.py, taken on langchain_community + llama-cpp-python.
 
 Run by run.py with the interpreter that has those packages (`./dev community` builds one in
-.venv-community from the same llama.cpp source distribution we vendor), one section per process so
+.venv-community from the same llama.cpp source distribution we vendor), one measurement per process so
 that a crash (llama-cpp-python is not thread-safe under `batch()`) is reported, not fatal. Prints one JSON
 object per line as figures become known; run.py reads them.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from typing import Any
@@ -34,33 +33,34 @@ def llm(model: str, threads: int, **kw: Any) -> Any:
     return LlamaCpp(model_path=model, n_threads=threads, **{**COMMON, **kw})
 
 
-def stream_rate(model: Any, prompt: str, n: int) -> float:
-    stamps = [time.perf_counter() for piece in model.stream(prompt, max_tokens=n) if piece]
+def stream_rate(model: Any, prompt: str, n: int, **kwargs: Any) -> float:
+    """Tokens/s through stream(), from the first token to the last (prompt excluded)."""
+    stamps = [time.perf_counter() for piece in model.stream(prompt, max_tokens=n, **kwargs) if piece]
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def decode(model: str, threads: int, rounds: int) -> None:
+def decode(model: str, threads: int) -> None:
     m = llm(model, threads, n_ctx=512)
     m.invoke(STORY, max_tokens=4)  # load
-    emit(decode=statistics.median(stream_rate(m, STORY, 128) for _ in range(rounds)))
+    emit(decode=stream_rate(m, STORY, 128))
 
 
-def prompt(model: str, threads: int, rounds: int) -> None:
+def prompt(model: str, threads: int) -> None:
     m = llm(model, threads, n_ctx=1024)
     text = " ".join(f"item {i} is {i * 7 % 13}." for i in range(200))
     tokens = m.client.tokenize(text.encode())[:511]
     text = m.client.detokenize(tokens).decode()
     n = len(m.client.tokenize(text.encode()))
     rates = []
-    for _ in range(rounds + 1):  # the first one warms up, as llama-bench does
-        m.client.reset()  # no prefix reuse: every round evaluates the whole prompt
+    for _ in range(2):  # the first one warms up, as llama-bench does
+        m.client.reset()  # no prefix reuse: the whole prompt is evaluated
         t0 = time.perf_counter()
         m.invoke(text, max_tokens=1)
         rates.append(n / (time.perf_counter() - t0))
-    emit(prompt=statistics.median(rates[1:]), prompt_tokens=n)
+    emit(prompt=rates[-1], prompt_tokens=n)
 
 
-def batch(model: str, threads: int, rounds: int) -> None:
+def batch(model: str, threads: int) -> None:
     m = llm(model, threads, n_ctx=256, max_tokens=64)
     prompts = [f"{STORY} (variant {i})" for i in range(8)]
     m.invoke(prompts[0], max_tokens=1)  # load
@@ -85,7 +85,7 @@ def first_token_seconds(chat: Any, messages: list[tuple[str, str]]) -> tuple[flo
     return first, text
 
 
-def cache(model: str, threads: int, rounds: int) -> None:
+def cache(model: str, threads: int) -> None:
     from langchain_community.chat_models import ChatLlamaCpp
 
     chat = ChatLlamaCpp(model_path=model, n_threads=threads, n_ctx=4096, max_tokens=32, **COMMON)
@@ -102,7 +102,7 @@ def cache(model: str, threads: int, rounds: int) -> None:
     emit(cold=cold, warm=warm, after_other=after_other)
 
 
-def long(model: str, threads: int, rounds: int) -> None:
+def long(model: str, threads: int) -> None:
     m = llm(model, threads, n_ctx=2048)
     stamps = [time.perf_counter() for piece in m.stream(STORY, max_tokens=1100) if piece]
     if len(stamps) < 1051:
@@ -123,9 +123,8 @@ def main() -> int:
     parser.add_argument("section", choices=sorted(SECTIONS))
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, required=True)
-    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    SECTIONS[args.section](args.model, args.threads, args.rounds)
+    SECTIONS[args.section](args.model, args.threads)
     return 0
 
 

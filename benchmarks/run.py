@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.community import STORY, first_token_seconds  # noqa: E402  (shared by both sides)
+from benchmarks.community import STORY, first_token_seconds, stream_rate  # noqa: E402  (shared by both sides)
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native  # noqa: E402
 from tests.models import get  # noqa: E402
 
@@ -59,12 +59,12 @@ class Community:
         print("langchain_community + llama-cpp-python not found (./dev community installs them); skipping them")
 
     @classmethod
-    def measure(cls, section: str, model: str, rounds: int = 3) -> dict[str, Any] | None:
+    def measure(cls, section: str, model: str) -> dict[str, Any] | None:
         """The section's figures; {"error": ...} if it failed or crashed; None if not installed."""
         if cls.python is None:
             return None
         script = str(ROOT / "benchmarks" / "community.py")
-        args = [cls.python, script, section, "--model", model, "--threads", str(cls.threads), "--rounds", str(rounds)]
+        args = [cls.python, script, section, "--model", model, "--threads", str(cls.threads)]
         done = subprocess.run(args, capture_output=True, text=True, timeout=1800)
         figures: dict[str, Any] = {}
         for line in done.stdout.splitlines():
@@ -78,8 +78,8 @@ class Community:
 
     @classmethod
     def one(cls, section: str, model: str, key: str) -> float | None:
-        """One figure from one round of a section; None if not installed."""
-        figures = cls.measure(section, model, rounds=1)
+        """One figure of a section; None if not installed."""
+        figures = cls.measure(section, model)
         if figures is None:
             return None
         if key not in figures:
@@ -217,15 +217,6 @@ def batched_bench(model: str, threads: int, npp: int, ntg: int, npl: int) -> flo
     return float(rows[-1]["speed_tg"])
 
 
-def stream_decode_rate(llm: LlamaCpp, prompt: str, n: int) -> float:
-    """Tokens/s through stream(), from the first token to the last (prompt excluded)."""
-    stamps = []
-    for piece in llm.stream(prompt, max_tokens=n, ignore_eos=True):
-        if piece:
-            stamps.append(time.perf_counter())
-    return (len(stamps) - 1) / (stamps[-1] - stamps[0])
-
-
 def section_decode(threads: int, lines: list[str]) -> None:
     lines.append("\n## Decode through `stream()` vs `llama-bench` tg128\n")
     lines.append(
@@ -240,7 +231,7 @@ def section_decode(threads: int, lines: list[str]) -> None:
         reference, m = interleave(
             7,
             lambda model=model: llama_bench(model, threads, 0, 128)["tg128"],  # type: ignore[misc]
-            ours=lambda llm=llm: stream_decode_rate(llm, STORY, 128),  # type: ignore[misc]
+            ours=lambda llm=llm: stream_rate(llm, STORY, 128, ignore_eos=True),  # type: ignore[misc]
             community=lambda model=model: Community.one("decode", model, "decode"),  # type: ignore[misc]
         )
         ours, theirs = m["ours"], m["community"]
@@ -380,7 +371,7 @@ def section_long(threads: int, lines: list[str]) -> None:
         return ref["tg100@d950"] / ref["tg100@d100"]
 
     def community() -> float | None:
-        figures = Community.measure("long", model, rounds=1)
+        figures = Community.measure("long", model)
         if figures is not None and "late" not in figures:
             raise CommunityError(str(figures.get("error")))
         return None if figures is None else figures["late"] / figures["early"]
