@@ -131,6 +131,8 @@ struct Engine::Slot {
     llama_token next_token = LLAMA_TOKEN_NULL;
     int n_decoded = 0;
     int i_batch = -1;
+    int n_take = 0;       // tokens this slot puts in the step being built
+    bool filler = false;  // holds a filler token in that step
     Utf8Assembler utf8;
     std::unique_ptr<StopMatcher> stop;
     // Plain greedy decoding needs no sampler chain: an argmax over the logits, as llama.cpp's
@@ -289,7 +291,10 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     if (params.n_batch <= 0 || params.n_ubatch <= 0) {
         throw std::invalid_argument("n_batch and n_ubatch must be positive");
     }
-    params.n_ubatch = std::min(params.n_ubatch, params.n_batch);
+    // Every generating slot decodes a token in each step, so a step may hold n_seq tokens even where
+    // the prompt chunk (n_batch) is smaller; llama_decode aborts the process beyond its n_batch.
+    params.n_batch = std::max(params.n_batch, params.n_seq);
+    params.n_ubatch = std::min(std::max(params.n_ubatch, params.n_seq), params.n_batch);
     if (params.n_threads <= 0) {
         params.n_threads = std::max(1, common_cpu_get_num_math());
     }
@@ -348,6 +353,8 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         }
     }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
+    // A filler token would advance a recurrent state that cannot be rolled back.
+    engine->fill_gaps_ = !llama_model_is_recurrent(engine->model_->get()) && !llama_model_is_hybrid(engine->model_->get());
     engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
     // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
     engine->params_.n_batch = static_cast<int>(llama_n_batch(engine->ctx_.get()));
@@ -367,7 +374,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
             }
         }
     }
-    engine->batch_ = llama_batch_init(std::max(engine->params_.n_batch, params.n_seq), 0, 1);
+    engine->batch_ = llama_batch_init(engine->params_.n_batch, 0, 1);
     for (int i = 0; i < params.n_seq; ++i) {
         auto slot = std::make_unique<Slot>();
         slot->id = i;
@@ -854,6 +861,8 @@ llama_token Engine::argmax(const Slot & slot, int batch_index) const {
     return best;
 }
 
+constexpr size_t kFillerSlack = 512;  // cells; see step()
+
 void Engine::step() {
     // Cancelled requests leave first, freeing their slots within one step.
     for (auto & slot : slots_) {
@@ -861,45 +870,108 @@ void Engine::step() {
             finish_slot(*slot, "cancelled");
         }
     }
-    batch_.n_tokens = 0;
-    // Every generating sequence contributes its next token...
+    // llama.cpp splits a batch that spans several KV streams (one per slot) into micro-batches of
+    // consecutive sequence ids with the same number of tokens each: slots 0 and 2 without 1 would
+    // be computed one after the other, and tokens out of slot order likewise. So the batch is
+    // built in slot order, and an idle slot between two busy ones decodes a filler token that is
+    // removed right after (a cell at its next position; the cached tokens stay).
+    // First, how many tokens each slot contributes: generating slots one, and prompts share what
+    // is left of n_batch, in slot order, so running streams keep flowing.
+    int n_gen = 0;
     for (auto & slot : slots_) {
+        slot->n_take = 0;
         if (slot->active && slot->generating && slot->next_token != LLAMA_TOKEN_NULL) {
-            batch_add(batch_, slot->next_token, static_cast<llama_pos>(slot->cache.size()), slot->id, true);
-            slot->cache.push_back(slot->next_token);
-            slot->next_token = LLAMA_TOKEN_NULL;
-            slot->i_batch = batch_.n_tokens - 1;
+            slot->n_take = 1;
+            n_gen++;
         }
     }
-    // ...and prompts fill the rest of the batch, in chunks, so running streams keep flowing.
-    long long n_prompt_tokens = 0;
+    int budget = params_.n_batch - n_gen;
+    int lo = -1, hi = -1;
     for (auto & slot : slots_) {
-        if (!slot->active || slot->generating) {
-            continue;
+        if (slot->active && !slot->generating && budget > 0) {
+            const size_t left = slot->params.prompt.size() - slot->n_prompt_done;
+            slot->n_take = static_cast<int>(std::min<size_t>(left, static_cast<size_t>(budget)));
+            budget -= slot->n_take;
         }
-        const auto & prompt = slot->params.prompt;
-        while (slot->n_prompt_done < prompt.size() && batch_.n_tokens < params_.n_batch) {
-            const bool last = slot->n_prompt_done + 1 == prompt.size();
-            batch_add(batch_, prompt[slot->n_prompt_done], static_cast<llama_pos>(slot->cache.size()), slot->id, last);
-            slot->cache.push_back(prompt[slot->n_prompt_done]);
-            slot->n_prompt_done++;
-            n_prompt_tokens++;
-            if (last) {
-                slot->i_batch = batch_.n_tokens - 1;
+        if (slot->n_take > 0) {
+            lo = lo < 0 ? slot->id : lo;
+            hi = slot->id;
+        }
+    }
+    if (lo < 0) {
+        return;
+    }
+    // A filler is not worth it where its sequence is much longer than the longest in the step:
+    // every stream in a micro-batch attends over as many cells as the longest one holds (padded
+    // to 256), and a few hundred cells cost less than another pass over the weights.
+    int n_fill = 0;
+    if (fill_gaps_) {
+        size_t end = 0;
+        for (int i = lo; i <= hi; ++i) {
+            end = std::max(end, slots_[i]->cache.size() + static_cast<size_t>(slots_[i]->n_take));
+        }
+        for (int i = lo; i <= hi; ++i) {
+            Slot & slot = *slots_[i];
+            slot.filler = slot.n_take == 0 && slot.cache.size() < end + kFillerSlack &&
+                          static_cast<int>(slot.cache.size()) < n_ctx_seq_;
+            n_fill += slot.filler;
+        }
+        // Fillers must fit in n_batch too: prompts give way, from the last slot, down to one token.
+        int over = n_fill - budget;  // tokens beyond n_batch
+        for (int i = hi; i >= lo && over > 0; --i) {
+            Slot & slot = *slots_[i];
+            if (slot.active && !slot.generating && slot.n_take > 1) {
+                const int cut = std::min(over, slot.n_take - 1);
+                slot.n_take -= cut;
+                over -= cut;
             }
         }
     }
-    if (batch_.n_tokens == 0) {
-        return;
+    batch_.n_tokens = 0;
+    long long n_prompt_tokens = 0;
+    for (int i = lo; i <= hi; ++i) {
+        Slot & slot = *slots_[i];
+        if (slot.filler) {
+            batch_add(batch_, 0, static_cast<llama_pos>(slot.cache.size()), slot.id, false);
+        } else if (slot.n_take == 0) {
+            continue;
+        } else if (slot.generating) {
+            batch_add(batch_, slot.next_token, static_cast<llama_pos>(slot.cache.size()), slot.id, true);
+            slot.cache.push_back(slot.next_token);
+            slot.next_token = LLAMA_TOKEN_NULL;
+            slot.i_batch = batch_.n_tokens - 1;
+        } else {
+            const auto & prompt = slot.params.prompt;
+            for (int k = 0; k < slot.n_take; ++k) {
+                const bool last = slot.n_prompt_done + 1 == prompt.size();
+                batch_add(batch_, prompt[slot.n_prompt_done], static_cast<llama_pos>(slot.cache.size()), slot.id, last);
+                slot.cache.push_back(prompt[slot.n_prompt_done]);
+                slot.n_prompt_done++;
+                if (last) {
+                    slot.i_batch = batch_.n_tokens - 1;
+                }
+            }
+            n_prompt_tokens += slot.n_take;
+        }
     }
     ErrorCapture capture;
     const int rc = llama_decode(ctx_.get(), batch_);
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stats_.steps++;
-        stats_.tokens_decoded += batch_.n_tokens;
+        stats_.tokens_decoded += batch_.n_tokens - n_fill;
+        stats_.fillers += n_fill;
         stats_.prompt_tokens_evaluated += n_prompt_tokens;
         stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens);
+    }
+    if (n_fill > 0) {
+        llama_memory_t mem = llama_get_memory(ctx_.get());
+        for (int i = lo; i <= hi; ++i) {
+            if (slots_[i]->filler) {
+                llama_memory_seq_rm(mem, i, static_cast<llama_pos>(slots_[i]->cache.size()), -1);
+                slots_[i]->filler = false;
+            }
+        }
     }
     if (rc != 0) {
         const std::string what = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);

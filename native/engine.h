@@ -173,6 +173,7 @@ public:
         long long prompt_tokens_evaluated = 0;
         long long prompt_tokens_reused = 0;
         long long max_batch = 0;
+        long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
     };
     Stats stats();
 
@@ -203,6 +204,7 @@ private:
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
     int n_ctx_seq_ = 0;
+    bool fill_gaps_ = true;
     int n_swa_ = 0;  // window of the sliding-window layers whose cache is not full size; 0: none
     std::vector<uint8_t> suppressed_;  // tokens the model never emits; EOG tokens are marked 2
     std::vector<std::unique_ptr<Slot>> slots_;

@@ -367,3 +367,33 @@ def test_low_level_sequence_api(tiny_model_path: str) -> None:
         engine.evaluate(5, [1])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.evaluate(0, [10**7])
+
+
+def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
+    # llama.cpp computes a step's sequences together only if their ids are consecutive: with slot
+    # 1 idle between busy slots 0 and 2, a filler token bridges it and is removed after the step.
+    llm = _llm(tiny_model_path, max_tokens=24, n_seq=3, n_ctx=512)
+    engine = llm.load()
+    engine.clear_cache()
+    model = engine.model
+    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
+    for slot, text in enumerate(texts):
+        engine.evaluate(slot, model.tokenize(text))
+    idle = engine.slot_tokens(1)
+    (idle_logits,) = engine.evaluate(1, [100])
+    engine.kv_remove(1, len(idle))
+    fillers = engine.stats()["fillers"]
+    together = llm.generate([texts[0] + " and", texts[2] + " and"])
+    assert engine.stats()["fillers"] - fillers >= 20
+    assert engine.slot_tokens(1) == idle  # the idle conversation is untouched...
+    assert engine.evaluate(1, [100])[0] == pytest.approx(idle_logits, abs=1e-4)  # ...and so is its cache
+    assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
+
+
+def test_more_sequences_than_n_batch(tiny_model_path: str) -> None:
+    # n_batch=8 is the old bindings' default; every generating slot still decodes in each step.
+    llm = _llm(tiny_model_path, max_tokens=12, n_seq=12, n_batch=8)
+    assert llm.load().n_batch == 12
+    prompts = [f"Prompt number {i}" for i in range(12)]
+    expected = [llm.invoke(p) for p in prompts]
+    assert llm.batch(prompts) == expected
