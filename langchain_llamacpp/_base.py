@@ -95,7 +95,8 @@ class LlamaCppParams(BaseModel):
 
     n_batch: int = Field(512, ge=1)
     """Prompt tokens evaluated per decode step (llama.cpp's default; 8, the old default here, made
-    prompt processing many times slower)."""
+    prompt processing many times slower). Raised to `n_seq` if smaller: every generating slot
+    decodes in each step."""
 
     n_ubatch: int | None = Field(None, ge=1)
     """Physical batch size. None: `n_batch`."""
