@@ -106,7 +106,14 @@ class LlamaCppParams(BaseModel):
     many conversations keep their prompt cache warm. `n_ctx` is per slot, so KV-cache memory grows
     with it. With one slot concurrent calls queue, and their outputs are exactly those of calls made
     one after another; with more, llama.cpp's CPU kernels round differently at different batch sizes,
-    so at temperature 0 a nearly tied token can come out differently."""
+    so at temperature 0 a nearly tied token can come out differently (`batch_invariant` prevents it)."""
+
+    batch_invariant: bool = False
+    """Make every output independent of what else is decoded with it: with `n_seq > 1`, concurrent
+    calls at temperature 0 give exactly the tokens of calls made one at a time, and a cached prefix
+    gives what evaluating it afresh would. Uses kernels whose rounding does not depend on the batch
+    (no repacked weights, reference flash attention, at least two rows per product); slower, and
+    for the CPU backend only."""
 
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
@@ -258,7 +265,7 @@ class LlamaCppParams(BaseModel):
             use_mlock=self.use_mlock,
             vocab_only=self.vocab_only,
             check_tensors=bool(kw.get("check_tensors", False)),
-            repack=bool(kw.get("repack", True)),
+            repack=bool(kw.get("repack", not self.batch_invariant)),
             kv_overrides=tuple(sorted((str(k), _override_spec(v)) for k, v in overrides.items())),
         )
 
@@ -277,6 +284,7 @@ class LlamaCppParams(BaseModel):
                 "rope_freq_base": self.rope_freq_base or 0.0,
                 "rope_freq_scale": self.rope_freq_scale or 0.0,
                 "embeddings": embeddings,
+                "batch_invariant": self.batch_invariant,
                 "lora_path": os.path.expanduser(self.lora_path) if self.lora_path else "",
                 "lora_scale": self.lora_scale,
                 **kw,
@@ -440,6 +448,7 @@ class LlamaCppParams(BaseModel):
 
 
 _MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "check_tensors", "repack"}) - {
+    "batch_invariant",
     "embeddings",
     "lora_path",
     "lora_scale",

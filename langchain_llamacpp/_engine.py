@@ -75,6 +75,7 @@ class EngineConfig:
     offload_kqv: bool = True
     lora_path: str = ""
     lora_scale: float = 1.0
+    batch_invariant: bool = False
 
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))

@@ -1,5 +1,8 @@
 #include "engine.h"
 
+#include "ggml-cpu.h"
+#include "llama-context.h"  // llama.cpp internal: the scheduler, for batch_invariant
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -291,6 +294,17 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     if (params.n_batch <= 0 || params.n_ubatch <= 0) {
         throw std::invalid_argument("n_batch and n_ubatch must be positive");
     }
+    if (params.batch_invariant) {
+        if (model->params().repack) {
+            throw std::invalid_argument("batch_invariant needs the model loaded without repacked weights (repack=False): "
+                                        "their kernels differ between one column and several");
+        }
+        if (params.flash_attn == 0) {
+            throw std::invalid_argument("batch_invariant needs flash attention (its reference path computes each row alone)");
+        }
+        params.flash_attn = 1;
+        params.n_ubatch = params.n_batch = std::max(params.n_batch, 4);
+    }
     // Every generating slot decodes a token in each step, so a step may hold n_seq tokens even where
     // the prompt chunk (n_batch) is smaller; llama_decode aborts the process beyond its n_batch.
     params.n_batch = std::max(params.n_batch, params.n_seq);
@@ -353,8 +367,26 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         }
     }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
+    engine->batch_invariant_ = params.batch_invariant;
+    if (params.batch_invariant) {
+        // llama.h does not reach the context's CPU backend; its scheduler (llama.cpp internal) does.
+        // The reference mode computes flash attention one query row at a time, with no split of
+        // the KV cells that depends on the batch, and fuses no ops.
+        ggml_backend_sched_t sched = engine->ctx_->get_sched();
+        for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); ++i) {
+            ggml_backend_t backend = ggml_backend_sched_get_backend(sched, i);
+            if (!ggml_backend_is_cpu(backend)) {
+                throw std::invalid_argument(std::string("batch_invariant is for the CPU backend; this context also runs on ") +
+                                            ggml_backend_name(backend) + " (set n_gpu_layers=0)");
+            }
+            ggml_backend_cpu_set_use_ref(backend, true);
+        }
+    }
     // A filler token would advance a recurrent state that cannot be rolled back.
     engine->fill_gaps_ = !llama_model_is_recurrent(engine->model_->get()) && !llama_model_is_hybrid(engine->model_->get());
+    if (params.batch_invariant && !engine->fill_gaps_) {
+        throw std::invalid_argument("batch_invariant is not supported for recurrent or hybrid models (their state cannot take a filler token)");
+    }
     engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
     // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
     engine->params_.n_batch = static_cast<int>(llama_n_batch(engine->ctx_.get()));
@@ -870,20 +902,20 @@ void Engine::step() {
             finish_slot(*slot, "cancelled");
         }
     }
-    // llama.cpp splits a batch that spans several KV streams (one per slot) into micro-batches of
-    // consecutive sequence ids with the same number of tokens each: slots 0 and 2 without 1 would
-    // be computed one after the other, and tokens out of slot order likewise. So the batch is
-    // built in slot order, and an idle slot between two busy ones decodes a filler token that is
-    // removed right after (a cell at its next position; the cached tokens stay).
-    // First, how many tokens each slot contributes: generating slots one, and prompts share what
-    // is left of n_batch, in slot order, so running streams keep flowing.
+    // How many tokens each slot contributes: generating slots one, and prompts share what is left
+    // of n_batch, in slot order, so running streams keep flowing.
     int n_gen = 0;
     for (auto & slot : slots_) {
         slot->n_take = 0;
+        slot->filler = false;
         if (slot->active && slot->generating && slot->next_token != LLAMA_TOKEN_NULL) {
             slot->n_take = 1;
             n_gen++;
         }
+    }
+    if (batch_invariant_) {
+        step_invariant();
+        return;
     }
     int budget = params_.n_batch - n_gen;
     int lo = -1, hi = -1;
@@ -901,38 +933,99 @@ void Engine::step() {
     if (lo < 0) {
         return;
     }
+    // llama.cpp splits a batch that spans several KV streams (one per slot) into micro-batches of
+    // consecutive sequence ids with the same number of tokens each: slots 0 and 2 without 1 would
+    // be computed one after the other, and tokens out of slot order likewise. So the batch is
+    // built in slot order, and an idle slot between two busy ones decodes a filler token that is
+    // removed right after (a cell at its next position; the cached tokens stay).
     // A filler is not worth it where its sequence is much longer than the longest in the step:
     // every stream in a micro-batch attends over as many cells as the longest one holds (padded
     // to 256), and a few hundred cells cost less than another pass over the weights.
-    int n_fill = 0;
-    if (fill_gaps_) {
-        size_t end = 0;
-        for (int i = lo; i <= hi; ++i) {
-            end = std::max(end, slots_[i]->cache.size() + static_cast<size_t>(slots_[i]->n_take));
-        }
-        for (int i = lo; i <= hi; ++i) {
-            Slot & slot = *slots_[i];
-            slot.filler = slot.n_take == 0 && slot.cache.size() < end + kFillerSlack &&
-                          static_cast<int>(slot.cache.size()) < n_ctx_seq_;
-            n_fill += slot.filler;
-        }
-        // Fillers must fit in n_batch too: prompts give way, from the last slot, down to one token.
-        int over = n_fill - budget;  // tokens beyond n_batch
-        for (int i = hi; i >= lo && over > 0; --i) {
-            Slot & slot = *slots_[i];
-            if (slot.active && !slot.generating && slot.n_take > 1) {
-                const int cut = std::min(over, slot.n_take - 1);
-                slot.n_take -= cut;
-                over -= cut;
-            }
+    const int n_fill = mark_fillers(lo, hi, kFillerSlack);
+    // Fillers must fit in n_batch too: prompts give way, from the last slot, down to one token.
+    int over = n_fill - budget;
+    for (int i = hi; i >= lo && over > 0; --i) {
+        Slot & slot = *slots_[i];
+        if (slot.active && !slot.generating && slot.n_take > 1) {
+            const int cut = std::min(over, slot.n_take - 1);
+            slot.n_take -= cut;
+            over -= cut;
         }
     }
+    decode_slots(lo, hi, -1);
+}
+
+int Engine::mark_fillers(int lo, int hi, size_t slack) {
+    if (!fill_gaps_) {
+        return 0;
+    }
+    size_t end = 0;
+    for (int i = lo; i <= hi; ++i) {
+        end = std::max(end, slots_[i]->cache.size() + static_cast<size_t>(slots_[i]->n_take));
+    }
+    int n_fill = 0;
+    for (int i = lo; i <= hi; ++i) {
+        Slot & slot = *slots_[i];
+        const bool near = slot.cache.size() < end || slot.cache.size() - end < slack;
+        slot.filler = slot.n_take == 0 && near && static_cast<int>(slot.cache.size()) < n_ctx_seq_;
+        n_fill += slot.filler;
+    }
+    return n_fill;
+}
+
+void Engine::step_invariant() {
+    // Every row of every matrix product goes through the same kernel whatever else is decoded:
+    // llama.cpp's CPU matmul switches kernels between one column and several (llamafile's
+    // tinyBLAS), so every micro-batch here has at least two tokens and, where it computes logits,
+    // at least two outputs; a tail filler (the slot's next position, removed after) makes up the
+    // second. Generating slots decode together, one token each; each prompt chunk goes alone, so
+    // that llama.cpp never splits a call into micro-batches of its own choosing.
+    const int n_slots = static_cast<int>(slots_.size());
+    for (int lo = 0; lo < n_slots;) {
+        if (slots_[lo]->n_take == 0) {
+            ++lo;
+            continue;
+        }
+        // A run of generating slots, bridged by fillers wherever one fits.
+        int hi = lo;
+        for (int j = lo + 1; j < n_slots; ++j) {
+            if (slots_[j]->n_take > 0) {
+                hi = j;
+            } else if (static_cast<int>(slots_[j]->cache.size()) >= n_ctx_seq_) {
+                break;  // no cell left for a filler: the run ends here
+            }
+        }
+        mark_fillers(lo, hi, std::numeric_limits<size_t>::max());
+        int n_real = 0;
+        for (int i = lo; i <= hi; ++i) {
+            n_real += slots_[i]->n_take;
+        }
+        decode_slots(lo, hi, n_real < 2 ? lo : -1);  // one output: add a second
+        lo = hi + 1;
+    }
+    for (auto & slot : slots_) {
+        if (!slot->active || slot->generating) {
+            continue;
+        }
+        // One micro-batch per call: the last chunk has room for its tail filler, and a chunk
+        // before it has at least two tokens (n_ubatch >= 4).
+        const size_t left = slot->params.prompt.size() - slot->n_prompt_done;
+        const size_t cap = static_cast<size_t>(params_.n_ubatch);
+        const size_t take = left + 1 <= cap ? left : std::min(left - 1, cap);
+        slot->n_take = static_cast<int>(take);
+        decode_slots(slot->id, slot->id, take == left ? slot->id : -1);
+    }
+}
+
+void Engine::decode_slots(int lo, int hi, int tail_filler) {
     batch_.n_tokens = 0;
     long long n_prompt_tokens = 0;
+    int n_fill = 0;
     for (int i = lo; i <= hi; ++i) {
         Slot & slot = *slots_[i];
         if (slot.filler) {
             batch_add(batch_, 0, static_cast<llama_pos>(slot.cache.size()), slot.id, false);
+            n_fill++;
         } else if (slot.n_take == 0) {
             continue;
         } else if (slot.generating) {
@@ -953,6 +1046,14 @@ void Engine::step() {
             }
             n_prompt_tokens += slot.n_take;
         }
+        if (i == tail_filler) {
+            batch_add(batch_, 0, static_cast<llama_pos>(slot.cache.size()), slot.id, true);
+            slot.filler = true;
+            n_fill++;
+        }
+    }
+    if (batch_.n_tokens == 0) {
+        return;
     }
     ErrorCapture capture;
     const int rc = llama_decode(ctx_.get(), batch_);
@@ -962,7 +1063,7 @@ void Engine::step() {
         stats_.tokens_decoded += batch_.n_tokens - n_fill;
         stats_.fillers += n_fill;
         stats_.prompt_tokens_evaluated += n_prompt_tokens;
-        stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens);
+        stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens - n_fill);
     }
     if (n_fill > 0) {
         llama_memory_t mem = llama_get_memory(ctx_.get());
@@ -985,30 +1086,31 @@ void Engine::step() {
         }
         return;
     }
-    for (auto & slot : slots_) {
-        if (!slot->active || slot->i_batch < 0) {
+    for (int i = lo; i <= hi; ++i) {
+        Slot & slot = *slots_[i];
+        if (!slot.active || slot.i_batch < 0) {
             continue;
         }
-        const int idx = slot->i_batch;
-        slot->i_batch = -1;
-        if (!slot->generating) {
-            slot->generating = true;
-            slot->t_prompt_done = now_ms();
-            slot->state->t_prompt_ms = slot->t_prompt_done - slot->t_start;
+        const int idx = slot.i_batch;
+        slot.i_batch = -1;
+        if (!slot.generating) {
+            slot.generating = true;
+            slot.t_prompt_done = now_ms();
+            slot.state->t_prompt_ms = slot.t_prompt_done - slot.t_start;
         }
         llama_token token;
         try {
-            if (slot->greedy) {
-                token = argmax(*slot, idx);
+            if (slot.greedy) {
+                token = argmax(slot, idx);
             } else {
-                token = common_sampler_sample(slot->sampler.get(), ctx_.get(), idx);
-                common_sampler_accept(slot->sampler.get(), token, true);
+                token = common_sampler_sample(slot.sampler.get(), ctx_.get(), idx);
+                common_sampler_accept(slot.sampler.get(), token, true);
             }
         } catch (const std::exception & e) {
-            finish_slot(*slot, "error", std::string("sampling failed: ") + e.what());
+            finish_slot(slot, "error", std::string("sampling failed: ") + e.what());
             continue;
         }
-        emit_token(*slot, token, idx);
+        emit_token(slot, token, idx);
     }
 }
 

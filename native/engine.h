@@ -36,6 +36,7 @@ struct EngineParams {
     bool offload_kqv = true;
     std::string lora_path;   // a LoRA adapter applied to this engine's context
     float lora_scale = 1.0f;
+    bool batch_invariant = false;  // outputs independent of what else is decoded (CPU; slower)
 };
 
 struct GrammarTrigger {
@@ -192,6 +193,9 @@ private:
     bool assign_pending();                     // returns true if a slot was assigned
     void start_slot(Slot & slot, Pending && pending, size_t n_keep);  // n_keep: reusable_prefix()
     void step();
+    void step_invariant();
+    int mark_fillers(int lo, int hi, size_t slack);     // flags idle slots in [lo, hi] for a filler
+    void decode_slots(int lo, int hi, int tail_filler);  // one llama_decode of slots [lo, hi], then sampling
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
     llama_token argmax(const Slot & slot, int batch_index) const;
@@ -205,6 +209,7 @@ private:
     llama_context_ptr ctx_;
     int n_ctx_seq_ = 0;
     bool fill_gaps_ = true;
+    bool batch_invariant_ = false;
     int n_swa_ = 0;  // window of the sliding-window layers whose cache is not full size; 0: none
     std::vector<uint8_t> suppressed_;  // tokens the model never emits; EOG tokens are marked 2
     std::vector<std::unique_ptr<Slot>> slots_;

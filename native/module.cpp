@@ -143,6 +143,8 @@ void register_engine(nb::module_ & m) {
         .def_rw("embeddings", &lcl::EngineParams::embeddings)
         .def_rw("pooling", &lcl::EngineParams::pooling)
         .def_rw("swa_full", &lcl::EngineParams::swa_full)
+        .def_rw("batch_invariant", &lcl::EngineParams::batch_invariant,
+                "Outputs do not depend on what else is decoded with them (CPU backend; slower).")
         .def_rw("offload_kqv", &lcl::EngineParams::offload_kqv)
         .def_rw("lora_path", &lcl::EngineParams::lora_path)
         .def_rw("lora_scale", &lcl::EngineParams::lora_scale);

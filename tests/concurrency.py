@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def text_and_logprobs(llm: Any) -> Callable[[str], str]:
+    """A call that returns the completion and its token logprobs as one string, to compare exactly."""
+
+    def run(prompt: str) -> str:
+        generation = llm.generate([prompt]).generations[0][0]
+        assert generation.generation_info is not None
+        return generation.text + repr(generation.generation_info["logprobs"]["token_logprobs"])
+
+    return run
 
 
 def call_from_threads(fn: Callable[[str], str], prompts: list[str], n_threads: int) -> list[list[str]]:

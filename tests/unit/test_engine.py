@@ -13,7 +13,7 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_llamacpp
 from langchain_llamacpp import LlamaCpp, _native
-from tests.concurrency import call_from_threads, collect_counting_loop_ticks
+from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
 
 
 def _llm(path: str, **kwargs: Any) -> LlamaCpp:
@@ -397,3 +397,26 @@ def test_more_sequences_than_n_batch(tiny_model_path: str) -> None:
     prompts = [f"Prompt number {i}" for i in range(12)]
     expected = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == expected
+
+
+def test_batch_invariant_outputs_are_bit_equal_under_concurrency(tiny_model_path: str) -> None:
+    # Logprobs, not only tokens: without batch_invariant they differ in the last bits here.
+    llm = _llm(tiny_model_path, max_tokens=16, n_seq=4, batch_invariant=True, logprobs=1)
+    run = text_and_logprobs(llm)
+    prompts = [f"Prompt number {i}" for i in range(8)]
+    fresh = text_and_logprobs(_llm(tiny_model_path, max_tokens=16, n_seq=1, batch_invariant=True, logprobs=1))
+    expected = [fresh(p) for p in prompts]
+    assert [run(p) for p in prompts] == expected
+    assert call_from_threads(run, prompts, n_threads=6) == [expected] * 6
+    # A long prompt goes in several chunks, and a follow-up reuses the cached prefix.
+    long = "The quick brown fox jumps over the lazy dog. " * 12
+    small_batch = text_and_logprobs(_llm(tiny_model_path, max_tokens=16, n_batch=16, batch_invariant=True, logprobs=1))
+    assert small_batch(long) == fresh(long)
+    assert run(long + "Again") == fresh(long + "Again")
+
+
+def test_batch_invariant_needs_its_kernels(tiny_model_path: str) -> None:
+    with pytest.raises(ValueError, match="repack=False"):
+        _llm(tiny_model_path, batch_invariant=True, model_kwargs={"repack": True}).load()
+    with pytest.raises(ValueError, match="flash attention"):
+        _llm(tiny_model_path, batch_invariant=True, flash_attn=False).load()
