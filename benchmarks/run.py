@@ -386,12 +386,48 @@ def section_long(threads: int, lines: list[str]) -> None:
     print("\n".join(lines[-4:]), flush=True)
 
 
+def section_invariant(threads: int, lines: list[str]) -> None:
+    lines.append("\n## `batch_invariant=True` vs the default on gemma3 (its cost)\n")
+    model = str(get("gemma3"))
+    common: dict[str, Any] = {
+        "model_path": model,
+        "n_threads": threads,
+        "temperature": 0,
+        "repeat_penalty": 1.0,
+        "n_ctx": 512,
+        "max_tokens": 64,
+        "ignore_eos": True,
+    }
+    llms = {(inv, n): LlamaCpp(batch_invariant=inv, n_seq=n, **common) for inv in (False, True) for n in (1, 8)}
+    for llm in llms.values():
+        llm.invoke(STORY, max_tokens=4)  # load
+    prompts = [f"{STORY} (variant {i})" for i in range(8)]
+
+    def batch_rate(llm: LlamaCpp) -> float:
+        llm.load().clear_cache()
+        t0 = time.perf_counter()
+        llm.batch(prompts)
+        return 8 * 64 / (time.perf_counter() - t0)
+
+    _, single = interleave(
+        5,
+        lambda: stream_rate(llms[False, 1], STORY, 128, ignore_eos=True),
+        invariant=lambda: stream_rate(llms[True, 1], STORY, 128, ignore_eos=True),
+    )
+    _, batch = interleave(3, lambda: batch_rate(llms[False, 8]), invariant=lambda: batch_rate(llms[True, 8]))
+    lines.append("| measure | batch_invariant tok/s | ratio to the default (range over rounds) |\n|---|---|---|")
+    lines.append(f"| one stream, tg128 | {single['invariant'].value()} | {single['invariant'].ratio()} |")
+    lines.append(f"| batch() of 8, 64 tokens each | {batch['invariant'].value()} | {batch['invariant'].ratio()} |")
+    print("\n".join(lines[-4:]), flush=True)
+
+
 SECTIONS = {
     "decode": section_decode,
     "prompt": section_prompt,
     "batch": section_batch,
     "cache": section_cache,
     "long": section_long,
+    "invariant": section_invariant,
 }
 
 
