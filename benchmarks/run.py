@@ -386,6 +386,32 @@ def section_long(threads: int, lines: list[str]) -> None:
     print("\n".join(lines[-4:]), flush=True)
 
 
+def section_gaps(threads: int, lines: list[str]) -> None:
+    lines.append("\n## Four requests in slots 0, 2, 4, 6 vs in slots 0-3 (8 slots, gemma3, 64 tokens each)\n")
+    model = str(get("gemma3"))
+    llm = LlamaCpp(
+        model_path=model, n_threads=threads, temperature=0, n_seq=8, n_ctx=256, max_tokens=64, ignore_eos=True
+    )
+    engine = llm.load()
+    stories = [f"Story number {i}: once upon a time" for i in range(8)]
+
+    def rate(slots: list[int]) -> float:
+        # Each slot caches its own story; a request that extends it goes back to that slot.
+        engine.clear_cache()
+        for story in stories:
+            llm.invoke(story, max_tokens=1)
+        t0 = time.perf_counter()
+        llm.batch([stories[i] + " there" for i in slots])
+        return len(slots) * 64 / (time.perf_counter() - t0)
+
+    fillers = engine.stats()["fillers"]
+    _, m = interleave(3, lambda: rate([0, 1, 2, 3]), apart=lambda: rate([0, 2, 4, 6]))
+    lines.append("| measure | tok/s | ratio to slots 0-3 (range over rounds) |\n|---|---|---|")
+    lines.append(f"| slots 0, 2, 4, 6 | {m['apart'].value()} | {m['apart'].ratio()} |")
+    lines.append(f"filler tokens: {engine.stats()['fillers'] - fillers} (without them, each pass splits in four)")
+    print("\n".join(lines[-4:]), flush=True)
+
+
 def section_invariant(threads: int, lines: list[str]) -> None:
     lines.append("\n## `batch_invariant=True` vs the default on gemma3 (its cost)\n")
     model = str(get("gemma3"))
@@ -427,6 +453,7 @@ SECTIONS = {
     "batch": section_batch,
     "cache": section_cache,
     "long": section_long,
+    "gaps": section_gaps,
     "invariant": section_invariant,
 }
 

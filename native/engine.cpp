@@ -589,13 +589,26 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
         size_t done = 0;
         while (done < tokens.size()) {
             batch_.n_tokens = 0;
-            const size_t end = std::min(tokens.size(), done + static_cast<size_t>(params_.n_batch));
+            const size_t left = tokens.size() - done;
+            const size_t end = done + (batch_invariant_ ? invariant_chunk(left) : std::min(left, static_cast<size_t>(params_.n_batch)));
+            int n_outputs = 0;
             for (size_t i = done; i < end; ++i) {
                 const bool output = all_logits || i + 1 == tokens.size();
                 batch_add(batch_, tokens[i], static_cast<llama_pos>(slot.cache.size() + (i - done)), slot.id, output);
+                n_outputs += output;
+            }
+            // As in step_invariant(): no product of one row (room permitting: a full context has none).
+            const auto next = static_cast<llama_pos>(slot.cache.size() + (end - done));
+            const bool tail = batch_invariant_ && (n_outputs == 1 || batch_.n_tokens == 1) && next < n_ctx_seq_;
+            if (tail) {
+                batch_add(batch_, 0, next, slot.id, true);
             }
             ErrorCapture capture;
             const int rc = llama_decode(ctx_.get(), batch_);
+            if (tail) {
+                llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot.id, next, -1);
+                batch_.n_tokens--;
+            }
             if (rc != 0) {
                 throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + "): " + capture.message("no details"));
             }
@@ -1007,14 +1020,18 @@ void Engine::step_invariant() {
         if (!slot->active || slot->generating) {
             continue;
         }
-        // One micro-batch per call: the last chunk has room for its tail filler, and a chunk
-        // before it has at least two tokens (n_ubatch >= 4).
         const size_t left = slot->params.prompt.size() - slot->n_prompt_done;
-        const size_t cap = static_cast<size_t>(params_.n_ubatch);
-        const size_t take = left + 1 <= cap ? left : std::min(left - 1, cap);
+        const size_t take = invariant_chunk(left);
         slot->n_take = static_cast<int>(take);
         decode_slots(slot->id, slot->id, take == left ? slot->id : -1);
     }
+}
+
+size_t Engine::invariant_chunk(size_t left) const {
+    // One micro-batch per call: the last chunk has room for its tail filler, and a chunk before it
+    // has at least two tokens (n_ubatch >= 4).
+    const auto cap = static_cast<size_t>(params_.n_ubatch);
+    return left + 1 <= cap ? left : std::min(left - 1, cap);
 }
 
 void Engine::decode_slots(int lo, int hi, int tail_filler) {

@@ -194,6 +194,7 @@ private:
     void start_slot(Slot & slot, Pending && pending, size_t n_keep);  // n_keep: reusable_prefix()
     void step();
     void step_invariant();
+    size_t invariant_chunk(size_t left) const;          // prompt tokens for the next batch-invariant call
     int mark_fillers(int lo, int hi, size_t slack);     // flags idle slots in [lo, hi] for a filler
     void decode_slots(int lo, int hi, int tail_filler);  // one llama_decode of slots [lo, hi], then sampling
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});

@@ -420,3 +420,15 @@ def test_batch_invariant_needs_its_kernels(tiny_model_path: str) -> None:
         _llm(tiny_model_path, batch_invariant=True, model_kwargs={"repack": True}).load()
     with pytest.raises(ValueError, match="flash attention"):
         _llm(tiny_model_path, batch_invariant=True, flash_attn=False).load()
+
+
+def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
+    # The same tokens evaluated at once, or the last one on its own, give the same logits bit for bit.
+    engine = _llm(tiny_model_path, n_seq=2, batch_invariant=True).load()
+    engine.clear_cache()
+    tokens = engine.model.tokenize("The quick brown fox jumps over the lazy dog")
+    (whole,) = engine.evaluate(0, tokens)
+    engine.evaluate(1, tokens[:-1])
+    (last,) = engine.evaluate(1, tokens[-1:])
+    assert last == whole
+    assert engine.slot_tokens(0) == engine.slot_tokens(1) == tokens
