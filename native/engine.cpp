@@ -908,13 +908,15 @@ llama_token Engine::argmax(const Slot & slot, int batch_index) const {
 
 constexpr size_t kFillerSlack = 512;  // cells; see step()
 
-void Engine::step() {
-    // Cancelled requests leave first, freeing their slots within one step.
+void Engine::reap_cancelled() {
     for (auto & slot : slots_) {
         if (slot->active && slot->state->cancelled) {
             finish_slot(*slot, "cancelled");
         }
     }
+}
+
+void Engine::step() {
     // How many tokens each slot contributes: generating slots one, and prompts share what is left
     // of n_batch, in slot order, so running streams keep flowing.
     int n_gen = 0;
@@ -1151,6 +1153,9 @@ void Engine::loop() {
             }
         }
         run_tasks();
+        // Cancelled requests leave first, so that a request sent right after cancelling another
+        // (a regenerated answer) finds that slot's cache free instead of taking an empty slot.
+        reap_cancelled();
         assign_pending();
         try {
             step();

@@ -192,6 +192,7 @@ private:
     void loop();
     bool assign_pending();                     // returns true if a slot was assigned
     void start_slot(Slot & slot, Pending && pending, size_t n_keep);  // n_keep: reusable_prefix()
+    void reap_cancelled();
     void step();
     void step_invariant();
     size_t invariant_chunk(size_t left) const;          // prompt tokens for the next batch-invariant call

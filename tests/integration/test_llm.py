@@ -12,7 +12,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 
-from langchain_llamacpp import LlamaCpp
+from langchain_llamacpp import LlamaCpp, _native
 from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
 
 PROMPT = "The three most famous landmarks in Paris are"
@@ -196,3 +196,19 @@ def test_sliding_window_cache_reuses_a_prefix_only_while_its_window_is_cached(ge
     _cached(llm, text)
     _, cached = _cached(llm, text[: len(text) * 9 // 10] + " Then the storm came and")
     assert cached > n_text * 8 // 10
+
+
+def test_resubmitting_after_cancel_reuses_the_cancelled_slot(gemma_path: str) -> None:
+    # "Regenerate": the cancelled request's slot is freed before the next request picks a slot, so
+    # the prompt is not evaluated again in the empty one. (The race needs real decode steps: the
+    # new request arrives while the engine is still computing the cancelled one's step.)
+    engine = LlamaCpp(model_path=gemma_path, n_seq=2, n_ctx=1024).load()
+    engine.clear_cache()
+    params = _native.RequestParams()
+    params.prompt = engine.model.tokenize("The quick brown fox jumps over the lazy dog. " * 20)
+    params.max_tokens = 100
+    for _ in range(4):
+        request = engine.submit(params)
+        assert request.next() is not None
+        request.cancel()
+    assert [len(engine.slot_tokens(i)) for i in range(2)].count(0) == 1  # one slot never used
