@@ -432,4 +432,3 @@ def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
     (last,) = engine.evaluate(1, tokens[-1:])
     assert last == whole
     assert engine.slot_tokens(0) == engine.slot_tokens(1) == tokens
-
