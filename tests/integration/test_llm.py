@@ -212,3 +212,27 @@ def test_resubmitting_after_cancel_reuses_the_cancelled_slot(gemma_path: str) ->
         assert request.next() is not None
         request.cancel()
     assert [len(engine.slot_tokens(i)) for i in range(2)].count(0) == 1  # one slot never used
+
+
+def test_fillers_leave_an_idle_sliding_window_conversation_intact(gemma_path: str) -> None:
+    # Requests in slots 0 and 2 decode together with a filler token in idle slot 1 each step. Slot 1
+    # holds a conversation longer than its sliding-window cache, which recycles cells: its follow-up
+    # must still reuse the whole prefix and give what a fresh engine gives (batch_invariant: exact).
+    common: dict[str, Any] = {"model_path": gemma_path, "temperature": 0, "n_ctx": 2048, "batch_invariant": True}
+    llm = LlamaCpp(n_seq=3, max_tokens=48, **common)
+    engine = llm.load()
+    engine.clear_cache()
+    texts = [" ".join(f"Line {i}: the {word} rises and falls." for i in range(110)) for word in ("tide", "sun", "wind")]
+    for text in texts:
+        llm.invoke(text, max_tokens=1)
+    assert [engine.slot_tokens(i)[-3:] for i in range(3)] == [engine.model.tokenize(t)[-3:] for t in texts]
+    idle = engine.slot_tokens(1)
+    assert len(idle) > 1100  # beyond the window cache of 512 + 512 cells
+    fillers = engine.stats()["fillers"]
+    llm.generate([texts[0] + " Line 110:", texts[2] + " Line 110:"])
+    assert engine.stats()["fillers"] - fillers >= 40
+    assert engine.slot_tokens(1) == idle
+    follow_up = texts[1] + " Line 110:"
+    reused, cached = _cached(llm, follow_up)
+    assert cached >= len(idle) - 1
+    assert reused == LlamaCpp(n_seq=1, max_tokens=48, **common).invoke(follow_up)
