@@ -1065,7 +1065,10 @@ void Engine::step_invariant() {
         for (int i = lo; i <= hi; ++i) {
             n_real += slots_[i]->n_take;
         }
-        decode_slots(lo, hi, n_real < 2 ? lo : -1);  // one output: add a second
+        // One output: add a second, and make it a guess at the token after this one (see
+        // decode_slots: where the guess is right, two tokens come out of one pass, exactly).
+        const llama_token draft = n_real < 2 ? draft_token(*slots_[lo]) : LLAMA_TOKEN_NULL;
+        decode_slots(lo, hi, n_real < 2 ? lo : -1, draft);
         lo = hi + 1;
     }
     for (auto & slot : slots_) {
@@ -1086,7 +1089,30 @@ size_t Engine::invariant_chunk(size_t left) const {
     return left + 1 <= cap ? left : std::min(left - 1, cap);
 }
 
-void Engine::decode_slots(int lo, int hi, int tail_filler) {
+llama_token Engine::draft_token(const Slot & slot) const {
+    // Prompt lookup: the token that followed the last earlier occurrence of the final two tokens
+    // (the one about to be decoded included), else of the final one, within the last 2048. Text
+    // that quotes or repeats its context (code edits, extraction, lists) guesses right often.
+    const auto & c = slot.cache;
+    const size_t n = c.size() + 1;  // with next_token
+    if (slot.next_token == LLAMA_TOKEN_NULL || c.empty() || static_cast<int>(n) + 2 >= n_ctx_seq_) {
+        return LLAMA_TOKEN_NULL;
+    }
+    const llama_token a = c.back(), b = slot.next_token;
+    const size_t stop = n > 2048 ? n - 2048 : 0;
+    llama_token after_b = LLAMA_TOKEN_NULL;  // the row is paid for anyway: a weaker guess beats none
+    for (size_t i = c.size() - 1; i-- > stop;) {  // c[i], c[i + 1] == a, b and c[i + 2] exists
+        if (c[i + 1] == b && i + 2 < c.size()) {
+            if (c[i] == a) {
+                return c[i + 2];
+            }
+            after_b = after_b == LLAMA_TOKEN_NULL ? c[i + 2] : after_b;
+        }
+    }
+    return after_b;
+}
+
+void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
     batch_.n_tokens = 0;
     long long n_prompt_tokens = 0;
     int n_fill = 0;
@@ -1116,7 +1142,7 @@ void Engine::decode_slots(int lo, int hi, int tail_filler) {
             n_prompt_tokens += slot.n_take;
         }
         if (i == tail_filler) {
-            batch_add(batch_, 0, static_cast<llama_pos>(slot.cache.size()), slot.id, true);
+            batch_add(batch_, draft == LLAMA_TOKEN_NULL ? 0 : draft, static_cast<llama_pos>(slot.cache.size()), slot.id, true);
             slot.filler = true;
             n_fill++;
         }
@@ -1134,7 +1160,7 @@ void Engine::decode_slots(int lo, int hi, int tail_filler) {
         stats_.prompt_tokens_evaluated += n_prompt_tokens;
         stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens - n_fill);
     }
-    if (n_fill > 0) {
+    const auto remove_fillers = [&] {
         llama_memory_t mem = llama_get_memory(ctx_.get());
         for (int i = lo; i <= hi; ++i) {
             if (slots_[i]->filler) {
@@ -1142,8 +1168,9 @@ void Engine::decode_slots(int lo, int hi, int tail_filler) {
                 slots_[i]->filler = false;
             }
         }
-    }
+    };
     if (rc != 0) {
+        remove_fillers();
         const std::string what = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
         llama_memory_t mem = llama_get_memory(ctx_.get());
         for (auto & slot : slots_) {
@@ -1160,27 +1187,49 @@ void Engine::decode_slots(int lo, int hi, int tail_filler) {
         if (!slot.active || slot.i_batch < 0) {
             continue;
         }
-        const int idx = slot.i_batch;
+        int idx = slot.i_batch;
         slot.i_batch = -1;
         if (!slot.generating) {
             slot.generating = true;
             slot.t_prompt_done = now_ms();
             slot.state->t_prompt_ms = slot.t_prompt_done - slot.t_start;
         }
-        llama_token token;
         try {
-            if (slot.greedy) {
-                token = argmax(slot, idx);
-            } else {
-                token = common_sampler_sample(slot.sampler.get(), ctx_.get(), idx);
-                common_sampler_accept(slot.sampler.get(), token, true);
+            llama_token token = sample(slot, idx);
+            if (i == tail_filler && draft != LLAMA_TOKEN_NULL && token == draft) {
+                // The guess was right: its cell stays as the slot's next position, and its row holds
+                // the next token's logits, computed as the next step would (every row alone) and
+                // sampled in order, so two tokens come out of this pass exactly as of two.
+                slot.cache.push_back(draft);  // draft_token() left room: "context full" comes as it would
+                slot.filler = false;
+                {
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    stats_.tokens_decoded++;
+                    stats_.drafts_accepted++;
+                }
+                emit_token(slot, token, idx);
+                if (!slot.active) {
+                    continue;
+                }
+                slot.next_token = LLAMA_TOKEN_NULL;  // decoded already
+                idx = batch_.n_tokens - 1;
+                token = sample(slot, idx);
             }
+            emit_token(slot, token, idx);
         } catch (const std::exception & e) {
             finish_slot(slot, "error", std::string("sampling failed: ") + e.what());
-            continue;
         }
-        emit_token(slot, token, idx);
     }
+    remove_fillers();
+}
+
+llama_token Engine::sample(Slot & slot, int idx) {
+    if (slot.greedy) {
+        return argmax(slot, idx);
+    }
+    const llama_token token = common_sampler_sample(slot.sampler.get(), ctx_.get(), idx);
+    common_sampler_accept(slot.sampler.get(), token, true);
+    return token;
 }
 
 void Engine::loop() {

@@ -175,6 +175,7 @@ public:
         long long prompt_tokens_reused = 0;
         long long max_batch = 0;
         long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
+        long long drafts_accepted = 0;  // batch_invariant: second rows that guessed the next token
     };
     Stats stats();
 
@@ -197,7 +198,11 @@ private:
     void step_invariant();
     size_t invariant_chunk(size_t left) const;          // prompt tokens for the next batch-invariant call
     int mark_fillers(int lo, int hi, size_t slack);     // flags idle slots in [lo, hi] for a filler
-    void decode_slots(int lo, int hi, int tail_filler);  // one llama_decode of slots [lo, hi], then sampling
+    // One llama_decode of slots [lo, hi], then sampling; tail_filler: a slot that gets a second
+    // output row after its tokens, holding `draft` (a guess at its next token) if not null.
+    void decode_slots(int lo, int hi, int tail_filler, llama_token draft = LLAMA_TOKEN_NULL);
+    llama_token draft_token(const Slot & slot) const;
+    llama_token sample(Slot & slot, int idx);  // the slot's next token from row idx of the logits
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
     llama_token argmax(const Slot & slot, int batch_index) const;

@@ -294,6 +294,7 @@ void register_engine(nb::module_ & m) {
                 d["prompt_tokens_reused"] = s.prompt_tokens_reused;
                 d["max_batch"] = s.max_batch;
                 d["fillers"] = s.fillers;
+                d["drafts_accepted"] = s.drafts_accepted;
                 return d;
             },
             "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");

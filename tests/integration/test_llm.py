@@ -236,3 +236,23 @@ def test_fillers_leave_an_idle_sliding_window_conversation_intact(gemma_path: st
     reused, cached = _cached(llm, follow_up)
     assert cached >= len(idle) - 1
     assert reused == LlamaCpp(n_seq=1, max_tokens=48, **common).invoke(follow_up)
+
+
+def test_batch_invariant_guesses_are_exact(gemma_path: str) -> None:
+    # Alone, a batch-invariant request guesses its next token in the second row it needs anyway
+    # (text that repeats its context guesses right often); decoded beside another request (hardly
+    # any guessing), it gives the same tokens and logprobs.
+    llm = LlamaCpp(
+        model_path=gemma_path, temperature=0, max_tokens=48, n_seq=2, batch_invariant=True, logprobs=1, ignore_eos=True
+    )
+    engine = llm.load()
+    engine.clear_cache()
+    prompt = " ".join(f"Line {i}: the tide rises and falls." for i in range(30))
+    alone = text_and_logprobs(llm)(prompt)
+    accepted = engine.stats()["drafts_accepted"]
+    assert accepted >= 10
+    engine.clear_cache()
+    together = llm.generate([prompt, "Once upon a time"]).generations[0][0]
+    assert together.generation_info is not None
+    assert together.text + repr(together.generation_info["logprobs"]["token_logprobs"]) == alone
+    assert engine.stats()["drafts_accepted"] - accepted < accepted // 2  # (a step or two may run alone)
