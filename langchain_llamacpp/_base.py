@@ -112,8 +112,9 @@ class LlamaCppParams(BaseModel):
     """Make every output independent of what else is decoded with it: with `n_seq > 1`, concurrent
     calls at temperature 0 give exactly the tokens of calls made one at a time, and a cached prefix
     gives what evaluating it afresh would. Uses kernels whose rounding does not depend on the batch
-    (no repacked weights, reference flash attention, at least two rows per product); slower, and
-    for the CPU backend only."""
+    (no repacked weights, reference flash attention, at least two rows per product, the second
+    row of a lone request a guess at its next token); slower for free prose decoded alone, and for
+    the CPU backend only."""
 
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
