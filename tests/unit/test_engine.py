@@ -432,3 +432,24 @@ def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
     (last,) = engine.evaluate(1, tokens[-1:])
     assert last == whole
     assert engine.slot_tokens(0) == engine.slot_tokens(1) == tokens
+
+
+def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -> None:
+    # Two long prompts in slots 0 and 2 fill n_batch; the filler for idle slot 1 takes a prompt
+    # token's place (llama_decode aborts the process beyond n_batch).
+    llm = _llm(tiny_model_path, max_tokens=10, n_seq=3, n_batch=8, n_ctx=256)
+    engine = llm.load()
+    texts = ["alpha beta " * 30, "gamma delta " * 30, "epsilon zeta " * 30]
+    prompts = [texts[0] + " more words here " * 10, texts[2] + " other words there " * 10]
+
+    def warm() -> None:
+        engine.clear_cache()
+        for text in texts:
+            llm.invoke(text, max_tokens=1)
+
+    warm()
+    expected = [llm.invoke(p) for p in prompts]
+    warm()
+    fillers = engine.stats()["fillers"]
+    assert llm.batch(prompts) == expected
+    assert engine.stats()["fillers"] > fillers
