@@ -442,10 +442,10 @@ def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -
     texts = ["alpha beta " * 30, "gamma delta " * 30, "epsilon zeta " * 30]
     prompts = [texts[0] + " more words here " * 10, texts[2] + " other words there " * 10]
 
-    def warm() -> None:
+    def warm() -> None:  # texts in slots 0, 1, 2
         engine.clear_cache()
-        for text in texts:
-            llm.invoke(text, max_tokens=1)
+        for slot, text in enumerate(texts):
+            engine.evaluate(slot, engine.model.tokenize(text))
 
     warm()
     expected = [llm.invoke(p) for p in prompts]
