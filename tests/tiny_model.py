@@ -95,3 +95,23 @@ def write_tiny_model(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, rank: int = 4, seed: int = 1) -> Path:
+    """A random LoRA adapter (GGUF, as llama.cpp's convert_lora_to_gguf.py writes) for the tiny model's
+    attention query and value projections; n_embd must match the base model."""
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_type("adapter")
+    writer.add_string("adapter.type", "lora")
+    writer.add_float32("adapter.lora.alpha", float(rank))
+    rng = np.random.default_rng(seed)
+    for i in range(n_layer):
+        for name in ("attn_q", "attn_v"):
+            # ggml shapes: A is [n_in, rank], B is [rank, n_out] (numpy lists them the other way round).
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_a", rng.standard_normal((rank, n_embd)).astype(np.float32))
+            writer.add_tensor(f"blk.{i}.{name}.weight.lora_b", rng.standard_normal((n_embd, rank)).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 import langchain_llamacpp
 from langchain_llamacpp import LlamaCpp, _native
 from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
+from tests.tiny_model import write_tiny_lora
 
 
 def _llm(path: str, **kwargs: Any) -> LlamaCpp:
@@ -454,3 +456,17 @@ def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -
     result = llm.generate(prompts)  # submitted together (batch() may finish one before the other starts)
     assert [g[0].text for g in result.generations] == expected
     assert engine.stats()["fillers"] > fillers
+
+
+def test_lora_adapter(tiny_model_path: str, tmp_path: Path) -> None:
+    adapter = str(write_tiny_lora(tmp_path / "lora.gguf"))
+    prompt = "The quick brown fox"
+    base = _llm(tiny_model_path, max_tokens=12).invoke(prompt)
+    assert _llm(tiny_model_path, max_tokens=12, lora_path=adapter).invoke(prompt) != base
+    # Scale 0 adds nothing; lora_base is accepted for compatibility with the old bindings.
+    assert _llm(tiny_model_path, max_tokens=12, lora_path=adapter, lora_scale=0.0, lora_base="x").invoke(prompt) == base
+    wrong = str(write_tiny_lora(tmp_path / "wrong.gguf", n_embd=32))
+    with pytest.raises(ValueError, match="failed to load LoRA adapter .*wrong.gguf"):
+        _llm(tiny_model_path, lora_path=wrong).load()
+    with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
+        _llm(tiny_model_path, lora_path=str(tmp_path / "missing.gguf"))
