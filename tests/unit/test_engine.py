@@ -374,7 +374,7 @@ def test_low_level_sequence_api(tiny_model_path: str) -> None:
 def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
     # llama.cpp computes a step's sequences together only if their ids are consecutive: with slot
     # 1 idle between busy slots 0 and 2, a filler token bridges it and is removed after the step.
-    llm = _llm(tiny_model_path, max_tokens=24, n_seq=3, n_ctx=512)
+    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True)
     engine = llm.load()
     engine.clear_cache()
     model = engine.model
@@ -386,7 +386,7 @@ def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
     engine.kv_remove(1, len(idle))
     fillers = engine.stats()["fillers"]
     together = llm.generate([texts[0] + " and", texts[2] + " and"])
-    assert engine.stats()["fillers"] - fillers >= 20
+    assert engine.stats()["fillers"] - fillers >= 20  # (the second request may start a few steps late)
     assert engine.slot_tokens(1) == idle  # the idle conversation is untouched...
     assert engine.evaluate(1, [100])[0] == pytest.approx(idle_logits, abs=1e-4)  # ...and so is its cache
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
@@ -439,7 +439,7 @@ def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
 def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -> None:
     # Two long prompts in slots 0 and 2 fill n_batch; the filler for idle slot 1 takes a prompt
     # token's place (llama_decode aborts the process beyond n_batch).
-    llm = _llm(tiny_model_path, max_tokens=10, n_seq=3, n_batch=8, n_ctx=256)
+    llm = _llm(tiny_model_path, max_tokens=40, n_seq=3, n_batch=8, n_ctx=256, ignore_eos=True)
     engine = llm.load()
     texts = ["alpha beta " * 30, "gamma delta " * 30, "epsilon zeta " * 30]
     prompts = [texts[0] + " more words here " * 10, texts[2] + " other words there " * 10]
@@ -466,7 +466,7 @@ def test_lora_adapter(tiny_model_path: str, tmp_path: Path) -> None:
     # Scale 0 adds nothing; lora_base is accepted for compatibility with the old bindings.
     assert _llm(tiny_model_path, max_tokens=12, lora_path=adapter, lora_scale=0.0, lora_base="x").invoke(prompt) == base
     wrong = str(write_tiny_lora(tmp_path / "wrong.gguf", n_embd=32))
-    with pytest.raises(ValueError, match="failed to load LoRA adapter .*wrong.gguf"):
+    with pytest.raises(ValueError, match=r"failed to load LoRA adapter .*wrong\.gguf: .*incorrect shape"):
         _llm(tiny_model_path, lora_path=wrong).load()
     with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
         _llm(tiny_model_path, lora_path=str(tmp_path / "missing.gguf"))
