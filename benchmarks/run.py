@@ -447,24 +447,16 @@ def section_invariant(threads: int, lines: list[str]) -> None:
         llm.batch(prompts)
         return 8 * 64 / (time.perf_counter() - t0)
 
-    lines_text = " ".join(f"Line {i}: the tide rises and falls." for i in range(30))
-    _, single = interleave(
-        5,
-        lambda: stream_rate(llms[False, 1], STORY, 128, ignore_eos=True),
-        invariant=lambda: stream_rate(llms[True, 1], STORY, 128, ignore_eos=True),
-    )
-    _, repeats = interleave(
-        3,
-        lambda: stream_rate(llms[False, 1], lines_text, 128, ignore_eos=True),
-        invariant=lambda: stream_rate(llms[True, 1], lines_text, 128, ignore_eos=True),
-    )
-    _, batch = interleave(3, lambda: batch_rate(llms[False, 8]), invariant=lambda: batch_rate(llms[True, 8]))
     lines.append("| measure | batch_invariant tok/s | ratio to the default (range over rounds) |\n|---|---|---|")
-    lines.append(f"| one stream, tg128 (a story) | {single['invariant'].value()} | {single['invariant'].ratio()} |")
-    lines.append(
-        f"| one stream, tg128 (text that repeats its prompt) | {repeats['invariant'].value()} "
-        f"| {repeats['invariant'].ratio()} |"
-    )
+    lines_text = " ".join(f"Line {i}: the tide rises and falls." for i in range(30))
+    for label, text, rounds in (("a story", STORY, 5), ("text that repeats its prompt", lines_text, 3)):
+        _, m = interleave(
+            rounds,
+            lambda text=text: stream_rate(llms[False, 1], text, 128, ignore_eos=True),  # type: ignore[misc]
+            invariant=lambda text=text: stream_rate(llms[True, 1], text, 128, ignore_eos=True),  # type: ignore[misc]
+        )
+        lines.append(f"| one stream, tg128 ({label}) | {m['invariant'].value()} | {m['invariant'].ratio()} |")
+    _, batch = interleave(3, lambda: batch_rate(llms[False, 8]), invariant=lambda: batch_rate(llms[True, 8]))
     lines.append(f"| batch() of 8, 64 tokens each | {batch['invariant'].value()} | {batch['invariant'].ratio()} |")
     print("\n".join(lines[-5:]), flush=True)
 
