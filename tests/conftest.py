@@ -50,3 +50,8 @@ def smollm_path() -> str:
 @pytest.fixture(scope="session")
 def qwen_path() -> str:
     return _real_model("qwen")
+
+
+@pytest.fixture(scope="session")
+def nomic_path() -> str:
+    return _real_model("nomic")
