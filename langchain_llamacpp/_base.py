@@ -6,13 +6,23 @@ documentation works with only the import changed; defaults differ where theirs w
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
@@ -42,10 +52,23 @@ CALL_OPTIONS = frozenset(
         "echo",
         "suffix",
         "ignore_eos",
+        "timeout",
     }
 )
 
+# Arguments that only mean something to a hosted API (LangChain's standard tests pass api_key; code
+# that switches providers passes both): accepted with a warning, and dropped.
+HOSTED_API_ARGS = ("api_key", "base_url")
+
+
 _SAMPLING_KWARGS = frozenset(f for f in dir(_native.SamplingParams) if not f.startswith("_"))
+
+
+def _finite_or_banned(bias: float) -> float:
+    """A logit bias: finite, or minus infinity (the token is never sampled)."""
+    if math.isnan(bias) or bias == math.inf:
+        raise ValueError("a logit bias must be a finite number, or -inf to ban the token")
+    return bias
 
 
 class LlamaCppParams(BaseModel):
@@ -62,7 +85,7 @@ class LlamaCppParams(BaseModel):
     lora_path: str | None = None
     """Path to a LoRA adapter (GGUF) applied on top of the model."""
 
-    lora_scale: float = 1.0
+    lora_scale: float = Field(1.0, allow_inf_nan=False)
     """Strength of the LoRA adapter."""
 
     n_ctx: int | None = Field(None, ge=0)
@@ -128,19 +151,19 @@ class LlamaCppParams(BaseModel):
     max_tokens: int | None = 256
     """Most tokens to generate; None or -1 generates until the end of the text or a full context."""
 
-    temperature: float = 0.8
+    temperature: float = Field(0.8, ge=0, allow_inf_nan=False)
     """Sampling temperature; 0 for greedy (deterministic) decoding."""
 
-    top_p: float = 0.95
-    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to top_p."""
+    top_p: float = Field(0.95, ge=0, le=1, allow_inf_nan=False)
+    """Nucleus sampling: keep the smallest set of tokens whose probability adds up to top_p (1: off)."""
 
     top_k: int = 40
     """Keep only the k most likely tokens (0: all)."""
 
-    min_p: float = 0.05
-    """Drop tokens less likely than min_p times the most likely one."""
+    min_p: float = Field(0.05, ge=0, le=1, allow_inf_nan=False)
+    """Drop tokens less likely than min_p times the most likely one (0: off)."""
 
-    typical_p: float = 1.0
+    typical_p: float = Field(1.0, ge=0, le=1, allow_inf_nan=False)
     """Locally typical sampling (1.0: off)."""
 
     logprobs: int | None = None
@@ -155,37 +178,37 @@ class LlamaCppParams(BaseModel):
     stop: list[str] | None = None
     """Stop strings; generation ends before the first of them, which is not returned."""
 
-    repeat_penalty: float = 1.1
-    """Penalty for repeating recent tokens (1.0: off)."""
+    repeat_penalty: float = Field(1.1, gt=0, allow_inf_nan=False)
+    """Penalty for repeating recent tokens (1.0: off; below 1 favours repeating them)."""
 
     last_n_tokens_size: int = 64
     """How many recent tokens `repeat_penalty` looks at."""
 
-    frequency_penalty: float = 0.0
-    """Penalty proportional to how often a token already appeared."""
+    frequency_penalty: float = Field(0.0, allow_inf_nan=False)
+    """Penalty proportional to how often a token already appeared (negative: a bonus)."""
 
-    presence_penalty: float = 0.0
-    """Penalty for any token that already appeared."""
+    presence_penalty: float = Field(0.0, allow_inf_nan=False)
+    """Penalty for any token that already appeared (negative: a bonus)."""
 
     mirostat_mode: int = Field(0, ge=0, le=2)
     """Mirostat sampling: 0 off, 1 Mirostat, 2 Mirostat 2.0."""
 
-    mirostat_tau: float = 5.0
+    mirostat_tau: float = Field(5.0, ge=0, allow_inf_nan=False)
     """Mirostat target entropy."""
 
-    mirostat_eta: float = 0.1
+    mirostat_eta: float = Field(0.1, ge=0, allow_inf_nan=False)
     """Mirostat learning rate."""
 
-    logit_bias: dict[int, float] | None = None
-    """Added to the logits of the given token ids before sampling."""
+    logit_bias: dict[int, Annotated[float, AfterValidator(_finite_or_banned)]] | None = None
+    """Added to the logits of the given token ids before sampling; float("-inf") bans a token."""
 
     use_mmap: bool = True
     """Map the model file into memory instead of reading it."""
 
-    rope_freq_scale: float | None = None
+    rope_freq_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     """RoPE frequency scaling factor. None: the model's own value."""
 
-    rope_freq_base: float | None = None
+    rope_freq_base: float | None = Field(None, ge=0, allow_inf_nan=False)
     """RoPE base frequency. None: the model's own value (a fixed 10000 breaks models trained with
     another base, such as Llama 3 or Qwen 2)."""
 
@@ -206,6 +229,18 @@ class LlamaCppParams(BaseModel):
     verbose: bool = False
     """Print llama.cpp's load details and per-call timings to stderr. False prints nothing."""
 
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """Seconds a call may take, from its submission (time waiting for a free slot included) to its
+    last token. Past it the request is cancelled, which frees its slot, and the call raises
+    TimeoutError. Unlike a hosted API's HTTP read timeout it bounds the whole call, a stream that
+    is still producing tokens included. Also a per-call option: ``invoke(..., timeout=5)``. None:
+    no limit."""
+
+    max_retries: int | None = Field(None, ge=0)
+    """Accepted for code written for hosted APIs (and LangChain's standard tests); never used. A
+    local model has no network errors or rate limits to wait out, and its errors (a prompt longer
+    than the context, an invalid grammar) would come back the same on every retry."""
+
     _loaded: _native.Engine | None = PrivateAttr(default=None)
 
     @model_validator(mode="before")
@@ -222,6 +257,12 @@ class LlamaCppParams(BaseModel):
                 raise ValueError("give either callbacks or callback_manager, not both")
             if manager is not None:
                 values["callbacks"] = manager
+        hosted = [name for name in HOSTED_API_ARGS if values.pop(name, None) is not None]
+        if hosted:
+            warnings.warn(
+                f"{', '.join(hosted)} ignored: {cls.__name__} runs a local model, not a hosted API",
+                stacklevel=4,
+            )
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         extra = dict(values.get("model_kwargs") or {})
         for name in list(values):
@@ -360,7 +401,7 @@ class LlamaCppParams(BaseModel):
         # A grammar given for this call replaces the instance's, whichever way it is given.
         if "grammar" in kwargs or "grammar_path" in kwargs:
             options["grammar"] = options["grammar_path"] = None
-        options.update(kwargs)
+        options.update({name: _check_option(name, value) for name, value in kwargs.items()})
         return options
 
     def _stop_list(self, stop: list[str] | None) -> list[str]:
@@ -460,6 +501,22 @@ _MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "ch
     "generation_prompt",
     "grammar_is_tool_call",
 }
+
+
+# Per-call options are checked against the declarations of the fields of the same names.
+_OPTION_TYPES: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]  # a type built at run time
+    for name, info in LlamaCppParams.model_fields.items()
+    if name in CALL_OPTIONS
+}
+
+
+def _check_option(name: str, value: Any) -> Any:
+    """A per-call option's value as its field would take it; a ValueError naming it otherwise."""
+    try:
+        return _OPTION_TYPES[name].validate_python(value)
+    except ValidationError as e:
+        raise ValueError(f"invalid {name}={value!r}: {e.errors()[0]['msg']}") from None
 
 
 def _override_spec(value: Any) -> str:

@@ -153,16 +153,25 @@ def iter_chunks(request: _native.Request) -> Iterator[_native.Chunk]:
         request.cancel()
 
 
+def timeout_message(timeout: float) -> str:
+    """The message of the TimeoutError of a request that ran past its `timeout`."""
+    return f"the call took longer than timeout={timeout:g} s (waiting for a free slot included); it was cancelled"
+
+
 class AsyncRequest:
     """A request whose output arrives through the event loop.
 
     The engine writes a byte to a pipe when output is ready; the loop watches the pipe, so no
     thread waits per request and the loop is never blocked. Leaving `batches()` early (a
-    cancelled task, a closed stream) cancels the request.
+    cancelled task, a closed stream) cancels the request. With a `timeout` (seconds from
+    submission), `batches()` raises TimeoutError past it, which cancels the request too.
     """
 
-    def __init__(self, engine: _native.Engine, params: _native.RequestParams) -> None:
+    def __init__(self, engine: _native.Engine, params: _native.RequestParams, timeout: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -174,6 +183,12 @@ class AsyncRequest:
         except BaseException:
             self.close()
             raise
+        if timeout is not None:
+            self._timer = self._loop.call_later(timeout, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._ready.set()
 
     def _on_readable(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -184,6 +199,8 @@ class AsyncRequest:
         """Chunks as they become ready, a list at a time."""
         try:
             while True:
+                if self._expired and not self.request.done:
+                    raise TimeoutError(timeout_message(self._timeout or 0.0))
                 self._ready.clear()
                 chunks = self.request.poll()
                 if chunks:
@@ -200,6 +217,8 @@ class AsyncRequest:
         if self._closed:
             return
         self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         if hasattr(self, "request"):
             self.request.cancel()
         self._loop.remove_reader(self._read_fd)

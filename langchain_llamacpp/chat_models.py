@@ -31,6 +31,7 @@ from pydantic import BaseModel, PrivateAttr
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 from langchain_llamacpp._base import LlamaCppParams
+from langchain_llamacpp._deadline import BlockingRequest
 from langchain_llamacpp._messages import (
     convert_messages_to_llamacpp,
     convert_tools_to_openai,
@@ -433,11 +434,9 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             message = _chunk_to_message(chunk.message)
             return ChatResult(generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)])
         call = self._prepare(messages, stop, kwargs)
-        request = call.engine.submit(call.params)
-        try:
-            chunks = list(request.wait())
-        finally:
-            request.cancel()
+        pending = BlockingRequest(call.engine, call.params, call.options["timeout"])
+        chunks = pending.wait()
+        request = pending.request
         self._report(request)
         message = self._message(call, request, chunks)
         return ChatResult(
@@ -469,9 +468,10 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        request = call.engine.submit(call.params)
+        pending = BlockingRequest(call.engine, call.params, call.options["timeout"])
+        request = pending.request
         state = self._new_state()
-        for native in _engine.iter_chunks(request):
+        for native in pending:
             chunk = self._advance(call, state, native)
             if chunk is None:
                 continue
@@ -493,7 +493,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
         state = self._new_state()
-        stream = _engine.AsyncRequest(call.engine, call.params)
+        stream = _engine.AsyncRequest(call.engine, call.params, call.options["timeout"])
         async for batch in stream.batches():
             for native in batch:
                 chunk = self._advance(call, state, native)

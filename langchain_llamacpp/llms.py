@@ -12,6 +12,7 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 from langchain_llamacpp._base import LlamaCppParams
+from langchain_llamacpp._deadline import BlockingRequest
 
 
 class LlamaCpp(LlamaCppParams, BaseLLM):
@@ -114,24 +115,25 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         # Submit every prompt first: the engine decodes them together while we read them in turn.
-        submitted = []
-        for prompt in prompts:
-            engine, params, options = self._submit(prompt, stop, kwargs)
-            submitted.append((prompt, engine.submit(params), options))
+        submitted: list[tuple[str, BlockingRequest, dict[str, Any]]] = []
         generations: list[list[Generation]] = []
         totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         try:
-            for prompt, request, options in submitted:
+            for prompt in prompts:
+                engine, params, options = self._submit(prompt, stop, kwargs)
+                submitted.append((prompt, BlockingRequest(engine, params, options["timeout"]), options))
+            for prompt, pending, options in submitted:
                 if run_manager and run_manager.handlers:
                     chunks = []
                     if options["echo"]:
                         run_manager.on_llm_new_token(prompt)
-                    for chunk in _engine.iter_chunks(request):
+                    for chunk in pending:
                         chunks.append(chunk)
                         if chunk.text:
                             run_manager.on_llm_new_token(chunk.text, chunk=GenerationChunk(text=chunk.text))
                 else:
-                    chunks = list(request.wait())
+                    chunks = pending.wait()
+                request = pending.request
                 self._report(request)
                 text = "".join(c.text for c in chunks)
                 if options["echo"]:
@@ -147,8 +149,8 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
                 for key in totals:
                     totals[key] += self._usage(request)[key]
         finally:
-            for _, request, _ in submitted:
-                request.cancel()
+            for _, pending, _ in submitted:
+                pending.cancel()
         return LLMResult(
             generations=generations,
             llm_output={"token_usage": totals, "model_name": self._model_name()},
@@ -168,7 +170,7 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
             engine, params, options = self._submit(prompt, stop, kwargs)
             if options["echo"] and run_manager:
                 await run_manager.on_llm_new_token(prompt)
-            stream = _engine.AsyncRequest(engine, params)
+            stream = _engine.AsyncRequest(engine, params, options["timeout"])
             async for batch in stream.batches():
                 for chunk in batch:
                     chunks.append(chunk)
@@ -202,10 +204,11 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
             if run_manager:
                 run_manager.on_llm_new_token(prompt, chunk=chunk)
             yield chunk
-        request = engine.submit(params)
+        pending = BlockingRequest(engine, params, options["timeout"])
+        request = pending.request
         chunks: list[_native.Chunk] = []
         want_logprobs = options["logprobs"] is not None
-        for native in _engine.iter_chunks(request):
+        for native in pending:
             if want_logprobs:
                 chunks.append(native)
             if not native.text and not want_logprobs:
@@ -234,7 +237,7 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
                 await run_manager.on_llm_new_token(prompt, chunk=chunk)
             yield chunk
         want_logprobs = options["logprobs"] is not None
-        stream = _engine.AsyncRequest(engine, params)
+        stream = _engine.AsyncRequest(engine, params, options["timeout"])
         async for batch in stream.batches():
             for native in batch:
                 if not native.text and not want_logprobs:

@@ -16,11 +16,6 @@ class TestChatLlamaCppUnit(ChatLlamaCppSuiteSettings, ChatModelUnitTests):
         type(self)._path = tiny_model_path
 
     @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        # timeout, max_retries and api_key are for hosted APIs; a local model has none of them.
-        return {"temperature": 0, "max_tokens": 100, "stop": []}
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"model_path": self._path}
 
