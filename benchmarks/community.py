@@ -5,18 +5,132 @@ Run by run.py with the interpreter that has those packages (`./dev community` bu
 that a crash (llama-cpp-python is not thread-safe under `batch()`) is reported, not fatal. Prints one JSON
 object per line as figures become known; run.py reads them.
 
-    python benchmarks/community.py SECTION --model PATH --threads N
+    python benchmarks/community.py SECTION --model PATH --threads N [--passages N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from typing import Any
 
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+
+# Vectors compared between the embedding implementations (the first ones of the run).
+COMPARED_VECTORS = 4
+
+_SUBJECTS = [
+    "the river",
+    "a small village",
+    "the old library",
+    "our team",
+    "the committee",
+    "a young engineer",
+    "the city council",
+    "the museum",
+    "a local farmer",
+    "the research group",
+    "the orchestra",
+    "a ship captain",
+    "the bakery",
+    "the hospital",
+    "a retired teacher",
+    "the weather service",
+    "the football club",
+    "a travelling merchant",
+    "the mountain railway",
+    "the school",
+    "a marine biologist",
+    "the newspaper",
+    "the software company",
+    "the garden",
+]
+_VERBS = [
+    "announced",
+    "described",
+    "rebuilt",
+    "studied",
+    "celebrated",
+    "measured",
+    "questioned",
+    "repaired",
+    "painted",
+    "documented",
+    "funded",
+    "opened",
+    "closed",
+    "moved",
+    "protected",
+    "explained",
+    "recorded",
+    "planned",
+    "tested",
+    "shared",
+]
+_OBJECTS = [
+    "a new bridge",
+    "the annual harvest",
+    "its oldest map",
+    "a quiet courtyard",
+    "the winter schedule",
+    "several rare birds",
+    "a long report",
+    "the northern coast",
+    "an unusual recipe",
+    "the budget for next year",
+    "a collection of letters",
+    "the broken clock tower",
+    "a network of trails",
+    "the history of the harbour",
+    "a cheaper vaccine",
+    "the results of the survey",
+    "a festival of lights",
+    "the water supply",
+    "an electric bus",
+    "the first snowfall",
+]
+_TAILS = [
+    "after a long debate",
+    "during the summer",
+    "with help from volunteers",
+    "despite the heavy rain",
+    "for the first time in decades",
+    "before the elections",
+    "in less than a week",
+    "at a surprisingly low cost",
+    "to the delight of visitors",
+    "while the roads were closed",
+    "according to a local report",
+    "using old photographs",
+    "in the early morning",
+    "as part of a larger plan",
+    "without much publicity",
+    "near the central square",
+]
+_LINKS = ("Later,", "Meanwhile,", "In addition,", "However,", "As a result,", "Some years ago,", "Even so,")
+
+
+def passages(n: int, seed: int = 9) -> list[str]:
+    """`n` different English passages of about 100 tokens each (nomic-embed's tokenizer: 100 on average, 92-112
+    with [CLS] and [SEP]), the same on every run and in both interpreters; no newlines (llama-embedding reads
+    one passage per line)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        sentences: list[str] = []
+        words = 0
+        while words < 83:
+            sentence = f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_TAILS)}."
+            if sentences and rng.random() < 0.4:
+                sentence = f"{rng.choice(_LINKS)} {sentence}"
+            sentences.append(sentence[0].upper() + sentence[1:])
+            words += len(sentence.split())
+        out.append(" ".join(sentences))
+    return out
+
 
 # Fields set so that both packages do the same work: the model's own RoPE base (theirs defaults to
 # 10000, which changes gemma-3's output but not its speed), a 512-token batch as ours uses, silence.
@@ -115,7 +229,19 @@ def long(model: str, threads: int) -> None:
     emit(early=rate(100, 200), late=rate(950, 1050))
 
 
-SECTIONS = {"decode": decode, "prompt": prompt, "batch": batch, "cache": cache, "long": long}
+def embed(model: str, threads: int, n_passages: int) -> None:
+    from langchain_community.embeddings import LlamaCppEmbeddings
+
+    # The whole trained context in one batch, as ours (n_batch = n_ctx) and llama-embedding (-b 2048) use.
+    embeddings = LlamaCppEmbeddings(model_path=model, n_ctx=2048, n_batch=2048, n_threads=threads, verbose=False)
+    texts = passages(n_passages)
+    embeddings.embed_documents(texts[:1])  # warm-up (the model is loaded by the constructor)
+    t0 = time.perf_counter()
+    vectors = embeddings.embed_documents(texts)
+    emit(embed=len(texts) / (time.perf_counter() - t0), vectors=vectors[:COMPARED_VECTORS])
+
+
+SECTIONS = {"decode": decode, "prompt": prompt, "batch": batch, "cache": cache, "long": long, "embed": embed}
 
 
 def main() -> int:
@@ -123,8 +249,12 @@ def main() -> int:
     parser.add_argument("section", choices=sorted(SECTIONS))
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--passages", type=int, default=512, help="embed: how many passages")
     args = parser.parse_args()
-    SECTIONS[args.section](args.model, args.threads)
+    if args.section == "embed":
+        embed(args.model, args.threads, args.passages)
+    else:
+        SECTIONS[args.section](args.model, args.threads)
     return 0
 
 
