@@ -229,11 +229,13 @@ def long(model: str, threads: int) -> None:
     emit(early=rate(100, 200), late=rate(950, 1050))
 
 
-def embed(model: str, threads: int, n_passages: int) -> None:
+def embed(model: str, threads: int, n_passages: int, n_batch: int) -> None:
     from langchain_community.embeddings import LlamaCppEmbeddings
 
-    # The whole trained context in one batch, as ours (n_batch = n_ctx) and llama-embedding (-b 2048) use.
-    embeddings = LlamaCppEmbeddings(model_path=model, n_ctx=2048, n_batch=2048, n_threads=threads, verbose=False)
+    # n_batch 2048: the whole trained context in one batch, as ours (n_batch = n_ctx) and llama-embedding
+    # (-b 2048) use. llama-cpp-python keeps its physical batch at 512 (the class has no n_ubatch), which an
+    # encoder cannot split: run.py falls back to n_batch 512 if 2048 fails.
+    embeddings = LlamaCppEmbeddings(model_path=model, n_ctx=2048, n_batch=n_batch, n_threads=threads, verbose=False)
     texts = passages(n_passages)
     embeddings.embed_documents(texts[:1])  # warm-up (the model is loaded by the constructor)
     t0 = time.perf_counter()
@@ -250,9 +252,10 @@ def main() -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--passages", type=int, default=512, help="embed: how many passages")
+    parser.add_argument("--n-batch", type=int, default=2048, help="embed: LlamaCppEmbeddings(n_batch=...)")
     args = parser.parse_args()
     if args.section == "embed":
-        embed(args.model, args.threads, args.passages)
+        embed(args.model, args.threads, args.passages, args.n_batch)
     else:
         SECTIONS[args.section](args.model, args.threads)
     return 0
