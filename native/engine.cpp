@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "embeddings.h"
 
 #include "ggml-cpu.h"
 #include "llama-context.h"  // llama.cpp internal: the scheduler, for batch_invariant
@@ -155,15 +156,6 @@ namespace {
 std::mutex g_engines_mutex;
 std::vector<std::weak_ptr<Engine>> g_engines;
 
-void batch_add(llama_batch & batch, llama_token token, llama_pos pos, llama_seq_id seq, bool output) {
-    const int i = batch.n_tokens++;
-    batch.token[i] = token;
-    batch.pos[i] = pos;
-    batch.n_seq_id[i] = 1;
-    batch.seq_id[i][0] = seq;
-    batch.logits[i] = output ? 1 : 0;
-}
-
 size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
     const size_t n = std::min(a.size(), b.size());
     size_t i = 0;
@@ -291,6 +283,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     } else if (params.n_ctx < 0) {
         params.n_ctx = std::min(4096, model->n_ctx_train());  // a sensible default, not 32k of KV cache
     }
+    if (params.embeddings) {
+        params = embedding_params(params);
+    }
     if (params.n_batch <= 0 || params.n_ubatch <= 0) {
         throw std::invalid_argument("n_batch and n_ubatch must be positive");
     }
@@ -322,6 +317,13 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     cparams.n_batch = params.n_batch;
     cparams.n_ubatch = params.n_ubatch;
     cparams.n_seq_max = params.n_seq;
+    if (params.embeddings) {
+        // Many texts share one batch, each its own sequence in one unified cache of n_ctx cells
+        // (cleared before every batch), as llama.cpp's llama-embedding does.
+        // No more sequences than tokens in a batch: llama.cpp reserves an output per sequence at creation
+        // and aborts if that exceeds n_batch outputs.
+        cparams.n_seq_max = std::min<uint32_t>(llama_max_parallel_sequences(), params.n_batch);
+    }
     cparams.n_threads = params.n_threads;
     cparams.n_threads_batch = params.n_threads_batch;
     cparams.type_k = params.f16_kv ? GGML_TYPE_F16 : GGML_TYPE_F32;
@@ -334,7 +336,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     cparams.embeddings = params.embeddings;
     cparams.pooling_type = static_cast<enum llama_pooling_type>(params.pooling);
     cparams.swa_full = params.swa_full;
-    cparams.kv_unified = false;
+    cparams.kv_unified = params.embeddings;
     cparams.offload_kqv = params.offload_kqv;
     cparams.no_perf = true;
 
@@ -345,6 +347,10 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         // A generative model has no pooling of its own: average the token embeddings.
         cparams.pooling_type = LLAMA_POOLING_TYPE_MEAN;
         engine->ctx_.reset(llama_init_from_model(engine->model_->get(), cparams));
+    }
+    if (engine->ctx_ && params.embeddings && llama_pooling_type(engine->ctx_.get()) == LLAMA_POOLING_TYPE_RANK) {
+        throw std::invalid_argument("this is a reranking model (rank pooling): it scores query-document pairs, "
+                                    "it does not embed texts; pass pooling mean, cls or last to embed anyway");
     }
     if (!engine->ctx_) {
         throw std::runtime_error("failed to create the llama.cpp context (n_ctx=" + std::to_string(cparams.n_ctx) +
@@ -457,6 +463,9 @@ Engine::Stats Engine::stats() {
 }
 
 std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
+    if (params_.embeddings) {
+        throw std::invalid_argument("this engine computes embeddings (embeddings=True); it cannot generate");
+    }
     if (params.prompt.empty()) {
         throw std::invalid_argument("the prompt is empty: nothing to evaluate");
     }
@@ -569,6 +578,9 @@ void check_slot_index(int slot, size_t n) {
 }  // namespace
 
 std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<llama_token> & tokens, bool all_logits) {
+    if (params_.embeddings) {
+        throw std::invalid_argument("this engine computes embeddings (embeddings=True); it has no logits to evaluate");
+    }
     check_slot_index(slot_id, slots_.size());
     const int n_vocab = model_->n_vocab();
     for (auto t : tokens) {
@@ -670,58 +682,6 @@ std::vector<llama_token> Engine::slot_tokens(int slot_id) {
     check_slot_index(slot_id, slots_.size());
     std::vector<llama_token> out;
     run_on_thread([&] { out = slots_[slot_id]->cache; });
-    return out;
-}
-
-std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize) {
-    if (!params_.embeddings) {
-        throw std::invalid_argument("this engine was created without embeddings=True");
-    }
-    const int n_embd = model_->n_embd();
-    std::vector<float> out;
-    out.reserve(inputs.size() * n_embd);
-    for (const auto & tokens : inputs) {
-        if (tokens.empty()) {
-            throw std::invalid_argument("cannot embed an empty text");
-        }
-        if (static_cast<int>(tokens.size()) > std::min(params_.n_batch, n_ctx_seq_)) {
-            throw std::invalid_argument("text has " + std::to_string(tokens.size()) +
-                                        " tokens, more than n_batch/n_ctx (" +
-                                        std::to_string(std::min(params_.n_batch, n_ctx_seq_)) + ") allows");
-        }
-    }
-    run_on_thread([&] {
-        llama_context * ctx = ctx_.get();
-        llama_memory_t mem = llama_get_memory(ctx);
-        for (const auto & tokens : inputs) {
-            // Slot 0's sequence is used as scratch space; its prompt cache is dropped.
-            llama_memory_seq_rm(mem, 0, -1, -1);
-            slots_[0]->cache.clear();
-            batch_.n_tokens = 0;
-            for (size_t i = 0; i < tokens.size(); ++i) {
-                batch_add(batch_, tokens[i], static_cast<llama_pos>(i), 0, true);
-            }
-            ErrorCapture capture;
-            const int rc = llama_decode(ctx, batch_);
-            if (rc != 0) {
-                throw std::runtime_error("llama_decode failed while embedding (code " + std::to_string(rc) + "): " +
-                                         capture.message("no details"));
-            }
-            const float * e = llama_get_embeddings_seq(ctx, 0);
-            if (e == nullptr) {
-                throw std::runtime_error("the model returned no pooled embedding");
-            }
-            double norm = 0.0;
-            for (int i = 0; i < n_embd; ++i) {
-                norm += static_cast<double>(e[i]) * e[i];
-            }
-            const float scale = (normalize && norm > 0.0) ? static_cast<float>(1.0 / std::sqrt(norm)) : 1.0f;
-            for (int i = 0; i < n_embd; ++i) {
-                out.push_back(e[i] * scale);
-            }
-        }
-        llama_memory_seq_rm(mem, 0, -1, -1);
-    });
     return out;
 }
 

@@ -158,7 +158,12 @@ public:
     std::vector<std::vector<llama_token>> cached_prompts();  // per slot, for tests and diagnostics
 
     // Low-level: the engine's context is owned by its thread; these run there.
-    std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, bool normalize);
+    // Pooled embeddings of whole texts, n_embd_out() floats each, many texts per decode (embeddings.cpp);
+    // normalize as llama.cpp's common_embd_normalize: -1 none, 0 max-abs (int16 range), 2 L2, p > 2 p-norm.
+    std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, int normalize);
+    int embed_max_tokens() const;  // the longest text one batch holds
+    int n_embd_out() const { return llama_model_n_embd_out(model_->get()); }
+    int pooling() const { return static_cast<int>(llama_pooling_type(ctx_.get())); }
     void clear_cache();
 
     // Low-level sequence access for power users; the slot must be idle. Its tokens stay cached,
@@ -230,6 +235,15 @@ private:
     Stats stats_;
     std::thread thread_;
 };
+
+inline void batch_add(llama_batch & batch, llama_token token, llama_pos pos, llama_seq_id seq, bool output) {
+    const int i = batch.n_tokens++;
+    batch.token[i] = token;
+    batch.pos[i] = pos;
+    batch.n_seq_id[i] = 1;
+    batch.seq_id[i][0] = seq;
+    batch.logits[i] = output ? 1 : 0;
+}
 
 // Stops every engine thread (called at interpreter exit).
 void shutdown_all_engines();

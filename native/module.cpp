@@ -259,24 +259,34 @@ void register_engine(nb::module_ & m) {
              "The tokens cached in a slot.")
         .def(
             "embed",
-            [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, bool normalize) {
+            [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
                 std::vector<float> flat;
                 {
                     nb::gil_scoped_release release;
                     flat = self.embed(inputs, normalize);
                 }
-                const size_t n_embd = static_cast<size_t>(self.model()->n_embd());
-                nb::list out;
+                // Lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
+                const size_t n_embd = static_cast<size_t>(self.n_embd_out());
+                nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
                 for (size_t i = 0; i < inputs.size(); ++i) {
-                    nb::list row;
-                    for (size_t j = 0; j < n_embd; ++j) {
-                        row.append(flat[i * n_embd + j]);
+                    PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
+                    if (row == nullptr) {
+                        throw nb::python_error();
                     }
-                    out.append(row);
+                    for (size_t j = 0; j < n_embd; ++j) {
+                        PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
+                    }
+                    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
                 }
                 return out;
             },
-            "inputs"_a, "normalize"_a = true, "Pooled embeddings, one list of floats per input.")
+            "inputs"_a, "normalize"_a = 2,
+            "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
+            "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
+        .def_prop_ro("embed_max_tokens", &lcl::Engine::embed_max_tokens, "The longest text one embedding batch holds.")
+        .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors.")
+        .def_prop_ro("pooling", [](lcl::Engine & self) { return self.pooling(); },
+                     "The pooling in use (llama_pooling_type: 1 mean, 2 cls, 3 last).")
         .def_prop_ro("model", &lcl::Engine::model)
         .def_prop_ro("n_ctx", &lcl::Engine::n_ctx_per_seq, "Context per sequence.")
         .def_prop_ro("n_ctx_total", &lcl::Engine::n_ctx_total)
