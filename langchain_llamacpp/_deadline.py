@@ -1,14 +1,17 @@
 """Blocking reads of a request, with an optional time limit (`timeout`).
 
-A request past its deadline is cancelled, but the engine drops a cancelled request that is still
-queued only once it reaches the head of the queue, so `Request.next()` could block long past any
-deadline. With a time limit the reader waits instead on a pipe the engine signals when output is
-ready (as `AsyncRequest` does for asyncio), for no longer than the time left.
+A request is cancelled at its deadline. Cancelling ends a request that has a slot within one
+step, but one still queued only once it reaches the head of the queue, so a thread blocked in
+`Request.next()` on it could wait far past the deadline. Until its first output a timed request
+is therefore awaited on a pipe the engine signals (as `AsyncRequest` does for asyncio), for no
+longer than the time left; from then on it is read like any other, while a watchdog timer
+cancels it at the deadline. Neither costs anything per token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import select
@@ -32,7 +35,7 @@ class _WakePipe:
 
     def wait(self, seconds: float) -> None:
         """Return when the engine writes, or after `seconds`."""
-        if self._poller.poll(math.ceil(seconds * 1000)):
+        if self._poller.poll(max(math.ceil(seconds * 1000), 0)):
             with contextlib.suppress(BlockingIOError):
                 os.read(self.read_fd, 4096)
 
@@ -73,14 +76,16 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 class BlockingRequest:
     """A request read by a blocking thread, within `timeout` seconds of its submission if given.
 
-    Past the deadline, reading raises `TimeoutError` and cancels the request, which frees its slot
-    (or its place in the queue). Without a timeout it is read as a plain `Request`.
+    Past the deadline the request is cancelled, which frees its slot (or its place in the queue),
+    and reading it raises `TimeoutError`. Without a timeout it is read as a plain `Request`.
     """
 
     def __init__(self, engine: _native.Engine, params: _native.RequestParams, timeout: float | None) -> None:
         self.timeout = timeout
         self._deadline = math.inf if timeout is None else time.monotonic() + timeout
         self._pipe = None if timeout is None else _borrow_pipe()
+        self._watchdog: threading.Timer | None = None
+        self._expired = False
         try:
             self.request: _native.Request = engine.submit(params, -1 if self._pipe is None else self._pipe.write_fd)
         except BaseException:
@@ -89,40 +94,64 @@ class BlockingRequest:
 
     def __iter__(self) -> Iterator[_native.Chunk]:
         """The chunks as they come; leaving early cancels the request."""
-        if self._pipe is None:
-            yield from _engine.iter_chunks(self.request)
-            return
-        pipe = self._pipe
         try:
-            while True:
-                chunks = self.request.poll()
-                if chunks:
-                    yield from chunks
-                elif self.request.done:
-                    self.request.raise_if_failed()
-                    return
-                left = self._deadline - time.monotonic()
-                if left <= 0:
-                    if not self.request.done:
-                        raise TimeoutError(_engine.timeout_message(self.timeout or 0.0))
-                elif not chunks:
-                    pipe.wait(left)
+            for chunk in itertools.chain(self._start(), _engine.iter_chunks(self.request)):
+                if self._expired:
+                    self._raise_if_cut_short()
+                yield chunk
+            self._raise_if_cut_short()
         finally:
             self.cancel()
 
     def wait(self) -> list[_native.Chunk]:
         """Block until the request is done; all its chunks."""
-        if self._pipe is not None:
-            return list(self)
         try:
-            return list(self.request.wait())
+            chunks = self._start() + list(self.request.wait())
+            self._raise_if_cut_short()
+            return chunks
         finally:
-            self.request.cancel()
+            self.cancel()
 
     def cancel(self) -> None:
-        """Stop the request (if still running) and give back its pipe."""
+        """Stop the request (if still running), its watchdog, and give back its pipe."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if hasattr(self, "request"):
             self.request.cancel()
         if self._pipe is not None:
             _return_pipe(self._pipe)
             self._pipe = None
+
+    def _start(self) -> list[_native.Chunk]:
+        """Wait for the first output within the time left, then set the watchdog; that output."""
+        pipe = self._pipe
+        if pipe is None:
+            return []
+        try:
+            while True:
+                chunks = self.request.poll()
+                if chunks or self.request.finish_reason:  # out of the queue
+                    break
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    self._expire()
+                    self._raise_if_cut_short()
+                    continue  # it finished just now
+                pipe.wait(left)
+        finally:
+            self._pipe = None
+            _return_pipe(pipe)
+        if not self.request.finish_reason:
+            self._watchdog = threading.Timer(max(self._deadline - time.monotonic(), 0.0), self._expire)
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        return chunks
+
+    def _expire(self) -> None:
+        self._expired = True
+        self.request.cancel()
+
+    def _raise_if_cut_short(self) -> None:
+        """TimeoutError if the deadline passed before the request finished on its own."""
+        if self._expired and self.request.finish_reason in ("", "cancelled"):
+            raise TimeoutError(_engine.timeout_message(self.timeout or 0.0))
