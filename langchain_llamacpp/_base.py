@@ -26,6 +26,7 @@ from pydantic import (
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+from langchain_llamacpp._lifecycle import NativeStateMixin
 from langchain_llamacpp.grammars import resolve_grammar_path
 
 # Per-call keyword arguments accepted by invoke/stream/generate (besides `stop`).
@@ -60,7 +61,6 @@ CALL_OPTIONS = frozenset(
 # that switches providers passes both): accepted with a warning, and dropped.
 HOSTED_API_ARGS = ("api_key", "base_url")
 
-
 _SAMPLING_KWARGS = frozenset(f for f in dir(_native.SamplingParams) if not f.startswith("_"))
 
 
@@ -71,7 +71,7 @@ def _finite_or_banned(bias: float) -> float:
     return bias
 
 
-class LlamaCppParams(BaseModel):
+class LlamaCppParams(NativeStateMixin, BaseModel):
     """Model, context and sampling settings common to the llama.cpp LangChain classes."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
@@ -335,7 +335,7 @@ class LlamaCppParams(BaseModel):
 
     def load(self) -> _native.Engine:
         """Load the model now (otherwise it is loaded on first use) and return its engine."""
-        if self._loaded is None:
+        if not _engine.is_live(self._loaded):  # None, or inherited through fork()
             self._loaded = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose)
         return self._loaded
 
@@ -423,7 +423,7 @@ class LlamaCppParams(BaseModel):
         params.prompt = prompt_tokens
         max_tokens = options["max_tokens"]
         params.max_tokens = -1 if max_tokens is None or max_tokens < 0 else int(max_tokens)
-        params.stop = stop
+        params.stop = _engine.valid_texts(stop, "stop")
         params.ignore_eos = bool(options["ignore_eos"])
         logprobs = options["logprobs"]
         params.n_probs = 0 if logprobs is None else (int(logprobs) if logprobs > 0 else -1)
@@ -448,7 +448,7 @@ class LlamaCppParams(BaseModel):
         if grammar is None:
             grammar = self._grammar_text(options)
         if grammar:
-            s.grammar = grammar
+            s.grammar = _engine.valid_text(grammar, "grammar")
         return params
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Access to the native engine: shared models and engines, logging, and token streams.
+"""Access to the native engine: shared models and engines, logging, token streams, and what
+happens to engines at fork() and at interpreter exit.
 
 Nothing here knows about LangChain; the model classes build on it.
 """
@@ -8,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
+import json
 import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import langchain_llamacpp._native as _native
 
@@ -81,12 +85,26 @@ class EngineConfig:
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
 
-_lock = threading.Lock()
+# Held while a model or engine is being made; fork() waits for it (see _before_fork).
+_lock = threading.RLock()
 _engines: weakref.WeakValueDictionary[tuple[ModelConfig, EngineConfig], _native.Engine] = weakref.WeakValueDictionary()
+# ids of the engines this process inherited through fork(); they are never freed, so no id is reused.
+_inherited: set[int] = set()
+_forked = False
+_exiting = False
+# Threads stopped for good at exit (_stop_thread_at_exit).
+_parked: set[int] = set()
+# At exit, how long to wait for a model being loaded, and for threads in this package to stop.
+_EXIT_GRACE_S = 5.0
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
     """Load (or reuse) the weights for `config`."""
+    valid_text(config.path, "model_path")
+    for key, value in config.kv_overrides:
+        valid_text(key, "kv_overrides key")
+        valid_text(value, f"kv_overrides[{key!r}]")
     params = _native.ModelParams()
     params.path = os.fspath(config.path)
     params.n_gpu_layers = config.n_gpu_layers
@@ -96,10 +114,11 @@ def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
     params.check_tensors = config.check_tensors
     params.repack = config.repack
     params.kv_overrides = dict(config.kv_overrides)
-    try:
-        model = _native.Model.load(params)
-    finally:
-        flush_native_logs(verbose)
+    with _lock:  # not while fork() copies the native model registry
+        try:
+            model = _native.Model.load(params)
+        finally:
+            flush_native_logs(verbose)
     return model
 
 
@@ -110,7 +129,9 @@ def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: 
     file and settings reuse each other's cached prefixes.
     """
     key = (model_config, engine_config)
-    with _lock:
+    with quiet_at_exit(), _lock:  # the lock is released before the thread stops
+        if _exiting:  # the engines have been shut down
+            raise RuntimeError("the interpreter is exiting: no engine can be used")
         engine = _engines.get(key)
         if engine is not None:
             return engine
@@ -118,6 +139,7 @@ def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: 
         params = _native.EngineParams()
         for name in ENGINE_FIELDS:
             setattr(params, name, getattr(engine_config, name))
+        valid_text(params.lora_path, "lora_path")
         try:
             engine = _native.Engine.create(model, params)
         finally:
@@ -133,24 +155,209 @@ def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: 
         return engine
 
 
+def is_live(engine: _native.Engine | None) -> TypeGuard[_native.Engine]:
+    """Whether `engine` can serve requests in this process: not None, and not inherited through fork()."""
+    return engine is not None and id(engine) not in _inherited
+
+
+# -- fork() ---------------------------------------------------------------------------------
+#
+# fork() copies only the calling thread: in the child, every engine's decoding thread is gone, and
+# a mutex that one of them held at that moment stays locked forever. The child therefore never
+# calls into an inherited engine, not even to free it (its destructor joins the missing thread and
+# takes its mutex: a hang). Each one gets a reference that is never released, so not even the
+# interpreter's teardown frees it. The leak costs next to nothing: its memory (KV cache included)
+# is pages shared with the parent, copy-on-write, that the child never writes. Instances holding
+# one see it through `is_live` and make a fresh engine on their next call; the native registry
+# hands it the same loaded weights, shared the same way.
+
+
+def _before_fork() -> None:
+    # No model or engine half made (native registries locked) while memory is copied.
+    _lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _engines, _forked
+    for engine in list(_engines.values()):
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(engine))
+        _inherited.add(id(engine))
+    _engines = weakref.WeakValueDictionary()
+    _lock = threading.RLock()  # the parent's is held by the forking thread (_before_fork)
+    _forked = True
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
+
+# -- interpreter exit -------------------------------------------------------------------------
+
+
 def _shutdown() -> None:
-    # Engine threads must stop before the interpreter tears down what they use.
-    _native.shutdown()
+    # Engine threads must stop before the interpreter tears down what they use. Requests still
+    # running end with "the engine was shut down"; the threads waiting on them stop quietly
+    # (_stop_thread_at_exit) instead of taking that error into user code.
+    global _exiting
+    loading = not _lock.acquire(timeout=_EXIT_GRACE_S)  # a model being loaded: let it finish
+    try:
+        _exiting = True
+        if _forked:
+            # The native shutdown would stop the inherited engines too (see fork() above).
+            for engine in list(_engines.values()):
+                engine.shutdown()
+        else:
+            _native.shutdown()
+    finally:
+        if not loading:
+            _lock.release()
+    # Give the threads running in this package the GIL to stop in (they stop at their next wait on
+    # an engine). Once the interpreter finalizes, a daemon thread that takes the GIL back on
+    # returning from a native call is ended by pthread_exit inside nanobind's (noexcept) GIL guard,
+    # and std::terminate aborts the process.
+    deadline = time.monotonic() + _EXIT_GRACE_S
+    while _threads_in_package() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _threads_in_package() -> bool:
+    """Whether another thread, not stopped yet, has a frame in this package (it may be in a native call)."""
+    me = threading.get_ident()
+    for ident, frame in sys._current_frames().items():
+        if ident == me or ident in _parked:
+            continue
+        f: Any = frame
+        while f is not None:
+            if f.f_code.co_filename.startswith(_PACKAGE_DIR):
+                return True
+            f = f.f_back
+    return False
 
 
 atexit.register(_shutdown)
+
+
+def _stop_thread_at_exit() -> None:
+    """Park this thread for good if the interpreter is exiting and it is not the main thread.
+
+    At exit the interpreter joins the non-daemon threads, runs the atexit handlers (ours shuts the
+    engines down) and then freezes the daemon threads wherever they are. A daemon thread waiting on
+    a request is woken by the shutdown first, with an error: it freezes here instead, a little
+    early, so that the error never reaches user code (a traceback on stderr, a retry, a truncated
+    result taken for a whole one).
+    """
+    if _exiting and threading.current_thread() is not threading.main_thread():
+        _parked.add(threading.get_ident())
+        threading.Event().wait()
+
+
+class _QuietAtExit:
+    """See `quiet_at_exit`. A class rather than a generator: it is entered once per token."""
+
+    def __enter__(self) -> None:
+        if _exiting:  # the engines are gone: stop before waiting on one
+            _stop_thread_at_exit()
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if kind is not None and issubclass(kind, RuntimeError):
+            _stop_thread_at_exit()
+
+
+_QUIET_AT_EXIT = _QuietAtExit()
+
+
+def quiet_at_exit() -> _QuietAtExit:
+    """Around a call that waits on an engine: an engine shut down at exit stops the thread quietly."""
+    return _QUIET_AT_EXIT
 
 
 def iter_chunks(request: _native.Request) -> Iterator[_native.Chunk]:
     """Yield a request's chunks as they come; closing the iterator cancels the request."""
     try:
         while True:
-            chunk = request.next()
+            with _QUIET_AT_EXIT:
+                chunk = request.next()
             if chunk is None:
                 return
             yield chunk
     finally:
         request.cancel()
+
+
+def wait(request: _native.Request) -> list[_native.Chunk]:
+    """Block until the request is done; all its chunks."""
+    with quiet_at_exit():
+        return list(request.wait())
+
+
+# -- text sent to llama.cpp -------------------------------------------------------------------
+
+_Text = TypeVar("_Text", bound="str | None")
+
+
+def valid_text(text: _Text, what: str) -> _Text:
+    """`text` (or None) if llama.cpp can take it; otherwise a ValueError naming `what` and the place.
+
+    A Python str can hold lone surrogates ("\\ud800": from os.fsdecode of undecodable bytes, a JSON
+    escape, a truncated UTF-16 pair), which have no UTF-8 form. The check costs at most one pass
+    over the text, and none for ASCII text (`isascii` reads a flag of the string).
+    """
+    if isinstance(text, str) and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(_surrogate_message(what, e.start)) from None
+    return text
+
+
+def valid_texts(texts: list[str], what: str) -> list[str]:
+    """Each of `texts` checked by `valid_text` ("stop[1] contains ...")."""
+    for i, text in enumerate(texts):
+        valid_text(text, f"{what}[{i}]")
+    return texts
+
+
+def json_text(value: Any, what: str) -> str:
+    """`value` as JSON for llama.cpp, which must be valid Unicode; an error names the string at fault."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        return valid_text(text, what)
+    except ValueError:
+        found = _find_surrogate(value, what)
+        if found is None:
+            raise
+        raise ValueError(_surrogate_message(*found)) from None
+
+
+def _find_surrogate(value: Any, where: str) -> tuple[str, int] | None:
+    """The first string in a JSON-like value that is not valid Unicode: its path and the index."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return where, e.start
+        return None
+    items: Any = ()
+    if isinstance(value, dict):
+        for key in value:
+            found = _find_surrogate(key, f"a key in {where}")
+            if found is not None:
+                return found
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    for key, item in items:
+        found = _find_surrogate(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def _surrogate_message(what: str, index: int) -> str:
+    return f"{what} contains a lone surrogate at index {index}; text must be valid Unicode"
 
 
 def timeout_message(timeout: float) -> str:
@@ -179,7 +386,8 @@ class AsyncRequest:
         self._closed = False
         self._loop.add_reader(self._read_fd, self._on_readable)
         try:
-            self.request: _native.Request = engine.submit(params, self._write_fd)
+            with quiet_at_exit():
+                self.request: _native.Request = engine.submit(params, self._write_fd)
         except BaseException:
             self.close()
             raise
@@ -207,7 +415,8 @@ class AsyncRequest:
                     yield chunks
                     continue
                 if self.request.done:
-                    self.request.raise_if_failed()
+                    with quiet_at_exit():
+                        self.request.raise_if_failed()
                     return
                 await self._ready.wait()
         finally:

@@ -229,7 +229,9 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     def _chat_templates(self, model: _native.Model) -> _native.ChatTemplates:
         if self._templates is None:
-            self._templates = _native.ChatTemplates(model, self.chat_template or "")
+            self._templates = _native.ChatTemplates(
+                model, _engine.valid_text(self.chat_template or "", "chat_template")
+            )
         return self._templates
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
@@ -249,11 +251,11 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             raise ValueError("a custom grammar cannot be combined with tools or structured output")
 
         rendered = self._chat_templates(engine.model).apply(
-            json.dumps(convert_messages_to_llamacpp(messages), ensure_ascii=False),
-            json.dumps(tools, ensure_ascii=False) if tools else "",
+            _engine.json_text(convert_messages_to_llamacpp(messages), "messages"),
+            _engine.json_text(tools, "tools") if tools else "",
             choice,
             bool(chat_kwargs.get("parallel_tool_calls", False)),
-            json.dumps(json_schema, ensure_ascii=False) if json_schema is not None else "",
+            _engine.json_text(json_schema, "json_schema") if json_schema is not None else "",
             True,
             {},
             self.enable_thinking,
@@ -510,10 +512,10 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     def get_num_tokens(self, text: str) -> int:
         """Tokens in `text` by the model's own tokenizer."""
-        return len(self.native_model.tokenize(text, add_special=False, parse_special=True))
+        return len(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
 
     def get_token_ids(self, text: str) -> list[int]:
-        return list(self.native_model.tokenize(text, add_special=False, parse_special=True))
+        return list(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
 
 
 def _chunk_to_message(chunk: BaseMessage) -> AIMessage:

@@ -11,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+from langchain_llamacpp._lifecycle import NativeStateMixin
 
 
-class LlamaCppEmbeddings(BaseModel, Embeddings):
+class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style, with their own pooling) and with generative
@@ -81,7 +82,7 @@ class LlamaCppEmbeddings(BaseModel, Embeddings):
 
     def load(self) -> _native.Engine:
         """Load the model now (otherwise on first use)."""
-        if self._loaded is None:
+        if not _engine.is_live(self._loaded):  # None, or inherited through fork()
             model_config = _engine.ModelConfig(
                 path=self.model_path,
                 n_gpu_layers=self.n_gpu_layers or 0,

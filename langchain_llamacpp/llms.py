@@ -75,7 +75,8 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
 
     def _prompt_tokens(self, engine: _native.Engine, prompt: str, options: dict[str, Any]) -> list[int]:
         model = engine.model
-        suffix = options.get("suffix")
+        _engine.valid_text(prompt, "prompt")
+        suffix = _engine.valid_text(options.get("suffix"), "suffix")
         if not suffix:
             return list(model.tokenize(prompt, add_special=True, parse_special=True))
         pre, suf, mid = model.fim_tokens
@@ -263,10 +264,10 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
 
     def get_num_tokens(self, text: str) -> int:
         """Tokens in `text` by the model's own tokenizer."""
-        return len(self.native_model.tokenize(text, add_special=False, parse_special=True))
+        return len(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
 
     def get_token_ids(self, text: str) -> list[int]:
-        return list(self.native_model.tokenize(text, add_special=False, parse_special=True))
+        return list(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
 
 
 def _logprobs(chunks: list[_native.Chunk]) -> dict[str, Any]:
