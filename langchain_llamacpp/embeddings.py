@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -13,20 +15,63 @@ import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 from langchain_llamacpp._lifecycle import NativeStateMixin
 
+# llama.cpp's limit on sequences in one batch (LLAMA_MAX_SEQ); the engine asks for as many.
+_MAX_TEXTS_PER_STEP = 256
+
+# llama_pooling_type values
+_POOLING = {"mean": 1, "cls": 2, "last": 3}
+
+# Task prefixes that retrieval models were trained with, by model name (GGUF `general.name`, or the
+# file name): (query, document). Their model cards give them; without them retrieval is worse.
+_RETRIEVAL_PREFIXES: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"nomic[-_ ]embed[-_ ]text", re.I), "search_query: ", "search_document: "),
+    (re.compile(r"(^|[-_ /])e5[-_ ]", re.I), "query: ", "passage: "),
+    (
+        re.compile(r"mxbai[-_ ]embed|bge[-_ ].*en[-_ ]v1\.5|snowflake[-_ ]arctic[-_ ]embed", re.I),
+        "Represent this sentence for searching relevant passages: ",
+        "",
+    ),
+)
+
+
+def _model_prefixes(model: _native.Model) -> tuple[str, str]:
+    """The (query, document) prefixes a known retrieval model expects; empty for others."""
+    names = (model.name, model.metadata().get("general.basename", ""), os.path.basename(model.path))
+    for pattern, query, document in _RETRIEVAL_PREFIXES:
+        if any(pattern.search(name) for name in names):
+            return query, document
+    return "", ""
+
 
 class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
-    Works with embedding models (BERT-style, with their own pooling) and with generative
-    models (token embeddings averaged). Vectors are L2-normalised unless ``normalize=False``.
+    Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
+    pooling, and with generative models (token embeddings averaged). Many texts share each decode
+    step; vectors equal those of llama.cpp's own ``llama-embedding`` on the same model. Models that
+    were trained with task prefixes get them automatically (nomic: ``search_query: `` and
+    ``search_document: ``); see ``query_instruction``.
 
     Instantiate:
         .. code-block:: python
 
             from langchain_llamacpp import LlamaCppEmbeddings
 
-            embeddings = LlamaCppEmbeddings(model_path="model.gguf")
-            vector = embeddings.embed_query("What is llama.cpp?")
+            embeddings = LlamaCppEmbeddings(model_path="nomic-embed-text-v1.5.f16.gguf")
+
+    Embed:
+        .. code-block:: python
+
+            vectors = embeddings.embed_documents(["llama.cpp runs GGUF models.", "Paris is in France."])
+            query = embeddings.embed_query("Which library runs GGUF files?")
+
+    Retrieval:
+        .. code-block:: python
+
+            from langchain_core.vectorstores import InMemoryVectorStore
+
+            store = InMemoryVectorStore.from_texts(texts, embedding=embeddings)
+            docs = store.as_retriever(search_kwargs={"k": 3}).invoke("my question")
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -35,10 +80,11 @@ class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
     """Path to the GGUF model file."""
 
     n_ctx: int | None = Field(None, ge=0)
-    """Longest text in tokens. None: the model's trained length, capped at 4096."""
+    """Longest text in tokens. None: the model's trained length, capped at 4096; 0: the trained length."""
 
-    n_batch: int = Field(512, ge=1)
-    """Tokens evaluated per step; a text must fit in one batch."""
+    n_batch: int | None = Field(None, ge=1)
+    """Tokens computed per decode step, shared by as many texts as fit. None: ``n_ctx``, so that any
+    text up to the context embeds (encoders must see a whole text in one step)."""
 
     n_threads: int | None = Field(None, ge=1)
     """Threads. None: the machine's physical cores."""
@@ -46,11 +92,31 @@ class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all)."""
 
+    pooling_type: Literal["mean", "cls", "last"] | None = None
+    """How token vectors become one vector per text. None: the model's own (from its GGUF metadata),
+    or mean for generative models, which have none."""
+
+    normalize: bool = True
+    """L2-normalise the vectors (cosine similarity becomes a dot product), as llama.cpp's tools do."""
+
+    truncate: bool = False
+    """Cut texts longer than the context to fit (keeping the model's end-of-text token) instead of
+    raising ``ValueError``."""
+
+    query_instruction: str | None = None
+    """Prefix for ``embed_query`` texts. None: the prefix the model was trained with, for the models
+    that have one (nomic-embed-text: ``"search_query: "``; e5: ``"query: "``; bge-en-v1.5, mxbai and
+    arctic-embed: ``"Represent this sentence for searching relevant passages: "``); ``""``: none."""
+
+    document_instruction: str | None = None
+    """Prefix for ``embed_documents`` texts. None: the model's own (nomic-embed-text:
+    ``"search_document: "``; e5: ``"passage: "``); ``""``: none."""
+
     seed: int = -1
-    """Accepted for compatibility with langchain_community."""
+    """Accepted for compatibility with langchain_community (embeddings do not sample)."""
 
     f16_kv: bool = True
-    """Keep the KV cache in 16-bit floats."""
+    """Keep the KV cache in 16-bit floats (generative models)."""
 
     use_mlock: bool = False
     """Lock the weights in RAM."""
@@ -58,72 +124,147 @@ class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
     use_mmap: bool = True
     """Map the model file into memory."""
 
-    normalize: bool = True
-    """L2-normalise the vectors (cosine similarity becomes a dot product)."""
+    n_parts: int = -1
+    """Accepted for compatibility with langchain_community; GGUF files need no part count."""
 
-    pooling: int | None = None
-    """llama.cpp pooling type (0 none, 1 mean, 2 cls, 3 last); None: the model's own, or mean."""
+    logits_all: bool = False
+    """Accepted for compatibility with langchain_community; embeddings compute no logits."""
+
+    vocab_only: bool = False
+    """Accepted for compatibility with langchain_community; must stay False to embed."""
+
+    device: str | None = None
+    """Accepted for compatibility with langchain_community; use ``n_gpu_layers`` to choose the GPU."""
+
+    pooling: int | None = Field(None, ge=1, le=3)
+    """llama.cpp's pooling number (1 mean, 2 cls, 3 last); ``pooling_type`` by name is clearer."""
 
     verbose: bool = False
-    """Print llama.cpp's load details to stderr."""
+    """Print llama.cpp's load details to stderr. False: nothing is printed."""
 
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Further context settings (see `LlamaCpp.model_kwargs`)."""
+    """Further context and load settings (see ``LlamaCpp.model_kwargs``), e.g. ``flash_attn``."""
 
     _loaded: _native.Engine | None = PrivateAttr(default=None)
+    _prefixes: tuple[str, str] = PrivateAttr(default=("", ""))
 
     @model_validator(mode="after")
-    def _check_path(self) -> LlamaCppEmbeddings:
+    def _check(self) -> LlamaCppEmbeddings:
         path = os.path.expanduser(self.model_path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
         self.model_path = path
+        if self.vocab_only:
+            raise ValueError("vocab_only=True loads no weights, so nothing can be embedded")
+        if self.pooling is not None and self.pooling_type is not None:
+            raise ValueError("give pooling_type or pooling, not both")
+        known = _engine.ENGINE_FIELDS | _engine.MODEL_FIELDS
+        unknown = set(self.model_kwargs) - known
+        if unknown:
+            raise ValueError(f"unknown model_kwargs {sorted(unknown)}; known: {', '.join(sorted(known))}")
         return self
 
     def load(self) -> _native.Engine:
         """Load the model now (otherwise on first use)."""
         if not _engine.is_live(self._loaded):  # None, or inherited through fork()
+            kw = self.model_kwargs
             model_config = _engine.ModelConfig(
                 path=self.model_path,
                 n_gpu_layers=self.n_gpu_layers or 0,
                 use_mmap=self.use_mmap,
                 use_mlock=self.use_mlock,
+                **{k: v for k, v in kw.items() if k in _engine.MODEL_FIELDS},
             )
+            pooling = _POOLING[self.pooling_type] if self.pooling_type else self.pooling
             engine_config = _engine.EngineConfig(
                 **{
                     "n_ctx": -1 if self.n_ctx is None else self.n_ctx,
-                    "n_batch": self.n_batch,
-                    "n_ubatch": self.n_batch,
+                    "n_batch": self.n_batch or 0,  # 0: the context
                     "n_threads": self.n_threads or 0,
                     "f16_kv": self.f16_kv,
                     "embeddings": True,
-                    "pooling": -1 if self.pooling is None else self.pooling,
-                    **self.model_kwargs,
+                    "pooling": -1 if pooling is None else pooling,
+                    **{k: v for k, v in kw.items() if k in _engine.ENGINE_FIELDS},
                 }
             )
-            self._loaded = _engine.get_engine(model_config, engine_config, self.verbose)
+            engine = _engine.get_engine(model_config, engine_config, self.verbose)
+            self._prefixes = _model_prefixes(engine.model)
+            self._loaded = engine
         return self._loaded
 
-    def _embed(self, texts: list[str]) -> list[list[float]]:
+    @property
+    def query_prefix(self) -> str:
+        """The prefix ``embed_query`` puts before each text (loads the model)."""
+        self.load()
+        return self._prefixes[0] if self.query_instruction is None else self.query_instruction
+
+    @property
+    def document_prefix(self) -> str:
+        """The prefix ``embed_documents`` puts before each text (loads the model)."""
+        self.load()
+        return self._prefixes[1] if self.document_instruction is None else self.document_instruction
+
+    def _tokens(self, model: _native.Model, text: str, prefix: str, index: int, limit: int) -> list[int]:
+        _engine.valid_text(text, f"text {index}" if index >= 0 else "the query")
+        tokens: list[int] = model.tokenize(prefix + text, add_special=True, parse_special=False)
+        if len(tokens) <= limit:
+            return tokens
+        if not self.truncate:
+            where = f"text {index}" if index >= 0 else "the query"
+            raise ValueError(
+                f"{where} has {len(tokens)} tokens, more than the {limit} that fit in one embedding batch "
+                f"(n_ctx, or n_batch if smaller); split it into smaller chunks or pass truncate=True"
+            )
+        # Keep the special tokens the tokenizer adds around the text ([CLS] ... [SEP], BOS ... EOS).
+        body: list[int] = model.tokenize(prefix + text, add_special=False, parse_special=False)
+        extra = len(tokens) - len(body)
+        head = next((i for i in range(extra + 1) if tokens[i : i + len(body)] == body), extra)
+        return tokens[:head] + body[: limit - extra] + tokens[head + len(body) :]
+
+    def _groups(self, texts: Sequence[str], prefix: str, single: bool) -> Iterator[list[list[int]]]:
+        """Tokenized texts, a decode step's worth at a time: memory stays bounded for any count of texts,
+        and Ctrl-C is seen between steps."""
         engine = self.load()
         model = engine.model
-        tokens = [model.tokenize(t, add_special=True, parse_special=False) for t in texts]
+        limit = engine.embed_max_tokens
+        group: list[list[int]] = []
+        n_tokens = 0
+        for i, text in enumerate(texts):
+            tokens = self._tokens(model, text, prefix, -1 if single else i, limit)
+            if group and (n_tokens + len(tokens) > limit or len(group) == _MAX_TEXTS_PER_STEP):
+                yield group
+                group, n_tokens = [], 0
+            group.append(tokens)
+            n_tokens += len(tokens)
+        if group:
+            yield group
+
+    def _embed(self, texts: Sequence[str], prefix: str, single: bool = False) -> list[list[float]]:
+        engine = self.load()
+        norm = 2 if self.normalize else -1
+        vectors: list[list[float]] = []
         try:
-            vectors: list[list[float]] = engine.embed(tokens, self.normalize)
+            with _engine.quiet_at_exit():
+                for group in self._groups(texts, prefix, single):
+                    vectors.extend(engine.embed(group, norm))
         finally:
             _engine.flush_native_logs(self.verbose)
         return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        """One vector per text."""
-        return self._embed(list(texts)) if texts else []
+        """One vector per text, with the model's document prefix (see ``document_instruction``)."""
+        if not texts:
+            return []
+        return self._embed(texts, self.document_prefix)
 
     def embed_query(self, text: str) -> list[float]:
-        """The vector of one text."""
-        return self._embed([text])[0]
+        """The vector of a search query, with the model's query prefix (see ``query_instruction``)."""
+        return self._embed([text], self.query_prefix, single=True)[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """``embed_documents`` in a worker thread: the event loop keeps running meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(None, self.embed_documents, texts)
 
     async def aembed_query(self, text: str) -> list[float]:
+        """``embed_query`` in a worker thread: the event loop keeps running meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(None, self.embed_query, text)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings
 from langchain_llamacpp._engine import json_text, valid_text
 
 SURROGATE = "\ud800"
@@ -99,3 +99,12 @@ async def test_chat_async_entry_point(tiny_model_path: str) -> None:
     chat = ChatLlamaCpp(model_path=tiny_model_path, temperature=0, max_tokens=4)
     with pytest.raises(ValueError, match=_message(r"messages\[0\]\['content'\]", 1)):
         await chat.ainvoke("a" + SURROGATE)
+
+
+def test_embeddings_entry_points(tiny_model_path: str) -> None:
+    embeddings = LlamaCppEmbeddings(model_path=tiny_model_path)
+    with pytest.raises(ValueError, match=_message("text 1", 2)):
+        embeddings.embed_documents(["fine", "ok" + SURROGATE])
+    with pytest.raises(ValueError, match=_message("the query", 0)):
+        embeddings.embed_query(SURROGATE)
+    assert len(embeddings.embed_query("still works")) == 64
