@@ -98,6 +98,12 @@ std::optional<Chunk> Request::next() {
     return std::nullopt;
 }
 
+bool Request::wait_for(bool until_done, int timeout_ms) {
+    std::unique_lock<std::mutex> lock(state_->mutex);
+    return state_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                               [&] { return state_->done || (!until_done && !state_->chunks.empty()); });
+}
+
 std::vector<Chunk> Request::poll() {
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->signaled = false;  // before taking: a later push signals again
@@ -815,6 +821,10 @@ void Engine::finish_slot(Slot & slot, const std::string & reason, const std::str
 }
 
 void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
+    if (token == LLAMA_TOKEN_NULL) {  // sample(): the grammar is complete
+        finish_slot(slot, "stop");
+        return;
+    }
     slot.n_decoded++;
     Chunk chunk;
     chunk.token = token;
@@ -1188,6 +1198,15 @@ llama_token Engine::sample(Slot & slot, int idx) {
         return argmax(slot, idx);
     }
     const llama_token token = common_sampler_sample(slot.sampler.get(), ctx_.get(), idx);
+    if (!slot.params.sampling.grammar.empty()) {
+        // A complete grammar admits only the end of generation; where that is banned too (ignore_eos,
+        // a logit bias) no token is left and the sampler picks one at -inf, which the grammar would
+        // then refuse with an error. The output is done: the caller finishes with "stop".
+        const llama_token_data_array * cur = common_sampler_get_candidates(slot.sampler.get(), false);
+        if (cur->selected >= 0 && cur->data[cur->selected].logit == -std::numeric_limits<float>::infinity()) {
+            return LLAMA_TOKEN_NULL;
+        }
+    }
     common_sampler_accept(slot.sampler.get(), token, true);
     return token;
 }

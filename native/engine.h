@@ -122,6 +122,9 @@ public:
     ~Request();
     // Blocks until a chunk is ready; nullopt at the end. Rethrows an engine error.
     std::optional<Chunk> next();
+    // Waits up to timeout_ms for a chunk or the end (until_done: for the end only); true if it came.
+    // Lets a binding wait in slices and look for signals (Ctrl-C) in between.
+    bool wait_for(bool until_done, int timeout_ms);
     // Non-blocking: all chunks ready now.
     std::vector<Chunk> poll();
     // Blocks until the request finished; all remaining chunks.

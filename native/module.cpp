@@ -33,6 +33,26 @@ nb::str py_str(const std::string & s) {
     return nb::steal<nb::str>(o);
 }
 
+// Blocks (GIL released) until the request has output (or has ended), looking for signals every
+// 50 ms: the main thread's Python handlers run only when it returns to the interpreter, so a
+// plain blocking wait would hold Ctrl-C back until the whole generation ended.
+void wait_interruptibly(lcl::Request & self, bool until_done) {
+    for (;;) {
+        bool ready = false;
+        {
+            nb::gil_scoped_release release;
+            ready = self.wait_for(until_done, 50);
+        }
+        if (ready) {
+            return;
+        }
+        if (PyErr_CheckSignals() != 0) {
+            self.cancel();
+            throw nb::python_error();
+        }
+    }
+}
+
 void register_model(nb::module_ & m) {
     nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.")
         .def(nb::init<>())
@@ -203,11 +223,24 @@ void register_engine(nb::module_ & m) {
         .def_ro("top_logprobs", &lcl::Chunk::top);
 
     nb::class_<lcl::Request>(m, "Request", "A running request: iterate for chunks; dropping it cancels.")
-        .def("next", &lcl::Request::next, nb::call_guard<nb::gil_scoped_release>(),
-             "Block until the next chunk; None at the end. Raises RuntimeError on engine errors.")
+        .def(
+            "next",
+            [](lcl::Request & self) {
+                wait_interruptibly(self, false);
+                nb::gil_scoped_release release;
+                return self.next();
+            },
+            "Block until the next chunk; None at the end. Raises RuntimeError on engine errors; "
+            "Ctrl-C cancels the request and raises KeyboardInterrupt.")
         .def("poll", &lcl::Request::poll, "Chunks ready now, without blocking.")
-        .def("wait", &lcl::Request::wait, nb::call_guard<nb::gil_scoped_release>(),
-             "Block until done; the remaining chunks.")
+        .def(
+            "wait",
+            [](lcl::Request & self) {
+                wait_interruptibly(self, true);
+                nb::gil_scoped_release release;
+                return self.wait();
+            },
+            "Block until done; the remaining chunks. Ctrl-C cancels the request and raises KeyboardInterrupt.")
         .def("cancel", &lcl::Request::cancel, "Stop generating; the slot is freed within one step.")
         .def("raise_if_failed", &lcl::Request::raise_if_failed)
         .def_prop_ro("done", &lcl::Request::done)
