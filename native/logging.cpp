@@ -1,7 +1,10 @@
 #include "logging.h"
 
+#include <pthread.h>
+
 #include <deque>
 #include <mutex>
+#include <new>
 
 #include "ggml.h"
 #include "llama.h"
@@ -70,7 +73,20 @@ void capture_error(const char * text) {
     t_capture->text_ += piece;
 }
 
+// fork() copies only the calling thread: an engine thread holding the log lock at that moment would
+// leave it locked for good in the child. Hold it across fork; the child starts with a fresh lock and
+// without the parent's lines (the parent forwards them).
+void before_fork() { g_mutex.lock(); }
+void after_fork_in_parent() { g_mutex.unlock(); }
+void after_fork_in_child() {
+    new (&g_mutex) std::mutex();
+    g_lines.clear();
+    g_partial.clear();
+}
+
 void install_log_callback() {
+    static const int registered = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+    (void) registered;
     llama_log_set(log_callback, nullptr);
     // common's logger prints from its own thread straight to the terminal: keep it quiet; the
     // errors it would report surface as exceptions instead.

@@ -137,3 +137,12 @@ def test_invalid_json_schema_for_structured_output(tiny_model_path: str) -> None
     }
     with pytest.raises(ValueError):
         chat.with_structured_output(schema).invoke("hi")
+
+
+def test_complete_grammar_with_end_of_generation_banned_stops(tiny_model_path: str) -> None:
+    # Once the grammar is complete only the end of generation may follow; ignore_eos bans it, so no token
+    # is left: the output is done ("stop"), not a sampling error.
+    llm = LlamaCpp(model_path=tiny_model_path, grammar='root ::= "yes"', max_tokens=20)
+    result = llm.generate(["hi"], ignore_eos=True).generations[0][0]
+    assert result.text == "yes"
+    assert result.generation_info is not None and result.generation_info["finish_reason"] == "stop"
