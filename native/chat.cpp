@@ -8,6 +8,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "chat.h"
+#include "gil.h"
 #include "json-schema-to-grammar.h"
 #include "json.h"
 #include "logging.h"
@@ -51,7 +52,7 @@ public:
                    const std::map<std::string, std::string> & template_kwargs, bool enable_thinking) {
         common_chat_params params;
         {
-            nb::gil_scoped_release release;
+            lcl::ReleaseGil release;
             ErrorCapture capture;
             try {
                 common_chat_templates_inputs inputs;
@@ -133,7 +134,7 @@ private:
 void register_chat(nb::module_ & m) {
     nb::class_<ChatTemplates>(m, "ChatTemplates", "A model's chat template(s), rendered by llama.cpp's Jinja engine.")
         .def(nb::init<std::shared_ptr<Model>, const std::string &>(), "model"_a, "override_template"_a = "",
-             nb::call_guard<nb::gil_scoped_release>())
+             nb::call_guard<lcl::ReleaseGil>())
         .def("apply", &ChatTemplates::apply, "messages_json"_a, "tools_json"_a = "", "tool_choice"_a = "auto",
              "parallel_tool_calls"_a = false, "json_schema"_a = "", "add_generation_prompt"_a = true,
              "template_kwargs"_a = std::map<std::string, std::string>(), "enable_thinking"_a = true,
@@ -144,7 +145,7 @@ void register_chat(nb::module_ & m) {
     nb::class_<ChatParser>(m, "ChatParser", "Parses generated text into content and tool calls.")
         .def(nb::init<int, const std::string &, const std::string &, bool>(), "format"_a, "parser"_a,
              "generation_prompt"_a = "", "parse_tool_calls"_a = true)
-        .def("parse", &ChatParser::parse, "text"_a, "is_partial"_a = false, nb::call_guard<nb::gil_scoped_release>());
+        .def("parse", &ChatParser::parse, "text"_a, "is_partial"_a = false, nb::call_guard<lcl::ReleaseGil>());
 
     m.def(
         "json_schema_to_grammar",

@@ -12,6 +12,7 @@
 
 #include "build-info.h"
 #include "engine.h"
+#include "gil.h"
 #include "logging.h"
 #include "model.h"
 
@@ -40,7 +41,7 @@ void wait_interruptibly(lcl::Request & self, bool until_done) {
     for (;;) {
         bool ready = false;
         {
-            nb::gil_scoped_release release;
+            lcl::ReleaseGil release;
             ready = self.wait_for(until_done, 50);
         }
         if (ready) {
@@ -78,7 +79,7 @@ void register_model(nb::module_ & m) {
                         return r.is_none() || nb::cast<bool>(r);
                     };
                 }
-                nb::gil_scoped_release release;
+                lcl::ReleaseGil release;
                 auto model = lcl::Model::load(params, cb);
                 if (cb) {
                     // The callable must be released with the GIL held.
@@ -90,7 +91,7 @@ void register_model(nb::module_ & m) {
             "params"_a, "progress"_a = nb::none(),
             "Load a model (or reuse the loaded copy). progress(fraction) may return False to cancel.")
         .def("tokenize", &lcl::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false,
-             nb::call_guard<nb::gil_scoped_release>())
+             nb::call_guard<lcl::ReleaseGil>())
         .def(
             "token_to_piece",
             [](const lcl::Model & self, int token, bool special) {
@@ -227,7 +228,7 @@ void register_engine(nb::module_ & m) {
             "next",
             [](lcl::Request & self) {
                 wait_interruptibly(self, false);
-                nb::gil_scoped_release release;
+                lcl::ReleaseGil release;
                 return self.next();
             },
             "Block until the next chunk; None at the end. Raises RuntimeError on engine errors; "
@@ -237,7 +238,7 @@ void register_engine(nb::module_ & m) {
             "wait",
             [](lcl::Request & self) {
                 wait_interruptibly(self, true);
-                nb::gil_scoped_release release;
+                lcl::ReleaseGil release;
                 return self.wait();
             },
             "Block until done; the remaining chunks. Ctrl-C cancels the request and raises KeyboardInterrupt.")
@@ -273,29 +274,29 @@ void register_engine(nb::module_ & m) {
 
     nb::class_<lcl::Engine>(m, "Engine", "A context with sequence slots and one decoding thread.",
                             nb::is_weak_referenceable())
-        .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, nb::call_guard<nb::gil_scoped_release>())
-        .def("submit", &lcl::Engine::submit, "params"_a, "notify_fd"_a = -1, nb::call_guard<nb::gil_scoped_release>(),
+        .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, nb::call_guard<lcl::ReleaseGil>())
+        .def("submit", &lcl::Engine::submit, "params"_a, "notify_fd"_a = -1, nb::call_guard<lcl::ReleaseGil>(),
              "Queue a request. notify_fd, if given, receives a byte whenever output is ready (for asyncio).")
-        .def("shutdown", &lcl::Engine::shutdown, nb::call_guard<nb::gil_scoped_release>())
-        .def("clear_cache", &lcl::Engine::clear_cache, nb::call_guard<nb::gil_scoped_release>(),
+        .def("shutdown", &lcl::Engine::shutdown, nb::call_guard<lcl::ReleaseGil>())
+        .def("clear_cache", &lcl::Engine::clear_cache, nb::call_guard<lcl::ReleaseGil>(),
              "Forget the cached prompts of idle slots.")
-        .def("cached_prompts", &lcl::Engine::cached_prompts, nb::call_guard<nb::gil_scoped_release>())
+        .def("cached_prompts", &lcl::Engine::cached_prompts, nb::call_guard<lcl::ReleaseGil>())
         .def("evaluate", &lcl::Engine::evaluate, "slot"_a, "tokens"_a, "all_logits"_a = false,
-             nb::call_guard<nb::gil_scoped_release>(),
+             nb::call_guard<lcl::ReleaseGil>(),
              "Append tokens to an idle slot's sequence; the logits of the last token (or of every token).")
         .def("kv_remove", &lcl::Engine::kv_remove, "slot"_a, "p0"_a, "p1"_a = -1,
-             nb::call_guard<nb::gil_scoped_release>(),
+             nb::call_guard<lcl::ReleaseGil>(),
              "Drop positions [p0, p1) of a slot's sequence (p1=-1: to the end); later ones shift down.")
-        .def("kv_copy", &lcl::Engine::kv_copy, "src"_a, "dst"_a, nb::call_guard<nb::gil_scoped_release>(),
+        .def("kv_copy", &lcl::Engine::kv_copy, "src"_a, "dst"_a, nb::call_guard<lcl::ReleaseGil>(),
              "Make slot dst a copy of slot src (shared prefix for branching).")
-        .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<nb::gil_scoped_release>(),
+        .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<lcl::ReleaseGil>(),
              "The tokens cached in a slot.")
         .def(
             "embed",
             [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
                 std::vector<float> flat;
                 {
-                    nb::gil_scoped_release release;
+                    lcl::ReleaseGil release;
                     flat = self.embed(inputs, normalize);
                 }
                 // Lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
@@ -347,6 +348,7 @@ void register_engine(nb::module_ & m) {
 
 NB_MODULE(_native, m) {
     m.doc() = "Native llama.cpp engine for langchain_llamacpp (no LangChain here).";
+    lcl::g_main_thread = nb::cast<unsigned long>(nb::module_::import_("threading").attr("main_thread")().attr("ident"));
     // Objects still alive at interpreter exit are expected (cached models); don't print about them.
     nb::set_leak_warnings(false);
 
@@ -373,7 +375,7 @@ NB_MODULE(_native, m) {
             return out;
         },
         "Buffered llama.cpp log lines as (ggml_log_level, text); the Python side forwards them to logging.");
-    m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<nb::gil_scoped_release>(),
+    m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<lcl::ReleaseGil>(),
           "Stop every engine thread (registered with atexit).");
     m.def("system_info", [] { return std::string(llama_print_system_info()); });
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
