@@ -87,7 +87,8 @@ class BlockingRequest:
         self._watchdog: threading.Timer | None = None
         self._expired = False
         try:
-            self.request: _native.Request = engine.submit(params, -1 if self._pipe is None else self._pipe.write_fd)
+            with _engine.quiet_at_exit():
+                self.request: _native.Request = engine.submit(params, -1 if self._pipe is None else self._pipe.write_fd)
         except BaseException:
             self.cancel()
             raise
@@ -106,7 +107,7 @@ class BlockingRequest:
     def wait(self) -> list[_native.Chunk]:
         """Block until the request is done; all its chunks."""
         try:
-            chunks = self._start() + list(self.request.wait())
+            chunks = self._start() + _engine.wait(self.request)
             self._raise_if_cut_short()
             return chunks
         finally:

@@ -13,7 +13,8 @@ NOTEBOOKS = sorted((ROOT / "docs" / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path: Path, gemma_path: str, qwen_path: str) -> None:
+def test_notebook_runs(path: Path, gemma_path: str, qwen_path: str, nomic_path: str) -> None:
+    # The model fixtures fetch (and verify) the models first: the notebooks then find them in the cache.
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     client.execute()
