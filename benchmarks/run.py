@@ -79,7 +79,9 @@ class Community:
                 figures.update(json.loads(line))
         if done.returncode != 0:
             how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
-            last = (done.stderr.strip().splitlines() or [""])[-1]
+            # The assertion that aborted, where there is one, rather than the debugger's backtrace after it.
+            lines = done.stderr.strip().splitlines()
+            last = next((line for line in lines if "GGML_ASSERT" in line), lines[-1] if lines else "")
             figures["error"] = f"{how}{': ' + last if last else ''}"
         return figures
 
