@@ -16,7 +16,6 @@ process per section) against the same reference, side by side.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from benchmarks.community import (  # noqa: E402  (shared by both sides)
     stream_rate,
 )
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings, _native  # noqa: E402
+from tests.llama_tools import llama_tool  # noqa: E402
 from tests.models import get  # noqa: E402
 
 
@@ -106,23 +106,6 @@ def cell(figures: dict[str, Any] | None, key: str, fmt: str = "{:.1f}") -> str:
     if key in figures:
         return fmt.format(figures[key])
     return str(figures.get("error", "n/a"))
-
-
-def build_dir() -> Path:
-    dirs = sorted(glob.glob(str(ROOT / "build" / "cp*")))
-    if not dirs:
-        raise SystemExit("build the package first: ./dev build")
-    return Path(dirs[-1])
-
-
-def llama_tool(name: str) -> Path:
-    """Build (incrementally) and locate one of llama.cpp's tools in our build folder."""
-    build = build_dir()
-    subprocess.run(["cmake", "--build", str(build), "--target", name], check=True, capture_output=True)
-    for candidate in build.rglob(name):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    raise SystemExit(f"{name} was not built")
 
 
 def llama_bench(model: str, threads: int, pp: int, tg: int, depth: str = "0", reps: int = 1) -> dict[str, float]:

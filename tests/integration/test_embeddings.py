@@ -186,7 +186,9 @@ def test_community_fields_accepted(nomic_path: str) -> None:
     assert len(embeddings.embed_query("hello")) == 768
 
 
-class TestNomicEmbeddingsUnit(EmbeddingsUnitTests):
+class NomicSuiteSettings:
+    """The standard suites' settings: our class on the nomic model."""
+
     @pytest.fixture(autouse=True)
     def _model_path(self, nomic_path: str) -> None:
         type(self)._path = nomic_path
@@ -200,15 +202,9 @@ class TestNomicEmbeddingsUnit(EmbeddingsUnitTests):
         return {"model_path": self._path}
 
 
-class TestNomicEmbeddingsIntegration(EmbeddingsIntegrationTests):
-    @pytest.fixture(autouse=True)
-    def _model_path(self, nomic_path: str) -> None:
-        type(self)._path = nomic_path
+class TestNomicEmbeddingsUnit(NomicSuiteSettings, EmbeddingsUnitTests):
+    pass
 
-    @property
-    def embeddings_class(self) -> type[LlamaCppEmbeddings]:
-        return LlamaCppEmbeddings
 
-    @property
-    def embedding_model_params(self) -> dict[str, str]:
-        return {"model_path": self._path}
+class TestNomicEmbeddingsIntegration(NomicSuiteSettings, EmbeddingsIntegrationTests):
+    pass
