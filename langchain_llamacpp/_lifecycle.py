@@ -1,6 +1,6 @@
 """Instances that cross process boundaries: pickling and copying without the native state.
 
-An instance caches native objects (its engine, a chat model's templates) in private attributes.
+An instance caches native objects (its engine, a chat model's template worker) in private attributes.
 They hold a running thread and llama.cpp memory, so they cannot be pickled; and they need not
 be, since they are made again from the fields on first use. A copy shares them: an engine is
 shared by every instance with the same settings anyway.
@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 
 import langchain_llamacpp._native as _native
+import langchain_llamacpp._templates as _templates
 
 
 class NativeStateMixin(BaseModel):
@@ -42,4 +43,5 @@ class NativeStateMixin(BaseModel):
 
 
 def _is_native(value: Any) -> bool:
-    return type(value).__module__ == _native.__name__
+    # Native objects, and the chat-template worker process (which belongs to one process).
+    return type(value).__module__ in (_native.__name__, _templates.__name__)

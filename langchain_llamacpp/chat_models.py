@@ -42,9 +42,10 @@ from langchain_llamacpp._messages import (
     normalize_tool_choice,
     parse_tool_calls,
 )
+from langchain_llamacpp._templates import TemplateSandbox
 
 # Keyword arguments that shape the prompt rather than sampling.
-_CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema")
+_CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "reasoning")
 
 
 @dataclass
@@ -113,10 +114,25 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     chat_template: str | None = None
     """A Jinja chat template to use instead of the one in the GGUF file."""
 
-    enable_thinking: bool = True
-    """For templates with a reasoning mode: let the model think before answering."""
+    reasoning: bool | None = None
+    """Reasoning (thinking) output of models that think before answering (Qwen3, DeepSeek-R1
+    distills, gpt-oss, ...), with ChatOllama's meaning:
 
-    _templates: _native.ChatTemplates | None = PrivateAttr(default=None)
+    - `True`: the thinking is separated from the answer into
+      `additional_kwargs["reasoning_content"]` (and reasoning blocks in `content_blocks`, or in
+      `content` with `output_version="v1"`), also chunk by chunk while streaming.
+    - `False`: thinking is turned off where the chat template supports it (`enable_thinking`).
+    - `None` (default): the model's default; its thinking, if any, stays in the text.
+
+    The split follows llama.cpp's own chat parser for the model's template. Can also be given per call:
+    `llm.invoke(..., reasoning=True)`.
+    """
+
+    enable_thinking: bool = True
+    """For templates with a reasoning mode: let the model think before answering (`reasoning=False`
+    also turns it off)."""
+
+    _templates: TemplateSandbox | None = PrivateAttr(default=None)
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -132,7 +148,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {**self._base_identifying_params(), "chat_template": self.chat_template}
+        return {**self._base_identifying_params(), "chat_template": self.chat_template, "reasoning": self.reasoning}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params: LangSmithParams = self._add_ls_params(super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
@@ -227,10 +243,11 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     # -- request preparation ----------------------------------------------------------------
 
-    def _chat_templates(self, model: _native.Model) -> _native.ChatTemplates:
+    def _chat_templates(self) -> TemplateSandbox:
         if self._templates is None:
-            self._templates = _native.ChatTemplates(
-                model, _engine.valid_text(self.chat_template or "", "chat_template")
+            config = self._model_config()
+            self._templates = TemplateSandbox(
+                config.path, config.kv_overrides, _engine.valid_text(self.chat_template or "", "chat_template")
             )
         return self._templates
 
@@ -250,7 +267,13 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         if user_grammar and ((tools and choice != "none") or json_schema is not None):
             raise ValueError("a custom grammar cannot be combined with tools or structured output")
 
-        rendered = self._chat_templates(engine.model).apply(
+        reasoning = chat_kwargs.get("reasoning", self.reasoning)
+        if reasoning not in (True, False, None):
+            raise ValueError(f"reasoning must be True, False or None, not {reasoning!r}")
+        # None leaves thinking in the text; False still lets llama.cpp strip the empty thinking block
+        # that templates put in the prompt when thinking is off.
+        reasoning_format = "none" if reasoning is None else "auto"
+        rendered = self._chat_templates().apply(
             _engine.json_text(convert_messages_to_llamacpp(messages), "messages"),
             _engine.json_text(tools, "tools") if tools else "",
             choice,
@@ -258,7 +281,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             _engine.json_text(json_schema, "json_schema") if json_schema is not None else "",
             True,
             {},
-            self.enable_thinking,
+            self.enable_thinking and reasoning is not False,
+            reasoning_format,
         )
         tokens = engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
         stops = self._stop_list(stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
@@ -279,7 +303,9 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             s.generation_prompt = rendered["generation_prompt"]
         s.preserved_tokens = list(rendered["preserved_tokens"])
         parse_tools = bool(tools) and choice != "none"
-        parser = _native.ChatParser(rendered["format"], rendered["parser"], rendered["generation_prompt"], parse_tools)
+        parser = _native.ChatParser(
+            rendered["format"], rendered["parser"], rendered["generation_prompt"], parse_tools, reasoning_format
+        )
         needs_parse = parse_tools or bool(rendered["supports_thinking"]) or rendered["format"] != 0
         auto_names = [t["function"]["name"] for t in tools] if tools and choice == "auto" else []
         return _Call(engine, params, parser, needs_parse, options, auto_names)
@@ -309,12 +335,14 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     def _usage_metadata(self, request: _native.Request) -> UsageMetadata:
         u = self._usage(request)
-        return UsageMetadata(
-            input_tokens=u["prompt_tokens"],
-            output_tokens=u["completion_tokens"],
-            total_tokens=u["total_tokens"],
-            input_token_details={"cache_read": u["cached_tokens"]},
-        )
+        # mypy 2.4 reads langchain-core's NotRequired output_token_details as required.
+        usage: UsageMetadata = {  # type: ignore[typeddict-item]
+            "input_tokens": u["prompt_tokens"],
+            "output_tokens": u["completion_tokens"],
+            "total_tokens": u["total_tokens"],
+            "input_token_details": {"cache_read": u["cached_tokens"]},
+        }
+        return usage
 
     def _response_metadata(self, request: _native.Request, has_tool_calls: bool) -> dict[str, Any]:
         finish = request.finish_reason

@@ -8,7 +8,9 @@
 #include <nanobind/stl/vector.h>
 
 #include "chat.h"
+#include "chat_render.h"
 #include "gil.h"
+#include "grammar.h"
 #include "json-schema-to-grammar.h"
 #include "json.h"
 #include "logging.h"
@@ -20,58 +22,31 @@ using namespace nb::literals;
 namespace lcl {
 namespace {
 
+// In-process rendering, for the low-level API and trusted templates. ChatLlamaCpp renders in the
+// sandbox process instead (template_worker.cpp), where a hostile template cannot hurt the caller.
 class ChatTemplates {
 public:
-    ChatTemplates(std::shared_ptr<Model> model, const std::string & override_template) : model_(std::move(model)) {
-        // Parse first ourselves: common_chat_templates_init reports a parse error only to its
-        // (silenced) log and rethrows it sliced to a bare std::exception.
-        const std::string source = override_template.empty() ? model_->chat_template("") : override_template;
-        if (!source.empty()) {
-            try {
-                common_chat_template probe(source, "", "");
-            } catch (const std::exception & e) {
-                throw std::invalid_argument(
-                    std::string(override_template.empty() ? "the model's chat template" : "the chat_template given") +
-                    " cannot be parsed by llama.cpp's Jinja engine (" + e.what() +
-                    "); pass chat_template=... with a template that works");
-            }
-        }
-        ErrorCapture capture;
-        try {
-            tmpls_ = common_chat_templates_init(model_->get(), override_template);
-        } catch (const std::exception & e) {
-            throw std::invalid_argument(std::string("invalid chat template: ") + capture.message(e.what()));
-        }
-        if (!tmpls_) {
-            throw std::invalid_argument("invalid chat template: " + capture.message("could not be parsed"));
-        }
-    }
+    ChatTemplates(std::shared_ptr<Model> model, const std::string & override_template)
+        : model_(std::move(model)), renderer_(model_->get(), override_template) {}
 
     nb::dict apply(const std::string & messages_json, const std::string & tools_json, const std::string & tool_choice,
                    bool parallel_tool_calls, const std::string & json_schema, bool add_generation_prompt,
-                   const std::map<std::string, std::string> & template_kwargs, bool enable_thinking) {
+                   const std::map<std::string, std::string> & template_kwargs, bool enable_thinking,
+                   const std::string & reasoning_format) {
+        RenderRequest request;
+        request.messages_json = messages_json;
+        request.tools_json = tools_json;
+        request.tool_choice = tool_choice;
+        request.parallel_tool_calls = parallel_tool_calls;
+        request.json_schema = json_schema;
+        request.add_generation_prompt = add_generation_prompt;
+        request.template_kwargs = template_kwargs;
+        request.enable_thinking = enable_thinking;
+        request.reasoning_format = reasoning_format;
         common_chat_params params;
         {
             lcl::ReleaseGil release;
-            ErrorCapture capture;
-            try {
-                common_chat_templates_inputs inputs;
-                inputs.messages = common_chat_msgs_parse_oaicompat(common_json::parse(messages_json));
-                if (!tools_json.empty()) {
-                    inputs.tools = common_chat_tools_parse_oaicompat(common_json::parse(tools_json));
-                }
-                inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(tool_choice.empty() ? "auto" : tool_choice);
-                inputs.parallel_tool_calls = parallel_tool_calls;
-                inputs.json_schema = json_schema;
-                inputs.add_generation_prompt = add_generation_prompt;
-                inputs.use_jinja = true;
-                inputs.enable_thinking = enable_thinking;
-                inputs.chat_template_kwargs = template_kwargs;
-                inputs.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
-                params = common_chat_templates_apply(tmpls_.get(), inputs);
-            } catch (const std::exception & e) {
-                throw std::invalid_argument(std::string("chat template failed: ") + capture.message(e.what()));
-            }
+            params = renderer_.apply(request);
         }
         nb::dict out;
         out["prompt"] = params.prompt;
@@ -92,24 +67,29 @@ public:
         return out;
     }
 
-    std::string source() const { return common_chat_templates_source(tmpls_.get()); }
+    std::string source() const { return renderer_.source(); }
 
-    std::map<std::string, bool> caps() const { return common_chat_templates_get_caps(tmpls_.get()); }
+    std::map<std::string, bool> caps() const { return renderer_.caps(); }
 
 private:
     std::shared_ptr<Model> model_;
-    common_chat_templates_ptr tmpls_;
+    ChatRenderer renderer_;
 };
 
 // Parses model output back into a message (content, reasoning, tool calls), also on partial
 // output while streaming.
 class ChatParser {
 public:
-    ChatParser(int format, const std::string & parser, const std::string & generation_prompt, bool parse_tool_calls) {
+    ChatParser(int format, const std::string & parser, const std::string & generation_prompt, bool parse_tool_calls,
+               const std::string & reasoning_format) {
         params_.format = static_cast<common_chat_format>(format);
         params_.generation_prompt = generation_prompt;
         params_.parse_tool_calls = parse_tool_calls;
-        params_.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
+        try {
+            params_.reasoning_format = common_reasoning_format_from_name(reasoning_format);
+        } catch (const std::exception & e) {
+            throw std::invalid_argument(e.what());
+        }
         if (!parser.empty()) {
             params_.parser.load(parser);
         }
@@ -132,24 +112,40 @@ private:
 }  // namespace
 
 void register_chat(nb::module_ & m) {
-    nb::class_<ChatTemplates>(m, "ChatTemplates", "A model's chat template(s), rendered by llama.cpp's Jinja engine.")
+    nb::class_<ChatTemplates>(m, "ChatTemplates", "A model's chat template(s), rendered in this process by llama.cpp's Jinja engine (trusted templates only: "
+                                   "ChatLlamaCpp renders in a sandbox process).")
         .def(nb::init<std::shared_ptr<Model>, const std::string &>(), "model"_a, "override_template"_a = "",
              nb::call_guard<lcl::ReleaseGil>())
         .def("apply", &ChatTemplates::apply, "messages_json"_a, "tools_json"_a = "", "tool_choice"_a = "auto",
              "parallel_tool_calls"_a = false, "json_schema"_a = "", "add_generation_prompt"_a = true,
              "template_kwargs"_a = std::map<std::string, std::string>(), "enable_thinking"_a = true,
+             "reasoning_format"_a = "auto",
              "Render OpenAI-style messages; returns the prompt and the grammar/trigger/parser settings.")
         .def_prop_ro("source", &ChatTemplates::source)
         .def("caps", &ChatTemplates::caps);
 
     nb::class_<ChatParser>(m, "ChatParser", "Parses generated text into content and tool calls.")
-        .def(nb::init<int, const std::string &, const std::string &, bool>(), "format"_a, "parser"_a,
-             "generation_prompt"_a = "", "parse_tool_calls"_a = true)
+        .def(nb::init<int, const std::string &, const std::string &, bool, const std::string &>(), "format"_a,
+             "parser"_a, "generation_prompt"_a = "", "parse_tool_calls"_a = true, "reasoning_format"_a = "auto")
         .def("parse", &ChatParser::parse, "text"_a, "is_partial"_a = false, nb::call_guard<lcl::ReleaseGil>());
+
+    m.def(
+        "grammar_error",
+        [](const std::shared_ptr<Model> & model, const std::string & grammar) {
+            return grammar_error(model->vocab(), grammar);
+        },
+        "model"_a, "grammar"_a, nb::call_guard<lcl::ReleaseGil>(),
+        "Why llama.cpp would reject a GBNF grammar (its limits, then its parser), or \"\" if it is valid.");
+
+    m.def(
+        "check_chat_template",
+        [](const std::string & source) { return check_template_source(source, "the chat template"); }, "source"_a,
+        "Check a chat template's size, nesting and syntax without running it; returns its deepest nesting.");
 
     m.def(
         "json_schema_to_grammar",
         [](const std::string & schema_json) {
+            check_json_text(schema_json, "the JSON schema");
             ErrorCapture capture;
             try {
                 return json_schema_to_grammar(common_json::parse(schema_json));

@@ -1,10 +1,24 @@
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 struct llama_vocab;
 
 namespace lcl {
+
+// Limits on a grammar, checked before llama.cpp's parser sees it: the parser recurses once per
+// nested group and expands repetitions x{m,n} into copies, so a small hostile grammar could
+// overflow the stack or ask for billions of elements. Real grammars are far inside them: those in
+// llama.cpp's grammars/ nest 2 deep with 21 rules at most, and JSON-schema conversions nest a few
+// levels with a rule per property.
+constexpr size_t kMaxGrammarBytes = 4 << 20;
+constexpr size_t kMaxGrammarNesting = 100;
+constexpr size_t kMaxGrammarRules = 10000;
+constexpr double kMaxGrammarElements = 2e6;
+
+// The limit a grammar breaks, or "" if none.
+std::string grammar_limits_error(const std::string & grammar);
 
 // Parses a GBNF grammar the way llama.cpp will, returning the parser's error message ("" when
 // valid). llama.cpp's own parser reports errors only by printing to stderr; this keeps that

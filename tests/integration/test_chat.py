@@ -244,4 +244,9 @@ def test_template_with_cve_2024_34359_payload_executes_nothing(tmp_path: Path) -
 def test_chat_template_override(smollm_path: str) -> None:
     template = "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}\n{% endfor %}<<assistant>>"
     chat = ChatLlamaCpp(model_path=smollm_path, chat_template=template, temperature=0, max_tokens=4)
-    assert chat.invoke("Hello").usage_metadata is not None
+    usage = chat.invoke("Hello").usage_metadata
+    # The prompt is exactly the override's rendering, not the model's own ChatML one.
+    expected = chat.native_model.tokenize("<<user>>Hello\n<<assistant>>", add_special=True, parse_special=True)
+    assert usage is not None and usage["input_tokens"] == len(expected)
+    own = ChatLlamaCpp(model_path=smollm_path, temperature=0, max_tokens=4).invoke("Hello").usage_metadata
+    assert own is not None and own["input_tokens"] != len(expected)
