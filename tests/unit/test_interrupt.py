@@ -18,26 +18,27 @@ SCRIPT = textwrap.dedent(
     mode = sys.argv[2]
     expected = llm.invoke("Hello", max_tokens=4)
 
-    def call():
+    def call(n):
         if mode == "invoke":
-            return llm.invoke("Once upon a time", ignore_eos=True, max_tokens=600)
+            return llm.invoke("Once upon a time", ignore_eos=True, max_tokens=n)
         if mode == "batch":
-            return llm.batch(["Once upon a time", "In a land"], ignore_eos=True, max_tokens=600)
-        return "".join(llm.stream("Once upon a time", ignore_eos=True, max_tokens=600))
+            return llm.batch(["Once upon a time", "In a land"], ignore_eos=True, max_tokens=n)
+        return "".join(llm.stream("Once upon a time", ignore_eos=True, max_tokens=n))
 
-    # How long the call takes when left alone; the signal then comes at a third of that.
+    # How long 300 tokens take; the signal then comes at half of that, during a call six times as long,
+    # so that a machine whose speed varies (a busy CI runner) still interrupts it in the middle.
     start = time.monotonic()
-    call()
+    call(300)
     whole = time.monotonic() - start
-    threading.Timer(whole / 3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    threading.Timer(whole / 2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
     start = time.monotonic()
     try:
-        call()
+        call(1800)
         print("NOT INTERRUPTED")
         sys.exit(1)
     except KeyboardInterrupt:
         took = time.monotonic() - start
-    assert took < whole * 2 / 3 + 0.1, (took, whole)
+    assert took < whole * 2, (took, whole)
     # The interrupted request was cancelled: nothing decodes any more.
     engine = llm.load()
     time.sleep(0.3)
