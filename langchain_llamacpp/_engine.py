@@ -99,8 +99,52 @@ _EXIT_GRACE_S = 5.0
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
-    """Load (or reuse) the weights for `config`."""
+class _LoadProgress:
+    """A progress bar for a model load, fed by llama.cpp's progress callback (tqdm when installed)."""
+
+    def __init__(self, path: str) -> None:
+        self._label = f"loading {os.path.basename(path)}"
+        self._shown = -1
+        self._bar: Any = None
+
+    def __call__(self, fraction: float) -> bool:
+        # Created on the first report: a model already loaded (shared) reports nothing and shows nothing.
+        if self._shown < 0:
+            try:
+                import importlib.util
+
+                # tqdm.auto wants ipywidgets in a notebook and warns without them: plain text then.
+                if importlib.util.find_spec("ipywidgets") is not None:
+                    from tqdm.auto import tqdm
+                else:
+                    from tqdm.std import tqdm
+
+                self._bar = tqdm(
+                    total=100,
+                    desc=self._label,
+                    file=sys.stderr,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}",
+                )
+            except ImportError:
+                pass
+        percent = min(100, int(fraction * 100))
+        if percent > self._shown:
+            if self._bar is not None:
+                self._bar.update(percent - max(self._shown, 0))
+            else:
+                print(f"\r{self._label}: {percent:3d}%", end="", file=sys.stderr, flush=True)
+            self._shown = percent
+        return True
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self._shown >= 0:
+            print(file=sys.stderr)
+
+
+def load_model(config: ModelConfig, verbose: bool = False, progress: bool | None = None) -> _native.Model:
+    """Load (or reuse) the weights for `config`; `progress` (default: `verbose`) shows a progress bar."""
     valid_text(config.path, "model_path")
     for key, value in config.kv_overrides:
         valid_text(key, "kv_overrides key")
@@ -114,15 +158,20 @@ def load_model(config: ModelConfig, verbose: bool = False) -> _native.Model:
     params.check_tensors = config.check_tensors
     params.repack = config.repack
     params.kv_overrides = dict(config.kv_overrides)
+    bar = _LoadProgress(config.path) if (verbose if progress is None else progress) else None
     with _lock:  # not while fork() copies the native model registry
         try:
-            model = _native.Model.load(params)
+            model = _native.Model.load(params, bar)
         finally:
+            if bar is not None:
+                bar.close()
             flush_native_logs(verbose)
     return model
 
 
-def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: bool = False) -> _native.Engine:
+def get_engine(
+    model_config: ModelConfig, engine_config: EngineConfig, verbose: bool = False, progress: bool | None = None
+) -> _native.Engine:
     """The engine for these settings, shared by every instance that asks for the same ones.
 
     Sharing the engine shares its prompt cache: an `LlamaCpp` and a `ChatLlamaCpp` on the same
@@ -135,7 +184,7 @@ def get_engine(model_config: ModelConfig, engine_config: EngineConfig, verbose: 
         engine = _engines.get(key)
         if engine is not None:
             return engine
-        model = load_model(model_config, verbose)
+        model = load_model(model_config, verbose, progress)
         params = _native.EngineParams()
         for name in ENGINE_FIELDS:
             setattr(params, name, getattr(engine_config, name))

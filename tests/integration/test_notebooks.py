@@ -1,4 +1,4 @@
-"""The documentation notebooks run from top to bottom."""
+"""The documentation notebooks run from top to bottom, and what they show is what their code prints."""
 
 from __future__ import annotations
 
@@ -6,17 +6,25 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((ROOT / "docs" / "notebooks").glob("*.ipynb"))
+from tests import notebooks
+
+IDS = [p.stem for p in notebooks.NOTEBOOKS]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize("path", notebooks.NOTEBOOKS, ids=IDS)
 def test_notebook_runs(path: Path, gemma_path: str, qwen_path: str, nomic_path: str) -> None:
-    # The model fixtures fetch (and verify) the models first: the notebooks then find them in the cache.
-    notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    client.execute()
-    errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    # The fixtures fetch and verify the models; a failing cell raises CellExecutionError naming it.
+    ran = notebooks.execute(path)
+    assert all(cell.execution_count for cell in ran.cells if cell.cell_type == "code")
+
+
+@pytest.mark.parametrize("path", notebooks.NOTEBOOKS, ids=IDS)
+def test_notebook_is_stored_with_the_outputs_of_its_code(path: Path) -> None:
+    stored = nbformat.read(path, as_version=4)
+    digest = stored.metadata.get(notebooks.METADATA_KEY, {}).get("sources_sha256")
+    assert digest == notebooks.sources_digest(stored), f"re-run `./dev notebooks` after editing {path.name}"
+    code = [cell for cell in stored.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert not any("tests.models" in cell.source or "sys.path" in cell.source for cell in code)

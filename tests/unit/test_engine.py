@@ -66,8 +66,11 @@ def test_stop_strings_are_held_back(tiny_model_path: str) -> None:
         chunks = list(llm.stream("Once upon a time", stop=[stop]))
         assert "".join(chunks) == expected
         assert llm.invoke("Once upon a time", stop=[stop]) == expected
-        # No chunk ends with a prefix of the stop string that was later withdrawn.
-        assert stop not in "".join(chunks)
+    # A stop string that starts like the text but never occurs: what was held back while it might
+    # have matched is released, in order, and the stream still comes in pieces.
+    never = full[10:14] + "\u2603"
+    chunks = list(llm.stream("Once upon a time", stop=[never]))
+    assert "".join(chunks) == full and len(chunks) > 5
 
 
 def test_constructor_and_call_stop_are_merged(tiny_model_path: str) -> None:
@@ -219,10 +222,12 @@ def test_batch_and_generate_many(tiny_model_path: str) -> None:
     sequential = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == sequential
     engine = llm.load()
-    before = engine.stats()["max_batch"]
+    before = engine.stats()["steps"]
     result = llm.generate(prompts)
     assert [g[0].text for g in result.generations] == sequential
-    assert max(before, engine.stats()["max_batch"]) >= 4  # decoded together
+    # Decoded together: one after another, 6 prompts of 12 tokens take at least 6 * 12 decode steps;
+    # four slots at a time take about 2 * 13.
+    assert engine.stats()["steps"] - before <= len(prompts) * 12 // 2
 
 
 async def test_abatch(tiny_model_path: str) -> None:

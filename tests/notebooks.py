@@ -1,0 +1,80 @@
+"""Running the documentation notebooks as a reader would.
+
+The notebooks name their models by file name, as a user's own notebook would; they run in
+`build/notebooks/`, where those names are links to the verified test models (and `data/` to the
+notebooks' data). `./dev notebooks` (`python -m tests.notebooks --save`) runs them and stores their
+outputs, with a digest of the code they ran; the tests run them again and check that the stored
+outputs belong to the code as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from tests import models
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "docs" / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+RUN_DIR = ROOT / "build" / "notebooks"
+METADATA_KEY = "langchain_llamacpp"
+
+
+def prepare() -> Path:
+    """The folder the notebooks run in: links named as the notebooks name their files."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    links = {models.get(name).name: models.get(name) for name in models.MODELS}
+    links["data"] = NOTEBOOK_DIR / "data"
+    for name, target in links.items():
+        link = RUN_DIR / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() == target.resolve():
+                continue
+            link.unlink()
+        link.symlink_to(target)
+    return RUN_DIR
+
+
+def sources_digest(notebook: nbformat.NotebookNode) -> str:
+    code = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    return hashlib.sha256(json.dumps(code).encode()).hexdigest()
+
+
+def execute(path: Path, save: bool = False) -> nbformat.NotebookNode:
+    """Run a notebook top to bottom (an error raises, naming the cell); optionally store its outputs."""
+    notebook = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        record_timing=False,  # no timestamps in the stored file
+        resources={"metadata": {"path": str(prepare())}},
+    )
+    client.execute()
+    if save:
+        notebook.metadata[METADATA_KEY] = {"sources_sha256": sources_digest(notebook)}
+        nbformat.write(notebook, path)
+    return notebook
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--save", action="store_true", help="store the outputs in the notebooks")
+    parser.add_argument("names", nargs="*", help="notebook names (default: all)")
+    args = parser.parse_args(argv)
+    for path in NOTEBOOKS:
+        if not args.names or path.stem in args.names:
+            print(f"running {path.relative_to(ROOT)}", flush=True)
+            execute(path, save=args.save)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
