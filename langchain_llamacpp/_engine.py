@@ -115,9 +115,9 @@ class _LoadProgress:
 
                 # tqdm.auto wants ipywidgets in a notebook and warns without them: plain text then.
                 if importlib.util.find_spec("ipywidgets") is not None:
-                    from tqdm.auto import tqdm
+                    from tqdm.auto import tqdm  # type: ignore[import-untyped]
                 else:
-                    from tqdm.std import tqdm
+                    from tqdm.std import tqdm  # type: ignore[import-untyped]
 
                 self._bar = tqdm(
                     total=100,

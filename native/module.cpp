@@ -106,6 +106,7 @@ void register_model(nb::module_ & m) {
             },
             "tokens"_a, "special"_a = false)
         .def_prop_ro("path", [](const lcl::Model & self) { return self.params().path; })
+        .def_prop_ro("params", [](const lcl::Model & self) { return self.params(); }, "The settings it was loaded with (a copy).")
         .def_prop_ro("n_ctx_train", &lcl::Model::n_ctx_train)
         .def_prop_ro("n_vocab", &lcl::Model::n_vocab)
         .def_prop_ro("n_embd", &lcl::Model::n_embd)

@@ -1,0 +1,116 @@
+"""llama.cpp without LangChain: the low-level API the classes are built on.
+
+Load a model, tokenize, evaluate tokens into a sequence slot and read its logits, edit the KV cache,
+generate with the engine's batching and sampling, embed. Everything here releases the GIL while it
+works, and these names are the stable surface (the `_native` module behind them is not)::
+
+    from langchain_llamacpp import native
+
+    model = native.load_model("model.gguf")
+    engine = native.create_engine(model, n_ctx=2048, n_seq=2)
+
+    tokens = model.tokenize("The capital of France is", add_special=True)
+    logits = engine.evaluate(0, tokens)[-1]  # slot 0, the next token's logits
+    engine.kv_copy(0, 1)  # slot 1 branches from the same prefix
+    engine.kv_remove(0, 0)  # and slot 0 starts over
+
+    request = native.RequestParams()
+    request.prompt = tokens
+    request.max_tokens = 16
+    request.sampling.temperature = 0.0
+    print("".join(chunk.text for chunk in engine.submit(request).wait()))
+
+`load_model` and `create_engine` share models and engines with the LangChain classes (the same file
+with the same settings is loaded once), so a `ChatLlamaCpp` and low-level code can work on one model.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from langchain_llamacpp import _engine
+from langchain_llamacpp._native import (
+    ChatParser,
+    ChatTemplates,
+    Chunk,
+    Engine,
+    EngineParams,
+    GrammarTrigger,
+    Model,
+    ModelParams,
+    Request,
+    RequestParams,
+    SamplingParams,
+    TopLogprob,
+    check_chat_template,
+    grammar_error,
+    json_schema_to_grammar,
+    system_info,
+)
+
+__all__ = [
+    "ChatParser",
+    "ChatTemplates",
+    "Chunk",
+    "Engine",
+    "EngineParams",
+    "GrammarTrigger",
+    "Model",
+    "ModelParams",
+    "Request",
+    "RequestParams",
+    "SamplingParams",
+    "TopLogprob",
+    "check_chat_template",
+    "create_engine",
+    "grammar_error",
+    "json_schema_to_grammar",
+    "load_model",
+    "system_info",
+]
+
+
+def load_model(
+    path: str | os.PathLike[str], *, verbose: bool = False, progress: bool | None = None, **settings: Any
+) -> Model:
+    """Load a GGUF model (or return the copy already loaded with the same settings).
+
+    `settings` are `ModelParams` fields: `n_gpu_layers`, `use_mmap`, `use_mlock`, `vocab_only`,
+    `check_tensors`, `repack`, `kv_overrides` (a dict of metadata key to `"int:N"`, `"float:X"`,
+    `"bool:B"` or `"str:S"`). `progress` shows a progress bar (default: when `verbose`).
+    """
+    unknown = set(settings) - _engine.MODEL_FIELDS
+    if unknown:
+        raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_engine.MODEL_FIELDS))}")
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file not found: {path}")
+    overrides = settings.pop("kv_overrides", None) or {}
+    config = _engine.ModelConfig(path=path, kv_overrides=tuple(sorted(overrides.items())), **settings)
+    return _engine.load_model(config, verbose, progress)
+
+
+def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> Engine:
+    """An engine (a llama.cpp context with `n_seq` sequence slots and its decoding thread) on `model`.
+
+    `settings` are `EngineParams` fields: `n_ctx` (per slot; 0: the trained length; default the trained
+    length capped at 4096), `n_batch`, `n_ubatch`, `n_seq`, `n_threads`, `n_threads_batch`, `f16_kv`,
+    `flash_attn`, `embeddings`, `pooling`, `lora_path`, `lora_scale`, `batch_invariant`, ... An
+    engine with the same model and settings as an existing one is that engine.
+    """
+    unknown = set(settings) - _engine.ENGINE_FIELDS
+    if unknown:
+        raise TypeError(f"unknown engine settings {sorted(unknown)}; known: {', '.join(sorted(_engine.ENGINE_FIELDS))}")
+    params = model.params
+    config = _engine.ModelConfig(
+        path=model.path,
+        n_gpu_layers=params.n_gpu_layers,
+        use_mmap=params.use_mmap,
+        use_mlock=params.use_mlock,
+        vocab_only=params.vocab_only,
+        check_tensors=params.check_tensors,
+        repack=params.repack,
+        kv_overrides=tuple(sorted(params.kv_overrides.items())),
+    )
+    return _engine.get_engine(config, _engine.EngineConfig(**settings), verbose)
