@@ -7,7 +7,15 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <mutex>
+
 #include "chat.h"
+#include "ggml.h"
 #include "chat_render.h"
 #include "gil.h"
 #include "grammar.h"
@@ -109,6 +117,54 @@ private:
     common_chat_parser_params params_;
 };
 
+// llama.cpp's JSON-schema conversion prints "WARNING: JSON schema conversion was incomplete" to
+// stderr itself (a pattern it cannot express, say). Keep stderr quiet: what it prints goes to the
+// log as a warning (Python's logging, see _engine.flush_native_logs). Serialized, since stderr is
+// the process's; ChatLlamaCpp converts its schemas in the template worker, whose stderr is discarded.
+std::string quiet_stderr(const std::function<std::string()> & fn) {
+    static std::mutex mutex;
+    std::lock_guard<std::mutex> lock(mutex);
+    std::fflush(stderr);
+    FILE * tmp = std::tmpfile();
+    const int saved = tmp != nullptr ? dup(STDERR_FILENO) : -1;
+    if (saved < 0 || dup2(fileno(tmp), STDERR_FILENO) < 0) {
+        if (tmp != nullptr) {
+            std::fclose(tmp);
+        }
+        if (saved >= 0) {
+            close(saved);
+        }
+        return fn();
+    }
+    std::string result;
+    std::exception_ptr error;
+    try {
+        result = fn();
+    } catch (...) {
+        error = std::current_exception();
+    }
+    std::fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    std::rewind(tmp);
+    std::string printed;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof(buf), tmp)) > 0;) {
+        printed.append(buf, n);
+    }
+    std::fclose(tmp);
+    while (!printed.empty() && (printed.back() == '\n' || printed.back() == ' ')) {
+        printed.pop_back();
+    }
+    if (!printed.empty()) {
+        log_line(GGML_LOG_LEVEL_WARN, printed);
+    }
+    if (error) {
+        std::rethrow_exception(error);
+    }
+    return result;
+}
+
 }  // namespace
 
 void register_chat(nb::module_ & m) {
@@ -148,7 +204,7 @@ void register_chat(nb::module_ & m) {
             check_json_text(schema_json, "the JSON schema");
             ErrorCapture capture;
             try {
-                return json_schema_to_grammar(common_json::parse(schema_json));
+                return quiet_stderr([&] { return json_schema_to_grammar(common_json::parse(schema_json)); });
             } catch (const std::exception & e) {
                 throw std::invalid_argument(std::string("invalid JSON schema: ") + capture.message(e.what()));
             }

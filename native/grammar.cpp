@@ -35,6 +35,81 @@ const char * skip_quoted(const char * p, const char * end) {
     return p < end ? p + 1 : end;
 }
 
+bool end_of_alternative(const llama_grammar_element & e) {
+    return e.type == LLAMA_GRETYPE_END || e.type == LLAMA_GRETYPE_ALT;
+}
+
+// llama.cpp checks for left recursion, but counts a rule as able to match nothing only when one of
+// its alternatives is empty as written; `a ::= b a`, `b ::= c`, `c ::= "x"?` slips through and
+// llama.cpp then expands it without end. Here "may match nothing" is followed through references.
+// Returns a rule on a left-recursive cycle, or -1.
+int left_recursive_rule(const llama_grammar_rules & rules) {
+    const size_t n = rules.size();
+    std::vector<char> nullable(n, 0);
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t r = 0; r < n; r++) {
+            if (nullable[r]) {
+                continue;
+            }
+            bool all_nullable = true;  // so far in the current alternative
+            for (const auto & e : rules[r]) {
+                if (end_of_alternative(e)) {
+                    if (all_nullable) {
+                        nullable[r] = 1;
+                        changed = true;
+                        break;
+                    }
+                    all_nullable = true;
+                } else if (e.type != LLAMA_GRETYPE_RULE_REF || e.value >= n || !nullable[e.value]) {
+                    all_nullable = false;
+                }
+            }
+        }
+    }
+    // Edges to the rules a rule may start with; then an iterative depth-first search for a cycle.
+    std::vector<std::vector<uint32_t>> starts(n);
+    for (size_t r = 0; r < n; r++) {
+        bool at_start = true;
+        for (const auto & e : rules[r]) {
+            if (end_of_alternative(e)) {
+                at_start = true;
+            } else if (at_start && e.type == LLAMA_GRETYPE_RULE_REF && e.value < n) {
+                starts[r].push_back(e.value);
+                at_start = nullable[e.value] != 0;
+            } else {
+                at_start = false;
+            }
+        }
+    }
+    std::vector<char> state(n, 0);  // 0 new, 1 on the path, 2 done
+    std::vector<std::pair<uint32_t, size_t>> path;
+    for (size_t root = 0; root < n; root++) {
+        if (state[root]) {
+            continue;
+        }
+        path.emplace_back(static_cast<uint32_t>(root), 0);
+        state[root] = 1;
+        while (!path.empty()) {
+            auto & [rule, next] = path.back();
+            if (next == starts[rule].size()) {
+                state[rule] = 2;
+                path.pop_back();
+                continue;
+            }
+            const uint32_t to = starts[rule][next++];
+            if (state[to] == 1) {
+                return static_cast<int>(to);
+            }
+            if (state[to] == 0) {
+                state[to] = 1;
+                path.emplace_back(to, 0);
+            }
+        }
+    }
+    return -1;
+}
+
 }  // namespace
 
 std::string grammar_limits_error(const std::string & grammar) {
@@ -51,6 +126,7 @@ std::string grammar_limits_error(const std::string & grammar) {
     std::vector<Level> stack(1);
     double elements = 0;
     size_t rules = 0;
+    size_t alternatives = 0;  // in the current rule
     const char * p = grammar.c_str();
     const char * end = p + grammar.size();
     auto item = [&](double n) {
@@ -74,7 +150,14 @@ std::string grammar_limits_error(const std::string & grammar) {
                 elements += level.total;
             }
             stack.assign(1, Level{});
+            alternatives = 0;
             p += 3;
+        } else if (c == '|') {
+            if (++alternatives > kMaxGrammarAlternatives) {
+                return "a rule of the grammar has more than " + std::to_string(kMaxGrammarAlternatives) +
+                       " alternatives (llama.cpp checks each one for every token)";
+            }
+            p++;
         } else if (c == '(') {
             stack.emplace_back();
             if (stack.size() > kMaxGrammarNesting) {
@@ -103,6 +186,9 @@ std::string grammar_limits_error(const std::string & grammar) {
                 }
             }
             p = p < end ? p + 1 : end;
+            if (comma && n >= 0 && n < m) {
+                return "a repetition x{m,n} has n < m (llama.cpp would expand it without end)";
+            }
             const double copies = std::max(1.0, comma ? (n < 0 ? m + 1 : std::max(m, n)) : m);
             Level & level = stack.back();
             level.total += level.last * (copies - 1);
@@ -156,10 +242,23 @@ std::string grammar_error(const llama_vocab * vocab, const std::string & grammar
         if (parser.symbol_ids.find("root") == parser.symbol_ids.end()) {
             return "the grammar has no 'root' rule";
         }
+        const int looping = left_recursive_rule(parser.rules);
+        if (looping >= 0) {
+            for (const auto & [name, id] : parser.symbol_ids) {
+                if (id == static_cast<uint32_t>(looping)) {
+                    return "rule '" + name + "' is left-recursive (through rules that may match nothing)";
+                }
+            }
+            return "the grammar is left-recursive (through rules that may match nothing)";
+        }
     } catch (const std::exception & e) {
         std::string what = e.what();
         if (what.size() > 200) {
-            what = what.substr(0, 200) + "...";
+            size_t cut = 200;
+            while (cut > 0 && (static_cast<unsigned char>(what[cut]) & 0xC0) == 0x80) {
+                cut--;  // not inside a UTF-8 character
+            }
+            what = what.substr(0, cut) + "...";
         }
         return what;
     }

@@ -16,6 +16,8 @@ constexpr size_t kMaxGrammarBytes = 4 << 20;
 constexpr size_t kMaxGrammarNesting = 100;
 constexpr size_t kMaxGrammarRules = 10000;
 constexpr double kMaxGrammarElements = 2e6;
+// llama.cpp tries every alternative of a rule for every candidate token: 100,000 took ~40 s a token.
+constexpr size_t kMaxGrammarAlternatives = 10000;
 
 // The limit a grammar breaks, or "" if none.
 std::string grammar_limits_error(const std::string & grammar);

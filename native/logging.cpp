@@ -93,6 +93,11 @@ void install_log_callback() {
     common_log_set_verbosity_thold(-1);
 }
 
+void log_line(int level, const std::string & text) {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    push_line(level, text);
+}
+
 std::vector<std::pair<int, std::string>> drain_logs() {
     std::lock_guard<std::mutex> lock(g_mutex);
     std::vector<std::pair<int, std::string>> out(std::make_move_iterator(g_lines.begin()),

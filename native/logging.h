@@ -13,6 +13,9 @@ void capture_error(const char * text);
 // Installs the llama.cpp log callback and silences common's own logger. Idempotent.
 void install_log_callback();
 
+// Adds a line of our own to the buffer, as if llama.cpp had logged it.
+void log_line(int level, const std::string & text);
+
 // Drains buffered, complete log lines as (ggml_log_level, text).
 std::vector<std::pair<int, std::string>> drain_logs();
 

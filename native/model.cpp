@@ -1,12 +1,16 @@
 #include "model.h"
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <mutex>
 
 #include "common.h"
+#include "gguf.h"
 #include "logging.h"
 
 namespace lcl {
@@ -19,6 +23,55 @@ void init_backend() {
         install_log_callback();
         llama_backend_init();
     });
+}
+
+// Metadata values that llama.cpp trusts and then asserts on (GGML_ASSERT aborts the process) or
+// divides by, found by the fuzz suite: refuse them with the key's name before llama.cpp reads them.
+void check_metadata(const std::string & path) {
+    gguf_init_params gp{/*no_alloc=*/true, /*ctx=*/nullptr};
+    std::unique_ptr<gguf_context, decltype(&gguf_free)> g(gguf_init_from_file(path.c_str(), gp), gguf_free);
+    if (!g) {
+        return;  // not readable as GGUF: llama.cpp's own load reports why
+    }
+    auto integer = [&](int64_t i, int64_t & out) {
+        switch (gguf_get_kv_type(g.get(), i)) {
+            case GGUF_TYPE_UINT8: out = gguf_get_val_u8(g.get(), i); return true;
+            case GGUF_TYPE_INT8: out = gguf_get_val_i8(g.get(), i); return true;
+            case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g.get(), i); return true;
+            case GGUF_TYPE_INT16: out = gguf_get_val_i16(g.get(), i); return true;
+            case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g.get(), i); return true;
+            case GGUF_TYPE_INT32: out = gguf_get_val_i32(g.get(), i); return true;
+            case GGUF_TYPE_UINT64: out = static_cast<int64_t>(std::min<uint64_t>(gguf_get_val_u64(g.get(), i), INT64_MAX)); return true;
+            case GGUF_TYPE_INT64: out = gguf_get_val_i64(g.get(), i); return true;
+            default: return false;
+        }
+    };
+    const int64_t arch_id = gguf_find_key(g.get(), "general.architecture");
+    const std::string arch = arch_id >= 0 && gguf_get_kv_type(g.get(), arch_id) == GGUF_TYPE_STRING
+                                 ? gguf_get_val_str(g.get(), arch_id)
+                                 : "";
+    auto bad = [&](const std::string & key, const std::string & value, const std::string & why) {
+        throw std::invalid_argument("the GGUF file's metadata has " + key + " = " + value + " (" + why + "): " + path);
+    };
+    const int64_t n_kv = gguf_get_n_kv(g.get());
+    for (int64_t i = 0; i < n_kv; i++) {
+        const std::string key = gguf_get_key(g.get(), i);
+        int64_t v = 0;
+        if (!arch.empty() && key == arch + ".block_count" && integer(i, v) && (v < 1 || v > 512)) {
+            bad(key, std::to_string(v), "llama.cpp supports 1 to 512 layers");
+        }
+        if (!arch.empty() && (key == arch + ".embedding_length" || key == arch + ".attention.head_count") &&
+            integer(i, v) && v < 1) {
+            bad(key, std::to_string(v), "must be positive");
+        }
+        if (key.size() >= 7 && key.compare(key.size() - 7, 7, "epsilon") == 0 &&
+            gguf_get_kv_type(g.get(), i) == GGUF_TYPE_FLOAT32) {
+            const float eps = gguf_get_val_f32(g.get(), i);
+            if (!std::isfinite(eps) || eps < 0) {
+                bad(key, std::to_string(eps), "must be a finite number >= 0");
+            }
+        }
+    }
 }
 
 std::string registry_key(const ModelParams & p, const std::string & canonical) {
@@ -109,6 +162,8 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
             return existing;
         }
     }
+
+    check_metadata(params.path);
 
     auto mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;

@@ -1,5 +1,7 @@
 // Python bindings. Whole tasks are bound (load a model, run a request), not llama.h call by
 // call; every call that computes or waits releases the GIL.
+#include <cstring>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
 #include <nanobind/stl/map.h>
@@ -353,11 +355,40 @@ NB_MODULE(_native, m) {
     // Objects still alive at interpreter exit are expected (cached models); don't print about them.
     nb::set_leak_warnings(false);
 
+    // As nanobind's own translation, except that a message with invalid UTF-8 (a byte from a GGUF
+    // key, a grammar, a template) is decoded with replacement instead of raising UnicodeDecodeError.
     nb::register_exception_translator([](const std::exception_ptr & p, void *) {
+        auto set = [](PyObject * type, const char * what) {
+            PyObject * message = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "replace");
+            if (message != nullptr) {
+                PyErr_SetObject(type, message);
+                Py_DECREF(message);
+            }
+        };
         try {
             std::rethrow_exception(p);
+        } catch (const nb::python_error &) {
+            throw;  // a Python exception passing through: nanobind restores it
+        } catch (const nb::builtin_exception &) {
+            throw;
         } catch (const lcl::FileNotFound & e) {
-            PyErr_SetString(PyExc_FileNotFoundError, e.what());
+            set(PyExc_FileNotFoundError, e.what());
+        } catch (const std::bad_alloc &) {
+            PyErr_NoMemory();
+        } catch (const std::invalid_argument & e) {
+            set(PyExc_ValueError, e.what());
+        } catch (const std::domain_error & e) {
+            set(PyExc_ValueError, e.what());
+        } catch (const std::length_error & e) {
+            set(PyExc_ValueError, e.what());
+        } catch (const std::range_error & e) {
+            set(PyExc_ValueError, e.what());
+        } catch (const std::out_of_range & e) {
+            set(PyExc_IndexError, e.what());
+        } catch (const std::overflow_error & e) {
+            set(PyExc_OverflowError, e.what());
+        } catch (const std::exception & e) {
+            set(PyExc_RuntimeError, e.what());
         }
     });
 
