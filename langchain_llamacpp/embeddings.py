@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+from langchain_llamacpp._base import FromPretrainedMixin
 from langchain_llamacpp._lifecycle import NativeStateMixin
 
 # llama.cpp's limit on sequences in one batch (LLAMA_MAX_SEQ); the engine asks for as many.
@@ -43,7 +44,7 @@ def _model_prefixes(model: _native.Model) -> tuple[str, str]:
     return "", ""
 
 
-class LlamaCppEmbeddings(NativeStateMixin, BaseModel, Embeddings):
+class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
