@@ -301,6 +301,9 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     verbose: bool = False
     """Print llama.cpp's load details and per-call timings to stderr. False prints nothing."""
 
+    progress: bool | None = None
+    """A progress bar on stderr while the model loads (tqdm's when installed). None: when `verbose`."""
+
     timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
     """Seconds a call may take, from its submission (time waiting for a free slot included) to its
     last token. Past it the request is cancelled, which frees its slot, and the call raises
@@ -408,14 +411,14 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     def load(self) -> _native.Engine:
         """Load the model now (otherwise it is loaded on first use) and return its engine."""
         if not _engine.is_live(self._loaded):  # None, or inherited through fork()
-            self._loaded = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose)
+            self._loaded = _engine.get_engine(self._model_config(), self._engine_config(), self.verbose, self.progress)
         return self._loaded
 
     @property
     def native_model(self) -> _native.Model:
         """The loaded llama.cpp model (tokenize, detokenize, metadata)."""
         if self.vocab_only:
-            return _engine.load_model(self._model_config(), self.verbose)
+            return _engine.load_model(self._model_config(), self.verbose, self.progress)
         return self.load().model
 
     def close(self) -> None:

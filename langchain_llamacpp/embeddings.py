@@ -143,6 +143,9 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
     verbose: bool = False
     """Print llama.cpp's load details to stderr. False: nothing is printed."""
 
+    progress: bool | None = None
+    """A progress bar on stderr while the model loads (tqdm's when installed). None: when `verbose`."""
+
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Further context and load settings (see ``LlamaCpp.model_kwargs``), e.g. ``flash_attn``."""
 
@@ -188,7 +191,7 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
                     **{k: v for k, v in kw.items() if k in _engine.ENGINE_FIELDS},
                 }
             )
-            engine = _engine.get_engine(model_config, engine_config, self.verbose)
+            engine = _engine.get_engine(model_config, engine_config, self.verbose, self.progress)
             self._prefixes = _model_prefixes(engine.model)
             self._loaded = engine
         return self._loaded
