@@ -1002,14 +1002,9 @@ class Targets:
         )
 
     def vocab_model(self) -> Any:
-        import langchain_llamacpp._native as native
+        from langchain_llamacpp import native
 
-        def load() -> Any:
-            params = native.ModelParams()
-            params.path, params.vocab_only = self.tiny_model, True
-            return native.Model.load(params)
-
-        return self._get("vocab_model", load)
+        return self._get("vocab_model", lambda: native.load_model(self.tiny_model, vocab_only=True))
 
     def chat(self, **kwargs: Any) -> Any:
         from langchain_llamacpp import ChatLlamaCpp
@@ -1022,16 +1017,13 @@ class Targets:
         return str(getattr(self, "run_" + case["kind"])(case, index))[:200]
 
     def run_gguf(self, case: Case, index: int) -> Any:
-        import langchain_llamacpp._native as native
-        from langchain_llamacpp import LlamaCpp
+        from langchain_llamacpp import LlamaCpp, native
 
         path = os.path.join(self.tmp, f"case-{os.getpid()}-{index}.gguf")  # a new path: no cached model reused
         Path(path).write_bytes(gguf_bytes(case))
         try:
             if case["mode"] == "vocab":
-                params = native.ModelParams()
-                params.path, params.vocab_only = path, True
-                model = native.Model.load(params)
+                model = native.load_model(path, vocab_only=True)
                 tokens = model.tokenize("Hello world! <s> 日本語 \u200b\n\t12345", add_special=True, parse_special=True)
                 text = model.detokenize(tokens, special=True)
                 return (len(tokens), text, model.chat_template(), len(model.metadata()))
@@ -1042,7 +1034,7 @@ class Targets:
 
     def grammar(self, text: str, generate: bool) -> Any:
         """Check `text` as the engine does for a request; with `generate`, also sample a few tokens under it."""
-        import langchain_llamacpp._native as native
+        from langchain_llamacpp import native
 
         if generate:
             return self.llm().invoke("Hello", grammar=text)
@@ -1061,7 +1053,7 @@ class Targets:
         return self.grammar(case["text"], case.get("generate", True))
 
     def run_schema(self, case: Case, index: int) -> Any:
-        import langchain_llamacpp._native as native
+        from langchain_llamacpp import native
 
         if case["via"] == "structured":
             chat = self._get("chat", self.chat)  # one instance: one template process for all these cases
@@ -1069,7 +1061,7 @@ class Targets:
         return self.grammar(native.json_schema_to_grammar(case["text"]), case.get("generate", True))
 
     def run_template(self, case: Case, index: int) -> Any:
-        import langchain_llamacpp._native as native
+        from langchain_llamacpp import native
 
         messages = MESSAGES if case["messages"] == "full" else MESSAGES[1:2]
         if case["via"] == "chat":
@@ -1285,7 +1277,7 @@ def run_cases(cases: list[Case], tiny_model: str, case_timeout: float = CASE_TIM
 def confirm_templates(results: list[Result], tiny_model: str) -> list[Result]:
     """Run again through ChatLlamaCpp each template that failed in process.
 
-    `_native.ChatTemplates` renders in this process and is meant for trusted templates (thousands of cases a
+    `native.ChatTemplates` renders in this process and is meant for trusted templates (thousands of cases a
     second); ChatLlamaCpp renders in a sandbox process, and that is the way that must handle any template.
     """
     redo = [
