@@ -30,16 +30,21 @@ WORKER = Path(_native.__file__).with_name("llamacpp-template-worker")
 
 # Limits. Measured on every template in llama.cpp's models/templates (70 files, up to 17 KB): parsing
 # and probing takes at most 0.13 s, a render with a tool at most 8 ms, and the worker's peak memory is
-# 28 MB. The limits leave two orders of magnitude or more of room.
-#: Wall-clock limit on one render.
+# 28 MB. The limits leave two orders of magnitude or more of room. Time limits count the worker's CPU
+# time, so that a busy machine (a CI runner, a server under load) slows a render without failing it;
+# a worker that uses no CPU and does not answer either is stopped after WALL_FACTOR times the limit.
+#: CPU-time limit on one render.
 RENDER_TIMEOUT_S = 10.0
-#: Limit on parsing a template and probing what it supports (llama.cpp renders it a few times).
+#: CPU-time limit on parsing a template and probing what it supports (llama.cpp renders it a few times).
 INIT_TIMEOUT_S = 10.0
-#: Limit on reading the model's vocabulary and template in the worker (no weights are read).
+#: CPU-time limit on reading the model's vocabulary and template in the worker (no weights are read).
 LOAD_TIMEOUT_S = 300.0
+#: Wall-clock backstop, as a multiple of the CPU-time limit.
+WALL_FACTOR = 10.0
 #: Address-space limit of the worker: a memory bomb in a template becomes a clean error in seconds.
 MEMORY_LIMIT_BYTES = 1 << 30
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _U32 = struct.Struct("<I")
 _live: weakref.WeakSet[TemplateSandbox] = weakref.WeakSet()
 
@@ -152,11 +157,11 @@ class TemplateSandbox:
             payload = [f.encode("utf-8") for f in fields]
             proc.stdin.write(_U32.pack(len(payload)) + b"".join(_U32.pack(len(p)) + p for p in payload))
             proc.stdin.flush()
-            reply = _read_message(proc.stdout.fileno(), timeout)
+            reply = _read_message(proc.stdout.fileno(), timeout, proc.pid)
         except TimeoutError:
             self._stop()
             raise ValueError(
-                f"the chat template did not finish {doing} within {timeout:g} s and was stopped "
+                f"the chat template did not finish {doing} within {timeout:g} s of CPU time and was stopped "
                 "(an endless or very large loop in the template?)"
             ) from None
         except (BrokenPipeError, EOFError):
@@ -183,15 +188,37 @@ class TemplateSandbox:
         raise RuntimeError(message)
 
 
-def _read_message(fd: int, timeout: float) -> list[bytes]:
-    deadline = time.monotonic() + timeout
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used (Linux), or None where /proc does not tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (name) ", fields start at the state
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime + stime
+
+
+def _read_message(fd: int, timeout: float, pid: int) -> list[bytes]:
+    start = time.monotonic()
+    cpu_start = _cpu_seconds(pid)
+    backstop = start + (timeout * WALL_FACTOR if cpu_start is not None else timeout)
     buf = bytearray()
+
+    def over_budget() -> bool:
+        now = time.monotonic()
+        if now >= backstop:
+            return True
+        used = _cpu_seconds(pid) if cpu_start is not None else None
+        return used is not None and cpu_start is not None and used - cpu_start > timeout
 
     def need(n: int) -> None:
         while len(buf) < n:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                raise TimeoutError
+            wait = min(0.25, max(backstop - time.monotonic(), 0.0))
+            if not select.select([fd], [], [], wait)[0]:
+                if over_budget():
+                    raise TimeoutError
+                continue
             chunk = os.read(fd, max(n - len(buf), 1 << 16))
             if not chunk:
                 raise EOFError

@@ -73,7 +73,8 @@ def test_hostile_template_raises_within_its_budget(tiny_model_path: str, short_b
         with pytest.raises(ValueError, match=match) as caught:
             chat.invoke("hi")
         took = time.monotonic() - start
-        assert took < 2.0 * 2 + 3, took  # init and render budgets, plus a worker's start
+        # Init and render budgets (CPU time, so a busy machine stretches them), plus a worker's start.
+        assert took < 2 * 2.0 * _templates.WALL_FACTOR + 5, took
         assert "template" in str(caught.value)
     # The process and other instances are unharmed.
     assert _chat(tiny_model_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}").invoke("hi") is not None
