@@ -40,9 +40,13 @@ bool end_of_alternative(const llama_grammar_element & e) {
 }
 
 // llama.cpp checks for left recursion, but counts a rule as able to match nothing only when one of
-// its alternatives is empty as written; `a ::= b a`, `b ::= c`, `c ::= "x"?` slips through and
-// llama.cpp then expands it without end. Here "may match nothing" is followed through references.
-// Returns a rule on a left-recursive cycle, or -1.
+// its alternatives is empty as written, so `r2 ::= r1 r1 (r2 r2)?` with `r1 ::= "a"?` slips through
+// and llama.cpp then expands its parse stacks without end. Not every left recursion hangs it: when
+// the recursive reference ends its alternative (`rec ::= g rec |`, which is how it writes `(g)*`,
+// with g able to match nothing, as in its own tool-call grammars) the stack keeps its depth and
+// llama.cpp's de-duplication of stacks ends the expansion. So this looks for a left-recursive cycle
+// through a reference that is followed by more of its alternative, following "may match nothing"
+// through references. Returns a rule on such a cycle, or -1.
 int left_recursive_rule(const llama_grammar_rules & rules) {
     const size_t n = rules.size();
     std::vector<char> nullable(n, 0);
@@ -67,43 +71,79 @@ int left_recursive_rule(const llama_grammar_rules & rules) {
             }
         }
     }
-    // Edges to the rules a rule may start with; then an iterative depth-first search for a cycle.
-    std::vector<std::vector<uint32_t>> starts(n);
+    // The rules each rule may start with; `growing` marks references followed by more elements.
+    struct Edge {
+        uint32_t to;
+        bool growing;
+    };
+    std::vector<std::vector<Edge>> starts(n);
+    std::vector<std::vector<uint32_t>> reverse(n);
     for (size_t r = 0; r < n; r++) {
         bool at_start = true;
-        for (const auto & e : rules[r]) {
+        const auto & rule = rules[r];
+        for (size_t i = 0; i < rule.size(); i++) {
+            const auto & e = rule[i];
             if (end_of_alternative(e)) {
                 at_start = true;
             } else if (at_start && e.type == LLAMA_GRETYPE_RULE_REF && e.value < n) {
-                starts[r].push_back(e.value);
+                const bool growing = i + 1 < rule.size() && !end_of_alternative(rule[i + 1]);
+                starts[r].push_back({e.value, growing});
+                reverse[e.value].push_back(static_cast<uint32_t>(r));
                 at_start = nullable[e.value] != 0;
             } else {
                 at_start = false;
             }
         }
     }
-    std::vector<char> state(n, 0);  // 0 new, 1 on the path, 2 done
+    // Strongly connected components (Kosaraju, iterative): a growing edge inside one is on a cycle.
+    std::vector<uint32_t> order;
+    std::vector<char> seen(n, 0);
     std::vector<std::pair<uint32_t, size_t>> path;
     for (size_t root = 0; root < n; root++) {
-        if (state[root]) {
+        if (seen[root]) {
             continue;
         }
+        seen[root] = 1;
         path.emplace_back(static_cast<uint32_t>(root), 0);
-        state[root] = 1;
         while (!path.empty()) {
             auto & [rule, next] = path.back();
             if (next == starts[rule].size()) {
-                state[rule] = 2;
+                order.push_back(rule);
                 path.pop_back();
                 continue;
             }
-            const uint32_t to = starts[rule][next++];
-            if (state[to] == 1) {
-                return static_cast<int>(to);
-            }
-            if (state[to] == 0) {
-                state[to] = 1;
+            const uint32_t to = starts[rule][next++].to;
+            if (!seen[to]) {
+                seen[to] = 1;
                 path.emplace_back(to, 0);
+            }
+        }
+    }
+    std::vector<int> component(n, -1);
+    std::vector<uint32_t> todo;
+    int n_components = 0;
+    for (auto it = order.rbegin(); it != order.rend(); ++it) {
+        if (component[*it] >= 0) {
+            continue;
+        }
+        component[*it] = n_components;
+        todo.push_back(*it);
+        while (!todo.empty()) {
+            const uint32_t rule = todo.back();
+            todo.pop_back();
+            for (const uint32_t from : reverse[rule]) {
+                if (component[from] < 0) {
+                    component[from] = n_components;
+                    todo.push_back(from);
+                }
+            }
+        }
+        n_components++;
+    }
+    for (size_t r = 0; r < n; r++) {
+        for (const auto & edge : starts[r]) {
+            if (edge.growing && component[edge.to] == component[r]) {
+                return static_cast<int>(r);
             }
         }
     }
@@ -246,10 +286,10 @@ std::string grammar_error(const llama_vocab * vocab, const std::string & grammar
         if (looping >= 0) {
             for (const auto & [name, id] : parser.symbol_ids) {
                 if (id == static_cast<uint32_t>(looping)) {
-                    return "rule '" + name + "' is left-recursive (through rules that may match nothing)";
+                    return "rule '" + name + "' is left-recursive (llama.cpp would expand it without end)";
                 }
             }
-            return "the grammar is left-recursive (through rules that may match nothing)";
+            return "the grammar is left-recursive (llama.cpp would expand it without end)";
         }
     } catch (const std::exception & e) {
         std::string what = e.what();
