@@ -351,7 +351,8 @@ def _keep_alignment(patches: list[tuple[int, int, bytes]], layout: Layout) -> li
     name = next((kv for kv in layout.kvs if kv.key == "general.name"), None)
     if delta % 32 == 0 or name is None or any(name.key_offset <= off < name.end for off, _, _ in patches):
         return []
-    return [_set_string(name, b"x" * ((-delta) % 32))]
+    old = name.end - name.type_offset - 12  # the type and the length before the bytes
+    return [_set_string(name, b"x" * ((old - delta) % 32))]
 
 
 def random_gguf(rng: random.Random) -> tuple[bytes, str]:
@@ -521,6 +522,9 @@ PATHOLOGICAL_GGUF: dict[str, Callable[[_Tiny], tuple[list[list[Any]], int | None
     "unknown architecture": lambda t: (t.retype("general.architecture", STR, b"x"), None, "model"),
     "bert architecture": lambda t: (t.retype("general.architecture", STR, b"bert"), None, "model"),
     "unknown tokenizer": lambda t: (t.retype("tokenizer.ggml.model", STR, b"x"), None, "model"),
+    "tokenizer no_vocab": lambda t: (t.retype("tokenizer.ggml.model", STR, b"no_vocab"), None, "model"),
+    "tokenizer none": lambda t: (t.retype("tokenizer.ggml.model", STR, b"none"), None, "model"),
+    "vocab_only, tokenizer no_vocab": lambda t: (t.retype("tokenizer.ggml.model", STR, b"no_vocab"), None, "vocab"),
     "tokens as u32 array": lambda t: (t.retype("tokenizer.ggml.tokens", ARR, (U32, [1, 2, 3])), None, "model"),
     "empty token list": lambda t: (t.retype("tokenizer.ggml.tokens", ARR, (STR, [])), None, "model"),
     "scores as strings": lambda t: (t.retype("tokenizer.ggml.scores", ARR, (STR, [b"a", b"b"])), None, "model"),
@@ -684,6 +688,9 @@ def pathological_grammars() -> dict[str, str]:
         "repeat {2,1}": 'root ::= "a"{2,1}\n',
         # Found by the randomized test: left recursion behind rules that match nothing goes undetected.
         "left recursion behind nullable rules": 'root ::= r2\nr1 ::= "a"?\nr2 ::= r1 r1 (r2 r2)?\n',
+        # Found by the randomized test (c.gbnf, two tokens swapped): every split of a word is a parse, and
+        # llama.cpp's sampler keeps a stack for each.
+        "ambiguous recursion": "root ::= id\nid ::= [a-z] id*\n",
         "nested repeats {1000}{1000}": 'root ::= ("a"{1000}){1000}\n',
         "unterminated literal": 'root ::= "abc',
         "unterminated class": "root ::= [a-",
