@@ -428,9 +428,12 @@ class AsyncRequest:
         self._timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
-        self._read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._read_fd, False)
-        os.set_blocking(self._write_fd, False)
+        # A pooled pipe, never closed: see _deadline (a cancelled request's engine may still write its
+        # last byte after we are gone, and a closed descriptor's number is soon another file's).
+        from langchain_llamacpp._deadline import _borrow_pipe
+
+        self._pipe = _borrow_pipe()
+        self._read_fd, self._write_fd = self._pipe.read_fd, self._pipe.write_fd
         self._ready = asyncio.Event()
         self._closed = False
         self._loop.add_reader(self._read_fd, self._on_readable)
@@ -480,8 +483,11 @@ class AsyncRequest:
         if hasattr(self, "request"):
             self.request.cancel()
         self._loop.remove_reader(self._read_fd)
-        os.close(self._read_fd)
-        os.close(self._write_fd)
+        from langchain_llamacpp._deadline import _return_pipe
+
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read_fd, 4096)
+        _return_pipe(self._pipe)
 
 
 def apply_overrides(target: Any, values: dict[str, Any], allowed: frozenset[str], what: str) -> None:

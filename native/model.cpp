@@ -220,6 +220,15 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
 }
 
 std::vector<llama_token> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    // Cases llama.cpp's tokenizer asserts on (aborting the process), found by the fuzz suite.
+    if (llama_vocab_type(vocab_) == LLAMA_VOCAB_TYPE_NONE || n_vocab() == 0) {
+        throw std::invalid_argument("this model has no tokenizer (tokenizer.ggml.model is 'none' or its vocabulary "
+                                    "is empty): it cannot turn text into tokens; give token ids instead");
+    }
+    if (add_special && ((llama_vocab_get_add_bos(vocab_) && llama_vocab_bos(vocab_) == LLAMA_TOKEN_NULL) ||
+                        (llama_vocab_get_add_eos(vocab_) && llama_vocab_eos(vocab_) == LLAMA_TOKEN_NULL))) {
+        throw std::invalid_argument("the model's metadata asks for a BOS/EOS token around the text but names none");
+    }
     return common_tokenize(vocab_, text, add_special, parse_special);
 }
 
