@@ -83,9 +83,7 @@ def load_model(
     unknown = set(settings) - _engine.MODEL_FIELDS
     if unknown:
         raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_engine.MODEL_FIELDS))}")
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+    path = os.path.expanduser(os.fspath(path))  # a missing file: Model.load raises FileNotFoundError
     overrides = settings.pop("kv_overrides", None) or {}
     config = _engine.ModelConfig(path=path, kv_overrides=tuple(sorted(overrides.items())), **settings)
     return _engine.load_model(config, verbose, progress)
