@@ -13,9 +13,11 @@ import contextlib
 import gc
 import os
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -30,6 +32,7 @@ WARMUP = max(CALLS // 10, min(100, CALLS // 2))
 # RSS may move by allocator noise (glibc arenas, Python's free lists), not by a leak of even a few
 # bytes per call over thousands of calls.
 RSS_GROWTH_MB = 20.0
+EXECUTOR_THREADS = 4
 PROMPTS = [f"Question {i}: name a {thing}." for i, thing in enumerate(["fruit", "river", "color", "tree", "city"] * 4)]
 
 
@@ -102,7 +105,16 @@ def test_soak(smollm_path: str, nomic_path: str) -> None:
     structured = ChatLlamaCpp(max_tokens=24, **settings).with_structured_output(Answer)
     llm = LlamaCpp(max_tokens=4, **settings)
     embeddings = LlamaCppEmbeddings(model_path=nomic_path, verbose=False)
-    loop = asyncio.new_event_loop()  # one loop: its executor's threads are made once, during warm-up
+    loop = asyncio.new_event_loop()
+    # asyncio's default executor (aembed_* run there) makes a thread per job that finds none idle, so its
+    # thread count follows the most jobs seen at once, which the random schedule may raise late: a fixed
+    # pool, all of whose threads exist before the baseline.
+    executor = ThreadPoolExecutor(max_workers=EXECUTOR_THREADS)
+    started_all = threading.Barrier(EXECUTOR_THREADS + 1)
+    for _ in range(EXECUTOR_THREADS):
+        executor.submit(started_all.wait)
+    started_all.wait()
+    loop.set_default_executor(executor)
 
     def prompt() -> str:
         return rng.choice(PROMPTS)
