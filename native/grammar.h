@@ -19,6 +19,17 @@ constexpr double kMaxGrammarElements = 2e6;
 // llama.cpp tries every alternative of a rule for every candidate token: 100,000 took ~40 s a token.
 constexpr size_t kMaxGrammarAlternatives = 10000;
 
+// Ambiguity (grammar.cpp says why): a walk of this many characters from the start, trying at most this
+// many characters a step, and for tokens of this many characters at most this many parse paths, with at
+// most this many parses at once. Measured: llama.cpp's grammars/ and JSON-schema conversions need at most
+// 221 paths, the tool-call grammars of all templates in its models/templates at most 5,534 (Hermes-style:
+// runs of optional whitespace), `id ::= [a-z] id*` over ten million.
+constexpr size_t kGrammarProbeChars = 48;
+constexpr size_t kGrammarProbeBranches = 64;
+constexpr size_t kGrammarProbeTokenChars = 12;
+constexpr size_t kMaxGrammarPaths = 65536;
+constexpr size_t kMaxGrammarParses = 256;
+
 // The limit a grammar breaks, or "" if none.
 std::string grammar_limits_error(const std::string & grammar);
 

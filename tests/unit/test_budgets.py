@@ -194,14 +194,49 @@ def test_real_grammars_are_inside_the_limits(tiny_model_path: str) -> None:
         ('root ::= "a"{1000000000000}', "expands to more than"),
         ("\n".join(f'r{i} ::= "a"' for i in range(10_001)) + "\nroot ::= r0", "more than 10000 rules"),
         ("root ::= " + "x" * (5 << 20), "bytes, over the limit"),
+        # Every split of a word is a parse: a dozen tokens took llama.cpp's sampler a minute.
+        ("root ::= id\nid ::= [a-z] id*", "ambiguous: rule 'id' recurses"),
+        ('root ::= "a" | "b" ws\nws ::= ([ \\t\\n] ws*)?', "ambiguous: rule 'ws' recurses"),
+        # The same blow-up without recursion, which only the walk through the grammar finds.
+        ("root ::= " + " ".join(["[a-z]*"] * 12), "ambiguous: at its start, a token spelled 'aaaaaaaaaaaa'"),
     ],
-    ids=["deep nesting", "repetition bomb", "huge count", "rule count", "size"],
+    ids=["deep nesting", "repetition bomb", "huge count", "rule count", "size", "ambiguous", "ambiguous spaces", "splits"],
 )
 def test_hostile_grammar_is_refused(tiny_model_path: str, grammar: str, match: str) -> None:
     llm = LlamaCpp(model_path=tiny_model_path, max_tokens=2, verbose=False)
     with pytest.raises(ValueError, match=match):
         llm.invoke("hi", grammar=grammar)
     assert llm.invoke("hi") is not None
+
+
+def test_real_tool_call_grammars_pass_the_ambiguity_check(tiny_model_path: str) -> None:
+    # The tool-call grammars llama.cpp writes allow runs of optional whitespace, which one text may
+    # split several ways: the most ambiguous of them must stay well inside the limit.
+    model = LlamaCpp(model_path=tiny_model_path, verbose=False).load().model
+    messages = json.dumps([{"role": "user", "content": "Weather in Paris?"}])
+    checked = 0
+    for path in TEMPLATES:
+        try:
+            templates = _native.ChatTemplates(model, path.read_text())
+        except ValueError:
+            continue  # a template llama.cpp cannot load: test_real_templates covers those
+        for choice in ("auto", "required"):
+            grammar = templates.apply(messages, tools_json=json.dumps([TOOL]), tool_choice=choice)["grammar"]
+            if grammar:
+                assert _native.grammar_error(model, grammar) == "", f"{path.name} {choice}"
+                checked += 1
+    assert checked > 50
+
+
+def test_ambiguity_check_is_quick_and_remembered(tiny_model_path: str) -> None:
+    model = LlamaCpp(model_path=tiny_model_path, verbose=False).load().model
+    grammar = 'root ::= "x" ws\nws ::= ([ \\t] ws*)?'
+    started = time.perf_counter()
+    first = _native.grammar_error(model, grammar)
+    took = time.perf_counter() - started
+    started = time.perf_counter()
+    assert _native.grammar_error(model, grammar) == first != ""
+    assert time.perf_counter() - started < took
 
 
 def test_grammar_just_inside_the_limits_works(tiny_model_path: str) -> None:
