@@ -200,7 +200,16 @@ def test_real_grammars_are_inside_the_limits(tiny_model_path: str) -> None:
         # The same blow-up without recursion, which only the walk through the grammar finds.
         ("root ::= " + " ".join(["[a-z]*"] * 12), "ambiguous: at its start, a token spelled 'aaaaaaaaaaaa'"),
     ],
-    ids=["deep nesting", "repetition bomb", "huge count", "rule count", "size", "ambiguous", "ambiguous spaces", "splits"],
+    ids=[
+        "deep nesting",
+        "repetition bomb",
+        "huge count",
+        "rule count",
+        "size",
+        "ambiguous",
+        "ambiguous spaces",
+        "splits",
+    ],
 )
 def test_hostile_grammar_is_refused(tiny_model_path: str, grammar: str, match: str) -> None:
     llm = LlamaCpp(model_path=tiny_model_path, max_tokens=2, verbose=False)
