@@ -569,6 +569,7 @@ _MODEL_KWARGS = (_engine.ENGINE_FIELDS | _SAMPLING_KWARGS | {"kv_overrides", "ch
     "embeddings",
     "lora_path",
     "lora_scale",
+    "mmproj_path",
     "grammar",
     "grammar_lazy",
     "grammar_triggers",

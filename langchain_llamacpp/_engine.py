@@ -80,6 +80,7 @@ class EngineConfig:
     lora_path: str = ""
     lora_scale: float = 1.0
     batch_invariant: bool = False
+    mmproj_path: str = ""
 
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))

@@ -24,9 +24,29 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
+from langchain_llamacpp._media import MEDIA_BLOCK_TYPES, load_block
 
-def _content_text(content: str | list[Any]) -> str:
-    """Text of a message's content, given as a string or as content blocks."""
+
+class MediaFiles:
+    """Images and audio met while converting messages: each becomes the projector's marker in the text,
+    and its bytes are collected, in order, for the engine."""
+
+    def __init__(self, marker: str | None) -> None:
+        self.marker = marker
+        self.files: list[bytes] = []
+
+    def add(self, block: dict[str, Any]) -> str:
+        if self.marker is None:
+            raise ValueError(
+                f"a content block of type {block.get('type')!r} needs a multimodal model: pass mmproj_path= "
+                "(the model's projector GGUF, e.g. mmproj-*.gguf beside it)"
+            )
+        self.files.append(load_block(block))
+        return self.marker
+
+
+def _content_text(content: str | list[Any], media: MediaFiles | None = None) -> str:
+    """Text of a message's content, given as a string or as content blocks; media become markers."""
     if isinstance(content, str):
         return content
     parts = []
@@ -39,8 +59,10 @@ def _content_text(content: str | list[Any]) -> str:
                 parts.append(str(block.get("text", "")))
             elif kind in ("tool_use", "tool_call", "reasoning", "thinking"):
                 continue  # carried by tool_calls / not sent back to the model
+            elif kind in MEDIA_BLOCK_TYPES:
+                parts.append((media or MediaFiles(None)).add(block))
             else:
-                raise ValueError(f"content blocks of type {kind!r} are not supported by ChatLlamaCpp (text only)")
+                raise ValueError(f"content blocks of type {kind!r} are not supported by ChatLlamaCpp")
         else:
             raise ValueError(f"unsupported content block: {block!r}")
     return "".join(parts)
@@ -57,16 +79,19 @@ def _lc_tool_call_to_openai(call: ToolCall) -> dict[str, Any]:
     }
 
 
-def convert_messages_to_llamacpp(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages as OpenAI-style dicts for llama.cpp's chat templates."""
+def convert_messages_to_llamacpp(
+    messages: Sequence[BaseMessage], media: MediaFiles | None = None
+) -> list[dict[str, Any]]:
+    """LangChain messages as OpenAI-style dicts for llama.cpp's chat templates (images and audio, into
+    `media`, with its marker in the text where they were)."""
     out: list[dict[str, Any]] = []
     for message in messages:
         if isinstance(message, SystemMessage):
-            out.append({"role": "system", "content": _content_text(message.content)})
+            out.append({"role": "system", "content": _content_text(message.content, media)})
         elif isinstance(message, HumanMessage):
-            out.append({"role": "user", "content": _content_text(message.content)})
+            out.append({"role": "user", "content": _content_text(message.content, media)})
         elif isinstance(message, AIMessage):
-            entry: dict[str, Any] = {"role": "assistant", "content": _content_text(message.content)}
+            entry: dict[str, Any] = {"role": "assistant", "content": _content_text(message.content, media)}
             calls = [_lc_tool_call_to_openai(c) for c in message.tool_calls]
             calls += [
                 {
@@ -82,14 +107,14 @@ def convert_messages_to_llamacpp(messages: Sequence[BaseMessage]) -> list[dict[s
         elif isinstance(message, ToolMessage):
             entry = {
                 "role": "tool",
-                "content": _content_text(message.content),
+                "content": _content_text(message.content, media),
                 "tool_call_id": message.tool_call_id,
             }
             if message.name:
                 entry["name"] = message.name
             out.append(entry)
         elif isinstance(message, ChatMessage):
-            out.append({"role": message.role, "content": _content_text(message.content)})
+            out.append({"role": message.role, "content": _content_text(message.content, media)})
         else:
             raise ValueError(f"unsupported message type {type(message).__name__}")
     return out

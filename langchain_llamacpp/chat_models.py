@@ -4,8 +4,9 @@ template, tool calling and grammar-constrained structured output."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -26,13 +27,14 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 from langchain_llamacpp._base import LlamaCppParams
 from langchain_llamacpp._deadline import BlockingRequest
 from langchain_llamacpp._messages import (
+    MediaFiles,
     convert_messages_to_llamacpp,
     convert_tools_to_openai,
     extract_json_tool_calls,
@@ -132,7 +134,26 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     """For templates with a reasoning mode: let the model think before answering (`reasoning=False`
     also turns it off)."""
 
+    mmproj_path: str | None = None
+    """The model's multimodal projector (an `mmproj-*.gguf` file, published beside vision models such as
+    Gemma 3, SmolVLM, LLaVA, Pixtral or Mistral Small 3.1): with it, messages may carry images (and audio,
+    for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained` finds it beside
+    the model."""
+
     _templates: TemplateSandbox | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_mmproj(self) -> ChatLlamaCpp:
+        if self.mmproj_path is not None:
+            path = os.path.expanduser(os.fspath(self.mmproj_path))
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"projector (mmproj) file not found: {path}")
+            self.mmproj_path = path
+        return self
+
+    def _engine_config(self, embeddings: bool = False) -> _engine.EngineConfig:
+        config = super()._engine_config(embeddings)
+        return replace(config, mmproj_path=self.mmproj_path or "") if self.mmproj_path and not embeddings else config
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -148,7 +169,12 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {**self._base_identifying_params(), "chat_template": self.chat_template, "reasoning": self.reasoning}
+        return {
+            **self._base_identifying_params(),
+            "chat_template": self.chat_template,
+            "reasoning": self.reasoning,
+            "mmproj_path": self.mmproj_path,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params: LangSmithParams = self._add_ls_params(super()._get_ls_params(stop=stop, **kwargs), stop, kwargs)
@@ -273,8 +299,9 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         # None leaves thinking in the text; False still lets llama.cpp strip the empty thinking block
         # that templates put in the prompt when thinking is off.
         reasoning_format = "none" if reasoning is None else "auto"
+        media = MediaFiles(engine.media_marker)
         rendered = self._chat_templates().apply(
-            _engine.json_text(convert_messages_to_llamacpp(messages), "messages"),
+            _engine.json_text(convert_messages_to_llamacpp(messages, media), "messages"),
             _engine.json_text(tools, "tools") if tools else "",
             choice,
             bool(chat_kwargs.get("parallel_tool_calls", False)),
@@ -284,12 +311,18 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             self.enable_thinking and reasoning is not False,
             reasoning_format,
         )
-        tokens = engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
+        media_prompt = engine.tokenize_media(rendered["prompt"], media.files) if media.files else None
+        tokens = (
+            media_prompt.tokens
+            if media_prompt is not None
+            else engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
+        )
         stops = self._stop_list(stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
         template_grammar = rendered["grammar"]
         if template_grammar and choice == "required":
             template_grammar = force_tool_call_grammar(template_grammar)
         params = self._request_params(tokens, stops, options, grammar=template_grammar or user_grammar or "")
+        params.media = media_prompt
         s = params.sampling
         if template_grammar:
             s.grammar_is_tool_call = True

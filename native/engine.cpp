@@ -128,9 +128,23 @@ std::vector<Chunk> Request::wait() {
 // ---------------------------------------------------------------------------------------
 // Engine
 
+struct CachedMedia {
+    size_t offset = 0;
+    size_t n_tokens = 0;
+    std::string id;
+};
+
+// Drops the media that reach past `end` (their KV is gone).
+void forget_media_after(std::vector<CachedMedia> & media, size_t end) {
+    media.erase(std::remove_if(media.begin(), media.end(),
+                               [&](const CachedMedia & m) { return m.offset + m.n_tokens > end; }),
+                media.end());
+}
+
 struct Engine::Slot {
     int id = 0;
     std::vector<llama_token> cache;  // tokens whose KV is in this sequence, in position order
+    std::vector<CachedMedia> cached_media;  // media in it (their positions hold placeholders), by offset
     bool active = false;
     bool generating = false;
     std::shared_ptr<RequestState> state;
@@ -378,6 +392,13 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
             throw std::invalid_argument("failed to apply LoRA adapter " + params.lora_path);
         }
     }
+    if (!params.mmproj_path.empty()) {
+        if (params.embeddings) {
+            throw std::invalid_argument("a projector (mmproj_path) is for generation, not for embeddings");
+        }
+        engine->vision_ = std::make_unique<Vision>(params.mmproj_path, engine->model_->get(), params.n_threads,
+                                                   engine->model_->params().n_gpu_layers != 0);
+    }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
     engine->batch_invariant_ = params.batch_invariant;
     if (params.batch_invariant) {
@@ -472,11 +493,28 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     if (params_.embeddings) {
         throw std::invalid_argument("this engine computes embeddings (embeddings=True); it cannot generate");
     }
+    if (params.media) {
+        if (!vision_) {
+            throw std::invalid_argument("this engine has no projector for images or audio (mmproj_path)");
+        }
+        if (batch_invariant_) {
+            throw std::invalid_argument("images and audio are not supported with batch_invariant");
+        }
+        params.prompt = params.media->tokens;
+    }
     if (params.prompt.empty()) {
         throw std::invalid_argument("the prompt is empty: nothing to evaluate");
     }
     const int n_vocab = model_->n_vocab();
-    for (auto t : params.prompt) {
+    for (size_t i = 0; i < params.prompt.size(); ++i) {
+        const llama_token t = params.prompt[i];
+        if (t < 0 && params.media) {
+            const MediaChunk * m = params.media->starting_at(i);
+            if (m != nullptr) {
+                i += m->n_tokens - 1;  // placeholders
+                continue;
+            }
+        }
         if (t < 0 || t >= n_vocab) {
             throw std::invalid_argument("prompt token " + std::to_string(t) + " is outside the vocabulary");
         }
@@ -520,6 +558,13 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     }
     cv_.notify_all();
     return std::make_unique<Request>(state, shared_from_this());
+}
+
+std::shared_ptr<MediaPrompt> Engine::tokenize_media(const std::string & text, const std::vector<std::string> & files) const {
+    if (!vision_) {
+        throw std::invalid_argument("image and audio input need the model's projector: pass mmproj_path (its mmproj GGUF)");
+    }
+    return vision_->tokenize(text, files);
 }
 
 void Engine::run_on_thread(std::function<void()> fn) {
@@ -569,6 +614,7 @@ void Engine::clear_cache() {
             if (!slot->active) {
                 llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot->id, -1, -1);
                 slot->cache.clear();
+                slot->cached_media.clear();
             }
         }
     });
@@ -664,6 +710,8 @@ void Engine::kv_remove(int slot_id, int p0, int p1) {
             llama_memory_seq_add(llama_get_memory(ctx_.get()), slot.id, to, -1, from - to);
         }
         slot.cache.erase(slot.cache.begin() + from, slot.cache.begin() + to);
+        // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
+        forget_media_after(slot.cached_media, static_cast<size_t>(from));
     });
 }
 
@@ -681,6 +729,7 @@ void Engine::kv_copy(int src, int dst) {
         llama_memory_seq_rm(mem, dst, -1, -1);
         llama_memory_seq_cp(mem, src, dst, -1, -1);
         slots_[dst]->cache = slots_[src]->cache;
+        slots_[dst]->cached_media = slots_[src]->cached_media;
     });
 }
 
@@ -704,7 +753,8 @@ bool Engine::assign_pending() {
         // The slot that costs least: prompt tokens still to evaluate plus cached tokens thrown
         // away (another conversation may come back for them). A follow-up turn lands on its own
         // conversation's slot; an unrelated prompt takes an empty or least recently used one.
-        const auto & prompt = pending_.front().params.prompt;
+        const auto & request = pending_.front().params;
+        const auto & prompt = request.prompt;
         Slot * best = nullptr;
         size_t best_cost = 0;
         size_t best_prefix = 0;
@@ -712,7 +762,7 @@ bool Engine::assign_pending() {
             if (slot->active) {
                 continue;
             }
-            const size_t prefix = reusable_prefix(*slot, prompt);
+            const size_t prefix = reusable_prefix(*slot, request);
             const size_t cost = (prompt.size() - prefix) + (slot->cache.size() - prefix);
             if (best == nullptr || cost < best_cost || (cost == best_cost && slot->last_used < best->last_used)) {
                 best = slot.get();
@@ -733,8 +783,24 @@ bool Engine::assign_pending() {
     return assigned;
 }
 
-size_t Engine::reusable_prefix(const Slot & slot, const std::vector<llama_token> & prompt) const {
+size_t Engine::reusable_prefix(const Slot & slot, const RequestParams & request) const {
+    const auto & prompt = request.prompt;
     size_t n = common_prefix(slot.cache, prompt);
+    // A media position counts only as a whole chunk, cached from the same file as the prompt's.
+    for (size_t i = 0; i < n; ++i) {
+        if (slot.cache[i] >= 0) {
+            continue;
+        }
+        const MediaChunk * wanted = request.media ? request.media->starting_at(i) : nullptr;
+        const auto cached = std::find_if(slot.cached_media.begin(), slot.cached_media.end(),
+                                         [&](const CachedMedia & m) { return m.offset == i; });
+        if (wanted == nullptr || cached == slot.cached_media.end() || cached->id != wanted->id ||
+            cached->n_tokens != wanted->n_tokens || i + wanted->n_tokens > n) {
+            n = i;
+            break;
+        }
+        i += wanted->n_tokens - 1;
+    }
     if (n >= prompt.size()) {
         n = prompt.size() - 1;  // the last prompt token is evaluated again for its logits
     }
@@ -756,6 +822,7 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
         n_keep = 0;
     }
     slot.cache.resize(n_keep);
+    forget_media_after(slot.cached_media, n_keep);
     slot.n_prompt_done = n_keep;
     slot.params = std::move(pending.params);
     slot.sampler = std::move(pending.sampler);
@@ -788,7 +855,9 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
     const size_t window = last_n < 0 ? prompt.size() : static_cast<size_t>(std::max(64, last_n));
     const size_t from = prompt.size() > window ? prompt.size() - window : 0;
     for (size_t i = from; i < prompt.size(); ++i) {
-        common_sampler_accept(slot.sampler.get(), prompt[i], false);
+        if (prompt[i] >= 0) {  // not a media placeholder
+            common_sampler_accept(slot.sampler.get(), prompt[i], false);
+        }
     }
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.prompt_tokens_reused += static_cast<long long>(n_keep);
@@ -952,11 +1021,21 @@ void Engine::step() {
         step_invariant();
         return;
     }
+    // Media are decoded on their own (embeddings, not tokens), one chunk per slot and step.
+    if (vision_) {
+        for (auto & slot : slots_) {
+            if (slot->active && !slot->generating && slot->params.media && decode_media(*slot)) {
+                return;
+            }
+        }
+    }
     int budget = params_.n_batch - n_gen;
     int lo = -1, hi = -1;
     for (auto & slot : slots_) {
         if (slot->active && !slot->generating && budget > 0) {
-            const size_t left = slot->params.prompt.size() - slot->n_prompt_done;
+            const size_t end = slot->params.media ? slot->params.media->next_start(slot->n_prompt_done)
+                                                  : slot->params.prompt.size();
+            const size_t left = end - slot->n_prompt_done;
             slot->n_take = static_cast<int>(std::min<size_t>(left, static_cast<size_t>(budget)));
             budget -= slot->n_take;
         }
@@ -988,6 +1067,31 @@ void Engine::step() {
         }
     }
     decode_slots(lo, hi, -1);
+}
+
+bool Engine::decode_media(Slot & slot) {
+    const MediaChunk * media = slot.params.media->starting_at(slot.n_prompt_done);
+    if (media == nullptr) {
+        return false;
+    }
+    const auto n_past = static_cast<llama_pos>(slot.cache.size());
+    const double t0 = now_ms();
+    const std::string error = vision_->eval(ctx_.get(), *media, n_past, slot.id, params_.n_batch);
+    if (!error.empty()) {
+        llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot.id, n_past, -1);
+        finish_slot(slot, "error", error);
+        return true;
+    }
+    const auto & prompt = slot.params.prompt;
+    const auto begin = prompt.begin() + static_cast<long>(media->offset);
+    slot.cache.insert(slot.cache.end(), begin, begin + static_cast<long>(media->n_tokens));
+    slot.cached_media.push_back({media->offset, media->n_tokens, media->id});
+    slot.n_prompt_done += media->n_tokens;
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.steps++;
+    stats_.prompt_tokens_evaluated += static_cast<long long>(media->n_tokens);
+    stats_.media_ms += now_ms() - t0;
+    return true;
 }
 
 int Engine::mark_fillers(int lo, int hi, size_t slack) {
@@ -1147,6 +1251,7 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
             if (slot->active) {
                 llama_memory_seq_rm(mem, slot->id, -1, -1);
                 slot->cache.clear();
+                slot->cached_media.clear();
                 finish_slot(*slot, "error", what + ": " + capture.message("no details"));
             }
         }

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "media.h"
 #include "model.h"
 #include "sampling.h"
 #include "text.h"
@@ -37,6 +38,7 @@ struct EngineParams {
     std::string lora_path;   // a LoRA adapter applied to this engine's context
     float lora_scale = 1.0f;
     bool batch_invariant = false;  // outputs independent of what else is decoded (CPU; slower)
+    std::string mmproj_path;       // a projector for image/audio input (libmtmd); "" for none
 };
 
 struct GrammarTrigger {
@@ -70,6 +72,7 @@ struct SamplingParams {
 
 struct RequestParams {
     std::vector<llama_token> prompt;
+    std::shared_ptr<const MediaPrompt> media;  // with media: its tokens are the prompt (Engine::tokenize_media)
     int max_tokens = -1;  // -1: until end of generation or the context is full
     std::vector<std::string> stop;
     int n_probs = 0;      // top logprobs per token; -1 for the chosen token's logprob only
@@ -147,6 +150,9 @@ public:
     // Validates and queues a request; errors in the request itself (prompt too long, bad
     // grammar) are thrown here, in the caller's thread.
     std::unique_ptr<Request> submit(RequestParams params, int notify_fd);
+    // A prompt with images or audio at the projector's markers (needs mmproj_path); runs in the caller's thread.
+    std::shared_ptr<MediaPrompt> tokenize_media(const std::string & text, const std::vector<std::string> & files) const;
+    const Vision * vision() const { return vision_.get(); }
 
     void shutdown();
     void wake();
@@ -184,6 +190,7 @@ public:
         long long max_batch = 0;
         long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
         long long drafts_accepted = 0;  // batch_invariant: second rows that guessed the next token
+        double media_ms = 0;            // encoding and decoding images and audio
     };
     Stats stats();
 
@@ -214,7 +221,8 @@ private:
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
     llama_token argmax(const Slot & slot, int batch_index) const;
-    size_t reusable_prefix(const Slot & slot, const std::vector<llama_token> & prompt) const;
+    size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
+    bool decode_media(Slot & slot);  // the media chunk where the slot's prompt stands, if any
     void run_tasks();
     void run_on_thread(std::function<void()> fn);
 
@@ -222,6 +230,7 @@ private:
     EngineParams params_;
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
+    std::unique_ptr<Vision> vision_;
     int n_ctx_seq_ = 0;
     bool fill_gaps_ = true;
     bool batch_invariant_ = false;

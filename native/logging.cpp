@@ -93,6 +93,8 @@ void install_log_callback() {
     common_log_set_verbosity_thold(-1);
 }
 
+void log_to_buffer(ggml_log_level level, const char * text, void * user_data) { log_callback(level, text, user_data); }
+
 void log_line(int level, const std::string & text) {
     std::lock_guard<std::mutex> lock(g_mutex);
     push_line(level, text);

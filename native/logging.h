@@ -6,12 +6,17 @@
 #include <utility>
 #include <vector>
 
+#include "ggml.h"
+
 namespace lcl {
 
 void capture_error(const char * text);
 
 // Installs the llama.cpp log callback and silences common's own logger. Idempotent.
 void install_log_callback();
+
+// The callback itself, for libraries with their own log hook (libmtmd).
+void log_to_buffer(ggml_log_level level, const char * text, void * user_data);
 
 // Adds a line of our own to the buffer, as if llama.cpp had logged it.
 void log_line(int level, const std::string & text);

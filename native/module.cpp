@@ -171,7 +171,24 @@ void register_engine(nb::module_ & m) {
                 "Outputs do not depend on what else is decoded with them (CPU backend; slower).")
         .def_rw("offload_kqv", &lcl::EngineParams::offload_kqv)
         .def_rw("lora_path", &lcl::EngineParams::lora_path)
-        .def_rw("lora_scale", &lcl::EngineParams::lora_scale);
+        .def_rw("lora_scale", &lcl::EngineParams::lora_scale)
+        .def_rw("mmproj_path", &lcl::EngineParams::mmproj_path,
+                "A projector GGUF (mmproj) for image and audio input; \"\" for none.");
+
+    nb::class_<lcl::MediaPrompt>(m, "MediaPrompt",
+                                 "A prompt with images or audio (Engine.tokenize_media); set it as RequestParams.media.")
+        .def_prop_ro("tokens", [](const lcl::MediaPrompt & self) { return self.tokens; },
+                     "Token ids, with a negative placeholder at each media position.")
+        .def_prop_ro("media",
+                     [](const lcl::MediaPrompt & self) {
+                         nb::list out;
+                         for (const auto & media : self.media) {
+                             out.append(nb::make_tuple(media.offset, media.n_tokens, media.id));
+                         }
+                         return out;
+                     },
+                     "(offset, n_tokens, sha256) of each media chunk.")
+        .def("__len__", [](const lcl::MediaPrompt & self) { return self.tokens.size(); });
 
     nb::class_<lcl::GrammarTrigger>(m, "GrammarTrigger")
         .def(nb::init<>())
@@ -205,6 +222,8 @@ void register_engine(nb::module_ & m) {
     nb::class_<lcl::RequestParams>(m, "RequestParams", "One generation request.")
         .def(nb::init<>())
         .def_rw("prompt", &lcl::RequestParams::prompt, "Prompt token ids.")
+        .def_rw("media", &lcl::RequestParams::media, nb::arg("media").none(),
+                "A MediaPrompt; when set, its tokens are the prompt.")
         .def_rw("max_tokens", &lcl::RequestParams::max_tokens, "-1: until end of generation or a full context.")
         .def_rw("stop", &lcl::RequestParams::stop)
         .def_rw("n_probs", &lcl::RequestParams::n_probs, "Top logprobs per token; -1: the chosen token's only.")
@@ -280,6 +299,27 @@ void register_engine(nb::module_ & m) {
         .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, nb::call_guard<lcl::ReleaseGil>())
         .def("submit", &lcl::Engine::submit, "params"_a, "notify_fd"_a = -1, nb::call_guard<lcl::ReleaseGil>(),
              "Queue a request. notify_fd, if given, receives a byte whenever output is ready (for asyncio).")
+        .def(
+            "tokenize_media",
+            [](const lcl::Engine & self, const std::string & text, const std::vector<nb::bytes> & files) {
+                std::vector<std::string> data;
+                for (const auto & file : files) {
+                    data.emplace_back(file.c_str(), file.size());
+                }
+                lcl::ReleaseGil release;
+                return self.tokenize_media(text, data);
+            },
+            "text"_a, "files"_a,
+            "The prompt with the files (image or audio bytes) at its media markers, decoded and checked now.")
+        .def_prop_ro("media_marker",
+                     [](const lcl::Engine & self) -> std::optional<std::string> {
+                         return self.vision() ? std::optional<std::string>(self.vision()->marker()) : std::nullopt;
+                     },
+                     "The text that stands for a media file in a prompt, or None without a projector.")
+        .def_prop_ro("supports_images",
+                     [](const lcl::Engine & self) { return self.vision() && self.vision()->supports_images(); })
+        .def_prop_ro("supports_audio",
+                     [](const lcl::Engine & self) { return self.vision() && self.vision()->supports_audio(); })
         .def("shutdown", &lcl::Engine::shutdown, nb::call_guard<lcl::ReleaseGil>())
         .def("clear_cache", &lcl::Engine::clear_cache, nb::call_guard<lcl::ReleaseGil>(),
              "Forget the cached prompts of idle slots.")
@@ -342,6 +382,7 @@ void register_engine(nb::module_ & m) {
                 d["max_batch"] = s.max_batch;
                 d["fillers"] = s.fillers;
                 d["drafts_accepted"] = s.drafts_accepted;
+                d["media_ms"] = s.media_ms;
                 return d;
             },
             "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");

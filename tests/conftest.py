@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import models
 from tests.tiny_model import CHATML, write_tiny_model
+from tests.tiny_vision import MMPROJ_FILE, TEXT_FILE, write_tiny_vision_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Relative to the repository root (pytest's working directory), so serialized models compare
@@ -23,6 +26,20 @@ def tiny_model_path() -> str:
         write_tiny_model(partial, chat_template=CHATML)
         partial.replace(path)
     return str(TINY_MODEL) if Path.cwd() == ROOT else str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision() -> tuple[str, str]:
+    """A tiny random-weight vision model: (text model GGUF, its LLaVA-style mmproj GGUF)."""
+    directory = ROOT / "build" / "test-models" / "tiny-vision"
+    text, mmproj = directory / TEXT_FILE, directory / MMPROJ_FILE
+    if not (text.exists() and mmproj.exists()):
+        with tempfile.TemporaryDirectory(dir=directory.parent if directory.parent.exists() else None) as tmp:
+            written = write_tiny_vision_model(Path(tmp))
+            directory.mkdir(parents=True, exist_ok=True)
+            for path in written:
+                os.replace(path, directory / path.name)
+    return str(text), str(mmproj)
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +72,18 @@ def qwen_path() -> str:
 @pytest.fixture(scope="session")
 def nomic_path() -> str:
     return _real_model("nomic")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The standard suite's class for image input runs on a random-weight model: its image tests only
+    # (the others run on a real model in TestChatLlamaCppIntegration).
+    deselected = [
+        item
+        for item in items
+        if getattr(item, "cls", None) is not None
+        and item.cls.__name__ == "TestChatLlamaCppImages"
+        and "image" not in item.name
+    ]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item not in deselected]

@@ -44,7 +44,10 @@ def write_tiny_model(
     n_ctx_train: int = 2048,
     seed: int = 0,
     chat_template: str | None = None,
+    weight_scale: float = 0.02,
 ) -> Path:
+    """Write the model to `path`. `weight_scale` is the standard deviation of the blocks' weights: at the
+    default the attention is nearly uniform and weak, so that the next token depends little on the context."""
     reader = GGUFReader(str(VOCAB))
     tokens = _field_value(reader, "tokenizer.ggml.tokens")
     assert isinstance(tokens, list)
@@ -76,7 +79,7 @@ def write_tiny_model(
 
     rng = np.random.default_rng(seed)
 
-    def tensor(name: str, *shape: int, scale: float = 0.02) -> None:
+    def tensor(name: str, *shape: int, scale: float = weight_scale) -> None:
         writer.add_tensor(name, (rng.standard_normal(shape) * scale).astype(np.float32))
 
     tensor("token_embd.weight", n_vocab, n_embd, scale=1.0)
