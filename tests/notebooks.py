@@ -19,6 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from tests import models
+from tests.tiny_vision import MMPROJ_FILE, TEXT_FILE, write_tiny_vision_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "docs" / "notebooks"
@@ -32,6 +33,16 @@ def prepare() -> Path:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     links = {models.get(name).name: models.get(name) for name in models.MODELS}
     links["data"] = NOTEBOOK_DIR / "data"
+    # A reasoning model's template (no reasoning model ships in a package) and a vision model (random
+    # weights: none ships either), under the names the chat notebook uses.
+    links["Qwen3-0.6B.jinja"] = ROOT / "vendor" / "llama.cpp" / "models" / "templates" / "Qwen-Qwen3-0.6B.jinja"
+    links["test-image.jpeg"] = ROOT / "vendor" / "llama.cpp" / "tools" / "mtmd" / "test-1.jpeg"
+    vision = ROOT / "build" / "test-models" / "tiny-vision"
+    if not (vision / TEXT_FILE).exists() or not (vision / MMPROJ_FILE).exists():
+        vision.mkdir(parents=True, exist_ok=True)
+        write_tiny_vision_model(vision)
+    links["tiny-vision-model.gguf"] = vision / TEXT_FILE
+    links["tiny-vision-mmproj.gguf"] = vision / MMPROJ_FILE
     for name, target in links.items():
         link = RUN_DIR / name
         if link.is_symlink() or link.exists():
