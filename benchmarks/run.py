@@ -569,6 +569,70 @@ def section_embed(threads: int, lines: list[str]) -> None:
     print("\n".join(lines[lines.index(heading) :]), flush=True)
 
 
+def section_defaults(threads: int, lines: list[str]) -> None:
+    """What the default constructor gives, against the old default (one slot, KV cache per slot)."""
+    lines.append("\n## Defaults that serve many: `LlamaCpp(model_path=..., n_ctx=4096)` as constructed\n")
+    lines.append(
+        "New default: 8 slots sharing one KV pool of n_ctx cells (llama.cpp's unified KV cache). Old: one slot. "
+        "gemma3, 8 prompts of 64 tokens each; chat on qwen.\n"
+    )
+    model = str(get("gemma3"))
+    old = {"n_seq": 1, "model_kwargs": {"kv_unified": 0}}
+    prompts = [f"{STORY} (variant {i})" for i in range(8)]
+
+    def batch_figures(**settings: Any) -> tuple[float, float, int]:
+        llm = LlamaCpp(model_path=model, n_threads=threads, n_ctx=4096, temperature=0, repeat_penalty=1.0,
+                       max_tokens=64, ignore_eos=True, **settings)  # fmt: skip
+        llm.invoke(prompts[0], max_tokens=1)  # load
+        t0 = time.perf_counter()
+        for p in prompts:
+            llm.invoke(p)
+        sequential = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        llm.batch(prompts)
+        return sequential, time.perf_counter() - t0, llm.load().n_ctx_total
+
+    seq_new, bat_new, cells_new = batch_figures()
+    seq_old, bat_old, cells_old = batch_figures(**old)
+    lines.append("| measure | default | old default (n_seq=1) | new vs old |\n|---|---|---|---|")
+    lines.append(f"| 8 calls one after another | {seq_new:.2f} s | {seq_old:.2f} s | {seq_new / seq_old:.2f} |")
+    lines.append(f"| batch() of the same 8 | {bat_new:.2f} s | {bat_old:.2f} s | {bat_new / bat_old:.2f} |")
+    lines.append(f"| batch() speed-up | **{seq_new / bat_new:.2f}x** | {seq_old / bat_old:.2f}x | |")
+    lines.append(f"| KV cells (memory) | {cells_new} | {cells_old} | **{cells_new / cells_old:.2f}** |")
+
+    # One stream alone, against llama-bench in the same run.
+    new_llm = LlamaCpp(model_path=model, n_threads=threads, n_ctx=4096, temperature=0, repeat_penalty=1.0)
+    old_llm = LlamaCpp(model_path=model, n_threads=threads, n_ctx=4096, temperature=0, repeat_penalty=1.0, **old)
+    for llm in (new_llm, old_llm):
+        llm.invoke(STORY, max_tokens=4)
+    reference, m = interleave(
+        7,
+        lambda: llama_bench(model, threads, 0, 128)["tg128"],
+        new=lambda: stream_rate(new_llm, STORY, 128, ignore_eos=True),
+        old=lambda: stream_rate(old_llm, STORY, 128, ignore_eos=True),
+    )
+    lines.append(
+        f"| one stream, stream() vs llama-bench tg128 ({reference:.1f} tok/s) | {m['new'].value()} tok/s, "
+        f"**{m['new'].ratio()}** | {m['old'].value()} tok/s, {m['old'].ratio()} | |"
+    )
+
+    # Two conversations served alternately: each follow-up finds its prefix.
+    chat = ChatLlamaCpp(model_path=str(get("qwen")), n_threads=threads, temperature=0, max_tokens=16, n_ctx=4096)
+    chat.load().clear_cache()
+    rules = "Answer carefully and cite the rules you follow. " * 60
+    a1 = [("system", "You are a meticulous assistant. " + rules), ("human", "Name a fruit.")]
+    b1 = [("system", "You are a patient poet. " + rules), ("human", "Name a river.")]
+    cold_a, reply_a = first_token_seconds(chat, a1)
+    cold_b, reply_b = first_token_seconds(chat, b1)
+    warm_a, _ = first_token_seconds(chat, [*a1, ("ai", reply_a), ("human", "Another one?")])
+    warm_b, _ = first_token_seconds(chat, [*b1, ("ai", reply_b), ("human", "Another one?")])
+    lines.append(
+        f"| chat follow-up TTFT, two conversations alternating (vs cold) | A {warm_a / cold_a:.3f}, "
+        f"B **{warm_b / cold_b:.3f}** | | |"
+    )
+    print("\n".join(lines[-8:]), flush=True)
+
+
 SECTIONS = {
     "decode": section_decode,
     "prompt": section_prompt,
@@ -578,6 +642,7 @@ SECTIONS = {
     "gaps": section_gaps,
     "invariant": section_invariant,
     "embed": section_embed,
+    "defaults": section_defaults,
 }
 
 

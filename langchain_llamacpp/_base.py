@@ -143,6 +143,11 @@ class FromPretrainedMixin(BaseModel):
         return cls(**{**kwargs, "model_path": files.model_path})
 
 
+# Slots when n_seq is not given: a batch of 8 runs ~2.2x as fast as 8 calls in a row on gemma-3-270m here,
+# and the shared KV pool makes them free when idle.
+DEFAULT_N_SEQ = 8
+
+
 class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     """Model, context and sampling settings common to the llama.cpp LangChain classes."""
 
@@ -196,12 +201,16 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     n_ubatch: int | None = Field(None, ge=1)
     """Physical batch size. None: `n_batch`."""
 
-    n_seq: int = Field(1, ge=1, le=256)
-    """Sequence slots: up to this many requests are decoded together in one batch, and this
-    many conversations keep their prompt cache warm. `n_ctx` is per slot, so KV-cache memory grows
-    with it. With one slot concurrent calls queue, and their outputs are exactly those of calls made
-    one after another; with more, llama.cpp's CPU kernels round differently at different batch sizes,
-    so at temperature 0 a nearly tied token can come out differently (`batch_invariant` prevents it)."""
+    n_seq: int | None = Field(None, ge=1, le=256)
+    """Sequence slots: up to this many requests are decoded together in one batch, and this many
+    conversations keep their prompt cache warm. None: 8 (1 with `batch_invariant`). The slots share
+    one KV pool of `n_ctx` cells (llama.cpp's unified KV cache, as its server uses), so memory does not
+    grow with them and any one request may use all of `n_ctx`. A request is admitted when its prompt
+    plus `max_tokens` fits beside the running ones (idle conversations give way, least recently used
+    first); otherwise it waits for one to finish (its `timeout` counting), never truncated. With one
+    slot concurrent calls queue, and their outputs are exactly those of calls made one after another;
+    with more, llama.cpp's CPU kernels round differently at different batch sizes, so at temperature 0
+    a nearly tied token can come out differently (`batch_invariant` prevents it)."""
 
     batch_invariant: bool = False
     """Make every output independent of what else is decoded with it: with `n_seq > 1`, concurrent
@@ -393,7 +402,7 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
                 "n_ctx": -1 if self.n_ctx is None else self.n_ctx,
                 "n_batch": self.n_batch,
                 "n_ubatch": self.n_ubatch or self.n_batch,
-                "n_seq": self.n_seq,
+                "n_seq": self.n_seq or (1 if self.batch_invariant else DEFAULT_N_SEQ),
                 "n_threads": self.n_threads or 0,
                 "n_threads_batch": self.n_threads_batch or 0,
                 "f16_kv": self.f16_kv,

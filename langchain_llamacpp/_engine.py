@@ -81,6 +81,7 @@ class EngineConfig:
     lora_scale: float = 1.0
     batch_invariant: bool = False
     mmproj_path: str = ""
+    kv_unified: int = -1
 
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))

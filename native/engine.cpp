@@ -164,6 +164,7 @@ struct Engine::Slot {
     bool greedy = false;
     double t_start = 0, t_prompt_done = 0;
     long long last_used = 0;
+    size_t reserved = 0;  // unified pool: cells this request may come to hold
 };
 
 struct Engine::Task {
@@ -330,10 +331,21 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     if (params.n_threads_batch <= 0) {
         params.n_threads_batch = params.n_threads;
     }
+    // A filler token would advance a recurrent state that cannot be rolled back, and such a state is one
+    // per sequence anyway: no unified pool for those.
+    const bool recurrent = llama_model_is_recurrent(model->get()) || llama_model_is_hybrid(model->get());
+    if (params.kv_unified == 1 && params.batch_invariant) {
+        throw std::invalid_argument("batch_invariant needs a KV cache per slot (kv_unified=False): in a shared pool, "
+                                    "which cells a sequence gets changes the order of its sums");
+    }
+    const bool unified = !params.embeddings && (params.kv_unified < 0 ? !params.batch_invariant && !recurrent
+                                                                       : params.kv_unified == 1);
+    params.kv_unified = unified ? 1 : 0;
     std::shared_ptr<Engine> engine(new Engine(std::move(model), params));
 
     auto cparams = llama_context_default_params();
-    cparams.n_ctx = static_cast<uint32_t>(params.n_ctx) * static_cast<uint32_t>(params.n_seq);
+    // n_ctx is the longest request either way: a pool of that size, or that much per slot.
+    cparams.n_ctx = static_cast<uint32_t>(params.n_ctx) * static_cast<uint32_t>(unified ? 1 : params.n_seq);
     cparams.n_batch = params.n_batch;
     cparams.n_ubatch = params.n_ubatch;
     cparams.n_seq_max = params.n_seq;
@@ -356,7 +368,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     cparams.embeddings = params.embeddings;
     cparams.pooling_type = static_cast<enum llama_pooling_type>(params.pooling);
     cparams.swa_full = params.swa_full;
-    cparams.kv_unified = params.embeddings;
+    cparams.kv_unified = params.embeddings || unified;
     cparams.offload_kqv = params.offload_kqv;
     cparams.no_perf = true;
 
@@ -415,9 +427,11 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
             ggml_backend_cpu_set_use_ref(backend, true);
         }
     }
-    // A filler token would advance a recurrent state that cannot be rolled back.
-    engine->fill_gaps_ = !llama_model_is_recurrent(engine->model_->get()) && !llama_model_is_hybrid(engine->model_->get());
-    if (params.batch_invariant && !engine->fill_gaps_) {
+    // In one pool, llama.cpp computes any set of sequences in one pass: no fillers needed.
+    engine->unified_ = unified;
+    engine->pool_ = static_cast<size_t>(llama_n_ctx(engine->ctx_.get()));
+    engine->fill_gaps_ = !recurrent && !unified;
+    if (params.batch_invariant && recurrent) {
         throw std::invalid_argument("batch_invariant is not supported for recurrent or hybrid models (their state cannot take a filler token)");
     }
     engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
@@ -501,6 +515,12 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
             throw std::invalid_argument("images and audio are not supported with batch_invariant");
         }
         params.prompt = params.media->tokens;
+        for (const auto & media : params.media->media) {
+            const std::string error = vision_->batch_error(media, params_.n_batch, params_.n_ubatch);
+            if (!error.empty()) {
+                throw std::invalid_argument(error);
+            }
+        }
     }
     if (params.prompt.empty()) {
         throw std::invalid_argument("the prompt is empty: nothing to evaluate");
@@ -650,6 +670,9 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
             throw std::invalid_argument("evaluating " + std::to_string(tokens.size()) + " more tokens would exceed n_ctx (" +
                                         std::to_string(n_ctx_seq_) + ")");
         }
+        if (unified_ && !make_room(slot.cache.size() + tokens.size(), &slot)) {
+            throw std::runtime_error("the KV pool is held by running requests: evaluate when they are done");
+        }
         size_t done = 0;
         while (done < tokens.size()) {
             batch_.n_tokens = 0;
@@ -685,6 +708,7 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
             slot.cache.insert(slot.cache.end(), tokens.begin() + static_cast<long>(done), tokens.begin() + static_cast<long>(end));
             done = end;
         }
+        slot.last_used = ++uses_;
     });
     return out;
 }
@@ -773,6 +797,9 @@ bool Engine::assign_pending() {
         if (best == nullptr) {
             break;
         }
+        if (unified_ && !make_room(reservation(request), best)) {
+            break;  // the running requests hold the pool: this one waits for one of them to end
+        }
         Pending pending = std::move(pending_.front());
         pending_.pop_front();
         lock.unlock();
@@ -781,6 +808,46 @@ bool Engine::assign_pending() {
         lock.lock();
     }
     return assigned;
+}
+
+size_t Engine::reservation(const RequestParams & request) const {
+    const size_t n = request.prompt.size();
+    const size_t most = static_cast<size_t>(n_ctx_seq_);
+    return request.max_tokens < 0 ? most : std::min(most, n + static_cast<size_t>(request.max_tokens));
+}
+
+size_t Engine::cells_in_use() const {
+    size_t used = 0;
+    for (const auto & slot : slots_) {
+        used += slot->active ? std::max(slot->reserved, slot->cache.size()) : slot->cache.size();
+    }
+    return used;
+}
+
+void Engine::evict(Slot & slot) {
+    llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot.id, -1, -1);
+    slot.cache.clear();
+    slot.cached_media.clear();
+}
+
+bool Engine::make_room(size_t cells, const Slot * keep) {
+    // `keep`'s own cache gives way to the request that takes it.
+    size_t used = cells_in_use() - (keep != nullptr && !keep->active ? keep->cache.size() : 0);
+    while (used + cells > pool_) {
+        Slot * victim = nullptr;
+        for (auto & slot : slots_) {
+            if (!slot->active && slot.get() != keep && !slot->cache.empty() &&
+                (victim == nullptr || slot->last_used < victim->last_used)) {
+                victim = slot.get();
+            }
+        }
+        if (victim == nullptr) {
+            return false;
+        }
+        used -= victim->cache.size();
+        evict(*victim);
+    }
+    return true;
 }
 
 size_t Engine::reusable_prefix(const Slot & slot, const RequestParams & request) const {
@@ -846,6 +913,7 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
                   sp.frequency_penalty == 0.0f && sp.presence_penalty == 0.0f && sp.logit_bias.empty() &&
                   sp.mirostat == 0;
     slot.t_start = now_ms();
+    slot.reserved = unified_ ? reservation(slot.params) : 0;
     slot.state->cached_tokens = static_cast<int>(n_keep);
     slot.state->t_queued_ms = slot.t_start - pending.t_submit;
     // Repetition penalties see the end of the prompt, as in llama.cpp's own tools (a negative
@@ -864,7 +932,6 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
 }
 
 void Engine::finish_slot(Slot & slot, const std::string & reason, const std::string & error) {
-    static std::atomic<long long> use_counter{0};
     if (slot.state) {
         // Release what was held back: an incomplete character, text that was not a stop string.
         Chunk tail;
@@ -883,10 +950,11 @@ void Engine::finish_slot(Slot & slot, const std::string & reason, const std::str
     }
     slot.state.reset();
     slot.sampler.reset();
+    slot.reserved = 0;
     slot.active = false;
     slot.generating = false;
     slot.i_batch = -1;
-    slot.last_used = ++use_counter;
+    slot.last_used = ++uses_;
 }
 
 void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {

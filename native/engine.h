@@ -39,6 +39,10 @@ struct EngineParams {
     float lora_scale = 1.0f;
     bool batch_invariant = false;  // outputs independent of what else is decoded (CPU; slower)
     std::string mmproj_path;       // a projector for image/audio input (libmtmd); "" for none
+    // One KV pool of n_ctx cells that every slot draws from (llama.cpp's unified KV cache, as its server
+    // uses by default), instead of n_ctx cells per slot: -1 auto (on, except for batch_invariant and
+    // recurrent models), 0 off, 1 on.
+    int kv_unified = -1;
 };
 
 struct GrammarTrigger {
@@ -158,6 +162,7 @@ public:
     void wake();
 
     int n_ctx_per_seq() const { return n_ctx_seq_; }
+    bool kv_unified() const { return unified_; }
     int n_ctx_total() const;
     int n_seq() const { return params_.n_seq; }
     int n_batch() const { return params_.n_batch; }
@@ -222,6 +227,12 @@ private:
     void emit_token(Slot & slot, llama_token token, int batch_index);
     llama_token argmax(const Slot & slot, int batch_index) const;
     size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
+    // The unified pool: the cells a request may come to hold, those held or reserved now, and room made
+    // by dropping the caches of idle slots (least recently used first) other than `keep`.
+    size_t reservation(const RequestParams & request) const;
+    size_t cells_in_use() const;
+    bool make_room(size_t cells, const Slot * keep);
+    void evict(Slot & slot);
     bool decode_media(Slot & slot);  // the media chunk where the slot's prompt stands, if any
     void run_tasks();
     void run_on_thread(std::function<void()> fn);
@@ -233,6 +244,9 @@ private:
     std::unique_ptr<Vision> vision_;
     int n_ctx_seq_ = 0;
     bool fill_gaps_ = true;
+    bool unified_ = false;
+    size_t pool_ = 0;  // cells in the unified pool
+    long long uses_ = 0;  // orders the slots by last use (engine thread only)
     bool batch_invariant_ = false;
     int n_swa_ = 0;  // window of the sliding-window layers whose cache is not full size; 0: none
     std::vector<uint8_t> suppressed_;  // tokens the model never emits; EOG tokens are marked 2

@@ -1,5 +1,6 @@
 #include "media.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
@@ -174,8 +175,23 @@ std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const st
     return out;
 }
 
+std::string Vision::batch_error(const MediaChunk & media, int n_batch, int n_ubatch) const {
+    // Some models (Gemma 3) attend across an image's tokens in both directions: they must be decoded in
+    // one micro-batch, or the image is read wrongly without a word said.
+    if (mtmd_decode_use_non_causal(ctx_, media.chunk.get()) &&
+        media.n_tokens > static_cast<size_t>(std::min(n_batch, n_ubatch))) {
+        return "this model reads each image whole, " + std::to_string(media.n_tokens) +
+               " tokens at once: raise n_batch and n_ubatch to at least that";
+    }
+    return {};
+}
+
 std::string Vision::eval(llama_context * ctx, const MediaChunk & media, llama_pos n_past, llama_seq_id seq,
                          int n_batch) {
+    std::string error = batch_error(media, n_batch, static_cast<int>(llama_n_ubatch(ctx)));
+    if (!error.empty()) {
+        return error;
+    }
     ErrorCapture capture;
     std::lock_guard<std::mutex> lock(mutex_);
     llama_pos new_n_past = n_past;

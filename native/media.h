@@ -51,6 +51,9 @@ public:
     // n_past, on the engine's thread. Returns an error message, or "".
     std::string eval(llama_context * ctx, const MediaChunk & media, llama_pos n_past, llama_seq_id seq, int n_batch);
 
+    // Why a chunk cannot be decoded with these batch sizes, or "".
+    std::string batch_error(const MediaChunk & media, int n_batch, int n_ubatch) const;
+
     const char * marker() const;
     bool supports_images() const;
     bool supports_audio() const;

@@ -172,6 +172,9 @@ void register_engine(nb::module_ & m) {
         .def_rw("offload_kqv", &lcl::EngineParams::offload_kqv)
         .def_rw("lora_path", &lcl::EngineParams::lora_path)
         .def_rw("lora_scale", &lcl::EngineParams::lora_scale)
+        .def_rw("kv_unified", &lcl::EngineParams::kv_unified,
+                "One KV pool of n_ctx cells shared by all slots: -1 auto (on unless batch_invariant or a "
+                "recurrent model), 0 off (n_ctx per slot), 1 on.")
         .def_rw("mmproj_path", &lcl::EngineParams::mmproj_path,
                 "A projector GGUF (mmproj) for image and audio input; \"\" for none.");
 
@@ -367,6 +370,7 @@ void register_engine(nb::module_ & m) {
         .def_prop_ro("model", &lcl::Engine::model)
         .def_prop_ro("n_ctx", &lcl::Engine::n_ctx_per_seq, "Context per sequence.")
         .def_prop_ro("n_ctx_total", &lcl::Engine::n_ctx_total)
+        .def_prop_ro("kv_unified", &lcl::Engine::kv_unified, "Whether the slots share one KV pool.")
         .def_prop_ro("n_seq", &lcl::Engine::n_seq)
         .def_prop_ro("n_batch", &lcl::Engine::n_batch)
         .def_prop_ro("n_threads", &lcl::Engine::n_threads)

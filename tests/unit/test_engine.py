@@ -377,9 +377,10 @@ def test_low_level_sequence_api(tiny_model_path: str) -> None:
 
 
 def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
-    # llama.cpp computes a step's sequences together only if their ids are consecutive: with slot
-    # 1 idle between busy slots 0 and 2, a filler token bridges it and is removed after the step.
-    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True)
+    # With a KV cache per slot (kv_unified=0), llama.cpp computes a step's sequences together only if
+    # their ids are consecutive: with slot 1 idle between busy slots 0 and 2, a filler token bridges it
+    # and is removed after the step.
+    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True, model_kwargs={"kv_unified": 0})
     engine = llm.load()
     engine.clear_cache()
     model = engine.model
@@ -395,6 +396,81 @@ def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
     assert engine.slot_tokens(1) == idle  # the idle conversation is untouched...
     assert engine.evaluate(1, [100])[0] == pytest.approx(idle_logits, abs=1e-4)  # ...and so is its cache
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
+
+
+def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> None:
+    # In one pool (the default) any set of sequences is one pass: no fillers, and the idle slot between
+    # the busy ones keeps its cache.
+    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True)
+    engine = llm.load()
+    assert engine.kv_unified and engine.n_ctx_total == engine.n_ctx == 512
+    engine.clear_cache()
+    model = engine.model
+    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
+    for slot, text in enumerate(texts):
+        engine.evaluate(slot, model.tokenize(text))
+    idle = engine.slot_tokens(1)
+    before = engine.stats()
+    together = llm.generate([texts[0] + " and", texts[2] + " and"])
+    after = engine.stats()
+    assert after["fillers"] == before["fillers"]
+    assert after["max_batch"] >= 2
+    assert engine.slot_tokens(1) == idle
+    assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
+
+
+def test_a_full_pool_makes_requests_wait_not_truncate(tiny_model_path: str) -> None:
+    # Two requests that each may fill most of the pool: the second waits for the first to end, and
+    # both come out whole, as they would one after the other.
+    llm = _llm(tiny_model_path, max_tokens=180, n_seq=2, n_ctx=256, ignore_eos=True)
+    engine = llm.load()
+    prompts = ["Alpha beta gamma", "Red green blue"]
+    expected = [llm.invoke(p) for p in prompts]
+    assert llm.batch(prompts) == expected
+    requests = []
+    for text in prompts:
+        params = _native.RequestParams()
+        params.prompt = engine.model.tokenize(text)
+        params.max_tokens, params.ignore_eos, params.sampling.temperature = 180, True, 0.0
+        requests.append(engine.submit(params))
+    for request in requests:
+        request.wait()
+    first, second = (r.usage for r in requests)
+    assert second["queued_ms"] >= 0.9 * (first["queued_ms"] + first["prompt_ms"] + first["generation_ms"])  # waited
+    for text, generation in zip(expected, llm.generate(prompts).generations, strict=True):
+        assert generation[0].text == text
+        assert generation[0].generation_info is not None
+        assert generation[0].generation_info["finish_reason"] == "length"
+    # Short requests fit side by side; one longer than the pool is refused at once.
+    requests = []
+    for text in prompts:
+        params = _native.RequestParams()
+        params.prompt = engine.model.tokenize(text)
+        params.max_tokens, params.ignore_eos, params.sampling.temperature = 8, True, 0.0
+        requests.append(engine.submit(params))
+    for request in requests:
+        request.wait()
+    first, second = (r.usage for r in requests)
+    assert second["queued_ms"] < first["queued_ms"] + first["prompt_ms"] + first["generation_ms"]  # side by side
+    with pytest.raises(ValueError, match="exceeds the context"):
+        _llm(tiny_model_path, max_tokens=300, n_seq=2, n_ctx=256).invoke("hi")
+
+
+def test_idle_conversations_give_way_least_recently_used_first(tiny_model_path: str) -> None:
+    llm = _llm(tiny_model_path, max_tokens=4, n_seq=3, n_ctx=256)
+    engine = llm.load()
+    engine.clear_cache()
+    model = engine.model
+    old, recent = model.tokenize("old conversation " * 30), model.tokenize("recent conversation " * 30)
+    engine.evaluate(1, old)
+    engine.evaluate(0, recent)
+    # Fits beside both: nothing goes.
+    llm.invoke("new request " * 5, max_tokens=8)
+    assert engine.cached_prompts()[:2] == [recent, old]
+    # Needs more than the pool has free: the least recently used cache goes, the others stay.
+    llm.invoke("new request " * 20, max_tokens=120)
+    caches = engine.cached_prompts()
+    assert caches[0] == recent and caches[1] == []
 
 
 def test_more_sequences_than_n_batch(tiny_model_path: str) -> None:
@@ -443,8 +519,10 @@ def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
 
 def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -> None:
     # Two long prompts in slots 0 and 2 fill n_batch; the filler for idle slot 1 takes a prompt
-    # token's place (llama_decode aborts the process beyond n_batch).
-    llm = _llm(tiny_model_path, max_tokens=40, n_seq=3, n_batch=8, n_ctx=256, ignore_eos=True)
+    # token's place (llama_decode aborts the process beyond n_batch). A KV cache per slot: fillers.
+    llm = _llm(
+        tiny_model_path, max_tokens=40, n_seq=3, n_batch=8, n_ctx=256, ignore_eos=True, model_kwargs={"kv_unified": 0}
+    )
     engine = llm.load()
     texts = ["alpha beta " * 30, "gamma delta " * 30, "epsilon zeta " * 30]
     prompts = [texts[0] + " more words here " * 10, texts[2] + " other words there " * 10]
