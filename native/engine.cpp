@@ -566,6 +566,11 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     auto state = std::make_shared<RequestState>();
     state->notify_fd = notify_fd;
     state->prompt_tokens = n_prompt;
+    if (params.max_tokens == 0) {
+        // Nothing to generate: done at once, as llama-server answers n_predict=0 (the prompt is checked).
+        state->finish("length");
+        return std::make_unique<Request>(state, shared_from_this());
+    }
     pending.state = state;
     pending.params = std::move(params);
     pending.t_submit = now_ms();

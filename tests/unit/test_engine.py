@@ -553,3 +553,17 @@ def test_lora_adapter(tiny_model_path: str, tmp_path: Path) -> None:
         _llm(tiny_model_path, lora_path=wrong).load()
     with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
         _llm(tiny_model_path, lora_path=str(tmp_path / "missing.gguf"))
+
+
+def test_max_tokens_zero_generates_nothing(tiny_model_path: str) -> None:
+    # As llama-server's n_predict=0: the prompt is checked, nothing is generated, and it says why.
+    llm = _llm(tiny_model_path, max_tokens=0)
+    generation = llm.generate(["Hello there"]).generations[0][0]
+    assert generation.text == ""
+    assert generation.generation_info is not None
+    assert generation.generation_info["finish_reason"] == "length"
+    assert generation.generation_info["usage"]["completion_tokens"] == 0
+    assert "".join(llm.stream("Hello there")) == ""
+    assert asyncio.run(llm.ainvoke("Hello there")) == ""
+    with pytest.raises(ValueError, match="grammar"):
+        llm.invoke("Hello there", grammar="root ::= undefined")
