@@ -21,6 +21,7 @@ import pytest
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._templates as _templates
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+from tests import timing
 
 VENDOR = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp"
 TEMPLATES = sorted((VENDOR / "models" / "templates").glob("*.jinja"))
@@ -38,8 +39,8 @@ TOOL = {
 @pytest.fixture
 def short_budgets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The same mechanism as the defaults (10 s, 1 GiB), sized so the suite stays quick.
-    monkeypatch.setattr(_templates, "RENDER_TIMEOUT_S", 2.0)
-    monkeypatch.setattr(_templates, "INIT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(_templates, "RENDER_TIMEOUT_S", 2.0 * timing.SCALE)
+    monkeypatch.setattr(_templates, "INIT_TIMEOUT_S", 2.0 * timing.SCALE)
     monkeypatch.setattr(_templates, "MEMORY_LIMIT_BYTES", 256 << 20)
     yield
 
@@ -74,7 +75,7 @@ def test_hostile_template_raises_within_its_budget(tiny_model_path: str, short_b
             chat.invoke("hi")
         took = time.monotonic() - start
         # Init and render budgets (CPU time, so a busy machine stretches them), plus a worker's start.
-        assert took < 2 * 2.0 * _templates.WALL_FACTOR + 5, took
+        assert took < (2 * 2.0 * _templates.WALL_FACTOR + 5) * timing.SCALE, took
         assert "template" in str(caught.value)
     # The process and other instances are unharmed.
     assert _chat(tiny_model_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}").invoke("hi") is not None
@@ -87,7 +88,7 @@ def test_template_that_fails_to_load_fails_at_once_afterwards(tiny_model_path: s
     start = time.monotonic()
     with pytest.raises(ValueError, match="trial renders"):
         chat.invoke("hi")
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 0.5 * timing.SCALE
 
 
 def test_template_hostile_only_for_some_messages(tiny_model_path: str, short_budgets: None) -> None:
@@ -172,7 +173,7 @@ CTRL_C = textwrap.dedent(
 def test_ctrl_c_during_a_slow_render(tiny_model_path: str) -> None:
     done = subprocess.run([sys.executable, "-c", CTRL_C, tiny_model_path], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.startswith("OK"), done.stdout + done.stderr
-    assert float(done.stdout.split()[1]) < 3.0
+    assert float(done.stdout.split()[1]) < 3.0 * timing.SCALE
     assert done.stderr == ""
 
 

@@ -14,13 +14,14 @@ import pytest
 from pydantic import ValidationError
 
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+from tests import timing
 
 # Long enough to outlast any timeout below (the tiny model decodes a few hundred tokens a second on
 # a quiet machine), short enough to end on its own if a timeout failed to stop it.
 ENDLESS: dict[str, Any] = {"max_tokens": 1500, "ignore_eos": True}
 TIMEOUT = 0.3
 # How late a TimeoutError may come on a loaded machine (the deadline is checked between steps).
-SLACK = 3.0
+SLACK = 3.0 * timing.SCALE
 
 
 def _llm(path: str, **kwargs: Any) -> LlamaCpp:

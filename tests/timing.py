@@ -1,0 +1,8 @@
+"""How much slower than usual this test run may be: `TEST_TIME_SCALE` (`./dev asan` sets it, since
+AddressSanitizer slows native code several times). Budgets and time limits in tests are multiplied by it."""
+
+from __future__ import annotations
+
+import os
+
+SCALE = float(os.environ.get("TEST_TIME_SCALE", "1"))
