@@ -6,3 +6,6 @@ from __future__ import annotations
 import os
 
 SCALE = float(os.environ.get("TEST_TIME_SCALE", "1"))
+
+# Running under AddressSanitizer (`./dev asan` preloads it and sets its options).
+SANITIZED = "ASAN_OPTIONS" in os.environ
