@@ -94,7 +94,7 @@ def test_template_that_fails_to_load_fails_at_once_afterwards(tiny_model_path: s
 def test_template_hostile_only_for_some_messages(tiny_model_path: str, short_budgets: None) -> None:
     # Passes llama.cpp's trial renders (two messages), explodes on a longer chat: the render budget catches it.
     if timing.SANITIZED:
-        pytest.skip("a trial render allocates 10 GB: bad_alloc under the worker's address-space cap, which ASan cannot have")
+        pytest.skip("a trial render allocates 10 GB: bad_alloc under the worker's RLIMIT_AS, which ASan cannot have")
     template = "{% if messages|length > 3 %}{{ 'a' * 10000000000 }}{% endif %}{{ messages[-1]['content'] }}"
     chat = _chat(tiny_model_path, template)
     assert chat.invoke("hi") is not None
