@@ -199,7 +199,8 @@ def get_engine(
         if verbose:
             print(
                 f"langchain_llamacpp: loaded {model.description} from {model_config.path} in "
-                f"{model.load_time_ms:.0f} ms (n_ctx={engine.n_ctx} x {engine.n_seq} seq, "
+                f"{model.load_time_ms:.0f} ms (n_ctx={engine.n_ctx}, {engine.n_seq} slots "
+                f"{'sharing one KV pool' if engine.kv_unified else 'with a KV cache each'}, "
                 f"n_batch={engine.n_batch}, n_threads={engine.n_threads})",
                 file=sys.stderr,
             )
