@@ -28,7 +28,7 @@ def main() -> None:
 
     print("\n== JSON constrained by the bundled json.gbnf grammar")
     json_llm = LlamaCpp(model_path=gemma, temperature=0, max_tokens=64, grammar_path="json")
-    print(json_llm.invoke("A person described as JSON:"))
+    print(json_llm.invoke("A person described as JSON:").strip())  # the grammar allows trailing spaces
 
     print("\n== ChatLlamaCpp with the model's own chat template")
     chat = ChatLlamaCpp(model_path=str(get("smollm2")), temperature=0, max_tokens=48)
