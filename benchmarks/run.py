@@ -279,6 +279,17 @@ def section_prompt(threads: int, lines: list[str]) -> None:
         print(lines[-1], flush=True)
 
 
+def sequential_and_batched(llm: LlamaCpp, prompts: list[str]) -> tuple[float, float]:
+    """Seconds for the prompts as calls one after another, then as one batch()."""
+    t0 = time.perf_counter()
+    for p in prompts:
+        llm.invoke(p)
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    llm.batch(prompts)
+    return sequential, time.perf_counter() - t0
+
+
 def section_batch(threads: int, lines: list[str]) -> None:
     lines.append("\n## `batch()` of 8 prompts (64 tokens each) on gemma3\n")
     model = str(get("gemma3"))
@@ -290,17 +301,12 @@ def section_batch(threads: int, lines: list[str]) -> None:
         repeat_penalty=1.0,
         n_seq=8,
         n_ctx=96,  # per sequence, as llama-batched-bench's -c 8*(24+64)+64 gives each of its 8 streams
+        model_kwargs={"kv_unified": 0},  # a cache per sequence, as llama-batched-bench has by default
         max_tokens=64,
         ignore_eos=True,
     )
     llm.invoke(prompts[0], max_tokens=1)  # load
-    t0 = time.perf_counter()
-    for p in prompts:
-        llm.invoke(p)
-    sequential = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    llm.batch(prompts)
-    batched = time.perf_counter() - t0
+    sequential, batched = sequential_and_batched(llm, prompts)
 
     # Generation rate as llama-batched-bench counts it: tokens generated once every prompt is in.
     def concurrent_rate() -> float:
@@ -394,7 +400,14 @@ def section_gaps(threads: int, lines: list[str]) -> None:
     lines.append("\n## Four requests in slots 0, 2, 4, 6 vs in slots 0-3 (8 slots, gemma3, 64 tokens each)\n")
     model = str(get("gemma3"))
     llm = LlamaCpp(
-        model_path=model, n_threads=threads, temperature=0, n_seq=8, n_ctx=256, max_tokens=64, ignore_eos=True
+        model_path=model,
+        n_threads=threads,
+        temperature=0,
+        n_seq=8,
+        n_ctx=256,
+        max_tokens=64,
+        ignore_eos=True,
+        model_kwargs={"kv_unified": 0},  # fillers exist only with a cache per slot (one pool needs none)
     )
     engine = llm.load()
     stories = [f"Story number {i}: once upon a time" for i in range(8)]
@@ -424,7 +437,7 @@ def section_invariant(threads: int, lines: list[str]) -> None:
         "n_threads": threads,
         "temperature": 0,
         "repeat_penalty": 1.0,
-        "n_ctx": 512,
+        "n_ctx": 1024,  # the default's 8 slots share it: room for 8 prompts plus 64 tokens each
         "max_tokens": 64,
         "ignore_eos": True,
     }
@@ -584,13 +597,7 @@ def section_defaults(threads: int, lines: list[str]) -> None:
         llm = LlamaCpp(model_path=model, n_threads=threads, n_ctx=4096, temperature=0, repeat_penalty=1.0,
                        max_tokens=64, ignore_eos=True, **settings)  # fmt: skip
         llm.invoke(prompts[0], max_tokens=1)  # load
-        t0 = time.perf_counter()
-        for p in prompts:
-            llm.invoke(p)
-        sequential = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        llm.batch(prompts)
-        return sequential, time.perf_counter() - t0, llm.load().n_ctx_total
+        return *sequential_and_batched(llm, prompts), llm.load().n_ctx_total
 
     seq_new, bat_new, cells_new = batch_figures()
     seq_old, bat_old, cells_old = batch_figures(**old)

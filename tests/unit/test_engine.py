@@ -419,6 +419,19 @@ def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> No
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
 
 
+def _usage_side_by_side(engine: _native.Engine, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+    """The usage of each prompt's greedy request, all submitted at once."""
+    requests = []
+    for text in prompts:
+        params = _native.RequestParams()
+        params.prompt = engine.model.tokenize(text)
+        params.max_tokens, params.ignore_eos, params.sampling.temperature = max_tokens, True, 0.0
+        requests.append(engine.submit(params))
+    for request in requests:
+        request.wait()
+    return [request.usage for request in requests]
+
+
 def test_a_full_pool_makes_requests_wait_not_truncate(tiny_model_path: str) -> None:
     # Two requests that each may fill most of the pool: the second waits for the first to end, and
     # both come out whole, as they would one after the other.
@@ -427,30 +440,14 @@ def test_a_full_pool_makes_requests_wait_not_truncate(tiny_model_path: str) -> N
     prompts = ["Alpha beta gamma", "Red green blue"]
     expected = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == expected
-    requests = []
-    for text in prompts:
-        params = _native.RequestParams()
-        params.prompt = engine.model.tokenize(text)
-        params.max_tokens, params.ignore_eos, params.sampling.temperature = 180, True, 0.0
-        requests.append(engine.submit(params))
-    for request in requests:
-        request.wait()
-    first, second = (r.usage for r in requests)
+    first, second = _usage_side_by_side(engine, prompts, max_tokens=180)
     assert second["queued_ms"] >= 0.9 * (first["queued_ms"] + first["prompt_ms"] + first["generation_ms"])  # waited
     for text, generation in zip(expected, llm.generate(prompts).generations, strict=True):
         assert generation[0].text == text
         assert generation[0].generation_info is not None
         assert generation[0].generation_info["finish_reason"] == "length"
     # Short requests fit side by side; one longer than the pool is refused at once.
-    requests = []
-    for text in prompts:
-        params = _native.RequestParams()
-        params.prompt = engine.model.tokenize(text)
-        params.max_tokens, params.ignore_eos, params.sampling.temperature = 8, True, 0.0
-        requests.append(engine.submit(params))
-    for request in requests:
-        request.wait()
-    first, second = (r.usage for r in requests)
+    first, second = _usage_side_by_side(engine, prompts, max_tokens=8)
     assert second["queued_ms"] < first["queued_ms"] + first["prompt_ms"] + first["generation_ms"]  # side by side
     with pytest.raises(ValueError, match="exceeds the context"):
         _llm(tiny_model_path, max_tokens=300, n_seq=2, n_ctx=256).invoke("hi")
