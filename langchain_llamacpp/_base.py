@@ -220,6 +220,32 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     row of a lone request a guess at its next token); slower for free prose decoded alone, and for
     the CPU backend only."""
 
+    draft_model_path: str | None = None
+    """Speculative decoding with a draft model: a small GGUF model with the same vocabulary (e.g.
+    Qwen2.5-Coder-0.5B for Qwen2.5-Coder-1.5B) guesses the next tokens greedily and this model checks
+    them all in one batch. The output is what this model gives alone: every token is sampled from this
+    model's own logits at its position (at temperature 0, the same tokens up to the rounding of a batch,
+    which `batch_invariant` removes; above 0, the same distribution). Drafting is adjusted as it runs,
+    from the measured cost of a k-token batch and the acceptance so far: where it would not pay (a CPU
+    bound by compute, unpredictable text) it stops, and tries again now and then. Loaded with the same
+    `n_gpu_layers`; counts of drafted and accepted tokens come in `generation_info` /
+    `response_metadata` (`draft_n`, `draft_n_accepted`)."""
+
+    prompt_lookup: bool = False
+    """Speculative decoding without a draft model: the draft is what followed the last earlier
+    occurrence of the text's final few tokens in the prompt or the answer so far. Nearly free, it pays
+    where the answer repeats its context (editing code, quoting documents, extracting fields). Used
+    first where both are on; adjusted as it runs, like `draft_model_path`."""
+
+    draft_max: int = Field(16, ge=1, le=63)
+    """Tokens drafted at most per step (llama-server's ``--draft-max``)."""
+
+    draft_min: int = Field(0, ge=0, le=63)
+    """Tokens drafted at least where a draft exists, whatever the measured costs say (0: as they say)."""
+
+    draft_p_min: float = Field(0.75, ge=0, le=1, allow_inf_nan=False)
+    """The draft model stops drafting where it gives its top token less than this probability."""
+
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
 
@@ -370,6 +396,13 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
         self.model_path = path
         if self.lora_path is not None and not os.path.exists(os.path.expanduser(self.lora_path)):
             raise FileNotFoundError(f"LoRA adapter not found: {self.lora_path}")
+        if self.draft_model_path is not None:
+            draft = os.path.expanduser(os.fspath(self.draft_model_path))
+            if not os.path.exists(draft):
+                raise FileNotFoundError(f"draft model file not found: {draft}")
+            self.draft_model_path = draft
+        if self.draft_min > self.draft_max:
+            raise ValueError(f"draft_min ({self.draft_min}) is more than draft_max ({self.draft_max})")
         if self.grammar is not None and self.grammar_path is not None:
             raise ValueError("give either grammar or grammar_path, not both")
         if self.grammar_path is not None:
@@ -413,6 +446,17 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
                 "batch_invariant": self.batch_invariant,
                 "lora_path": os.path.expanduser(self.lora_path) if self.lora_path else "",
                 "lora_scale": self.lora_scale,
+                **(
+                    {}
+                    if embeddings
+                    else {
+                        "draft_model_path": self.draft_model_path or "",
+                        "prompt_lookup": self.prompt_lookup,
+                        "draft_max": self.draft_max,
+                        "draft_min": self.draft_min,
+                        "draft_p_min": self.draft_p_min,
+                    }
+                ),
                 **kw,
             }
         )
@@ -561,6 +605,13 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
             f"tokens ({tg:.1f} tok/s) | queued = {u['queued_ms']:.1f} ms | finish = {request.finish_reason}",
             file=sys.stderr,
         )
+
+    def _draft_info(self, request: _native.Request) -> dict[str, int]:
+        """Speculative decoding's counts for this call, named as llama-server reports them; {} without it."""
+        if not (self.draft_model_path or self.prompt_lookup):
+            return {}
+        u = request.usage
+        return {"draft_n": int(u["draft_n"]), "draft_n_accepted": int(u["draft_n_accepted"])}
 
     @staticmethod
     def _usage(request: _native.Request) -> dict[str, int]:

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, TypeGuard, TypeVar
 
 import langchain_llamacpp._native as _native
@@ -82,9 +82,18 @@ class EngineConfig:
     batch_invariant: bool = False
     mmproj_path: str = ""
     kv_unified: int = -1
+    # Speculative decoding: a draft model (loaded like the target, same GPU layers) and/or prompt lookup.
+    draft_model_path: str = ""
+    prompt_lookup: bool = False
+    draft_max: int = 16
+    draft_min: int = 0
+    draft_p_min: float = 0.75
+    draft_n_ctx: int = 0
 
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
+# Settings of the engine that are not EngineParams fields: given to Engine.create otherwise.
+_NOT_PARAMS = frozenset({"draft_model_path"})
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
 
 # Held while a model or engine is being made; fork() waits for it (see _before_fork).
@@ -188,11 +197,15 @@ def get_engine(
             return engine
         model = load_model(model_config, verbose, progress)
         params = _native.EngineParams()
-        for name in ENGINE_FIELDS:
+        for name in ENGINE_FIELDS - _NOT_PARAMS:
             setattr(params, name, getattr(engine_config, name))
         valid_text(params.lora_path, "lora_path")
+        draft = None
+        if engine_config.draft_model_path:
+            draft_config = replace(model_config, path=engine_config.draft_model_path, kv_overrides=())
+            draft = load_model(draft_config, verbose, progress)
         try:
-            engine = _native.Engine.create(model, params)
+            engine = _native.Engine.create(model, params, draft)
         finally:
             flush_native_logs(verbose)
         _engines[key] = engine

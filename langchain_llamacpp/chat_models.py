@@ -385,6 +385,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             "model_name": self._model_name(),
             "model_provider": "llamacpp",
             "finish_reason": finish,
+            **self._draft_info(request),
         }
         if request.stop_string:
             meta["stop"] = request.stop_string

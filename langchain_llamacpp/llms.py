@@ -104,6 +104,7 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         if options["logprobs"] is not None:
             info["logprobs"] = _logprobs(chunks)
         info["usage"] = self._usage(request)
+        info.update(self._draft_info(request))
         return info
 
     # -- LangChain entry points ---------------------------------------------------------------
@@ -257,6 +258,7 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         info: dict[str, Any] = {
             "finish_reason": request.finish_reason,
             "usage": self._usage(request),
+            **self._draft_info(request),
         }
         if request.stop_string:
             info["stop"] = request.stop_string

@@ -165,6 +165,13 @@ struct Engine::Slot {
     double t_start = 0, t_prompt_done = 0;
     long long last_used = 0;
     size_t reserved = 0;  // unified pool: cells this request may come to hold
+    // Speculative decoding: this step's draft (decoded after next_token), where it came from, this
+    // request's acceptance of each source, and when to try the draft model again after it stopped paying.
+    std::vector<llama_token> draft;
+    bool draft_from_model = false;
+    llama_token shadow = LLAMA_TOKEN_NULL;  // a lookup draft's first token not used: checked for free
+    Acceptance lookup_acceptance, model_acceptance;
+    int probe_in = 16, probe_every = 16;
 };
 
 struct Engine::Task {
@@ -291,7 +298,8 @@ void fill_logprobs(Chunk & chunk, llama_context * ctx, const Model & model, int 
 
 Engine::Engine(std::shared_ptr<Model> model, const EngineParams & params) : model_(std::move(model)), params_(params) {}
 
-std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const EngineParams & params_in) {
+std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const EngineParams & params_in,
+                                       std::shared_ptr<Model> draft) {
     if (model->params().vocab_only) {
         throw std::invalid_argument("the model was loaded with vocab_only=True: it can tokenize but not generate");
     }
@@ -433,6 +441,30 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     engine->fill_gaps_ = !recurrent && !unified;
     if (params.batch_invariant && recurrent) {
         throw std::invalid_argument("batch_invariant is not supported for recurrent or hybrid models (their state cannot take a filler token)");
+    }
+    if (draft || params.prompt_lookup) {
+        if (params.embeddings) {
+            throw std::invalid_argument("speculative decoding (a draft model, prompt lookup) is for generation, not embeddings");
+        }
+        if (recurrent) {
+            throw std::invalid_argument("speculative decoding needs a KV cache that can drop the drafts the model "
+                                        "refuses; a recurrent or hybrid model's state cannot");
+        }
+        if (params.draft_max < 1 || params.draft_min < 0 || params.draft_min > params.draft_max) {
+            throw std::invalid_argument("speculative decoding needs 1 <= draft_max and 0 <= draft_min <= draft_max, got "
+                                        "draft_max=" + std::to_string(params.draft_max) +
+                                        ", draft_min=" + std::to_string(params.draft_min));
+        }
+        if (!(params.draft_p_min >= 0.0f && params.draft_p_min <= 1.0f)) {
+            throw std::invalid_argument("draft_p_min must be between 0 and 1");
+        }
+        // A step holds every slot's next token and drafts: the batch must hold them.
+        engine->params_.draft_max = std::min(params.draft_max, SpecCost::kMaxBatch - 1);
+    }
+    if (draft) {
+        const int n_ctx_draft = params.draft_n_ctx > 0 ? params.draft_n_ctx : engine->n_ctx_seq_;
+        engine->drafter_ = std::make_unique<Drafter>(std::move(draft), *engine->model_, n_ctx_draft, params.n_seq,
+                                                     unified, params.n_batch, params.n_threads, params.f16_kv);
     }
     engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
     // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
@@ -919,6 +951,11 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
                   sp.mirostat == 0;
     slot.t_start = now_ms();
     slot.reserved = unified_ ? reservation(slot.params) : 0;
+    slot.draft.clear();
+    slot.shadow = LLAMA_TOKEN_NULL;
+    slot.lookup_acceptance = {};
+    slot.model_acceptance = {};
+    slot.probe_in = slot.probe_every = 16;
     slot.state->cached_tokens = static_cast<int>(n_keep);
     slot.state->t_queued_ms = slot.t_start - pending.t_submit;
     // Repetition penalties see the end of the prompt, as in llama.cpp's own tools (a negative
@@ -1090,6 +1127,13 @@ void Engine::step() {
             n_gen++;
         }
     }
+    if (speculating() && n_gen > 0) {
+        plan_drafts(params_.n_batch - n_gen);
+        n_gen = 0;
+        for (auto & slot : slots_) {
+            n_gen += slot->n_take > 0 ? slot->n_take : 0;
+        }
+    }
     if (batch_invariant_) {
         step_invariant();
         return;
@@ -1192,6 +1236,13 @@ void Engine::step_invariant() {
     // at least two outputs; a tail filler (the slot's next position, removed after) makes up the
     // second. Generating slots decode together, one token each; each prompt chunk goes alone, so
     // that llama.cpp never splits a call into micro-batches of its own choosing.
+    // A slot with a draft decodes alone: its next token and draft make the two rows (or more) by themselves.
+    for (auto & slot : slots_) {
+        if (slot->generating && slot->n_take > 1) {
+            decode_slots(slot->id, slot->id, -1);
+            slot->n_take = 0;
+        }
+    }
     const int n_slots = static_cast<int>(slots_.size());
     for (int lo = 0; lo < n_slots;) {
         if (slots_[lo]->n_take == 0) {
@@ -1275,6 +1326,10 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
             slot.cache.push_back(slot.next_token);
             slot.next_token = LLAMA_TOKEN_NULL;
             slot.i_batch = batch_.n_tokens - 1;
+            // The draft follows, an output row each; its cells join the cache only as they are accepted.
+            for (size_t k = 0; k < slot.draft.size(); ++k) {
+                batch_add(batch_, slot.draft[k], static_cast<llama_pos>(slot.cache.size() + k), slot.id, true);
+            }
         } else {
             const auto & prompt = slot.params.prompt;
             for (int k = 0; k < slot.n_take; ++k) {
@@ -1298,7 +1353,11 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
         return;
     }
     ErrorCapture capture;
+    const double t_decode = now_ms();
     const int rc = llama_decode(ctx_.get(), batch_);
+    if (speculating() && rc == 0 && n_prompt_tokens == 0 && n_fill == 0) {
+        spec_cost_.record_decode(batch_.n_tokens, now_ms() - t_decode);  // every row an output
+    }
     {
         std::lock_guard<std::mutex> lock(mutex_);
         stats_.steps++;
@@ -1318,6 +1377,9 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
     };
     if (rc != 0) {
         remove_fillers();
+        for (int i = lo; i <= hi; ++i) {
+            slots_[i]->draft.clear();
+        }
         const std::string what = rc == 1 ? "no room left in the KV cache" : "llama_decode failed with code " + std::to_string(rc);
         llama_memory_t mem = llama_get_memory(ctx_.get());
         for (auto & slot : slots_) {
@@ -1344,6 +1406,10 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
         }
         try {
             llama_token token = sample(slot, idx);
+            if (i != tail_filler && (!slot.draft.empty() || slot.shadow != LLAMA_TOKEN_NULL)) {
+                accept_drafts(slot, token, idx);
+                continue;
+            }
             if (i == tail_filler && draft != LLAMA_TOKEN_NULL && token == draft) {
                 // The guess was right: its cell stays as the slot's next position, and its row holds
                 // the next token's logits, computed as the next step would (every row alone) and
@@ -1369,6 +1435,137 @@ void Engine::decode_slots(int lo, int hi, int tail_filler, llama_token draft) {
         }
     }
     remove_fillers();
+}
+
+void Engine::accept_drafts(Slot & slot, llama_token token, int idx) {
+    // Down the rows while the model's own choice is the drafted token: each row's logits were computed
+    // after the tokens before it, so each token is sampled where plain decoding would sample it.
+    const size_t n_draft = slot.draft.size();
+    size_t accepted = 0;
+    // Counted before the tokens go out: the request may finish on any of them, and its caller then reads these.
+    slot.state->draft_n += static_cast<int>(n_draft);
+    while (accepted < n_draft && token == slot.draft[accepted]) {
+        slot.state->draft_n_accepted++;
+        emit_token(slot, token, idx);
+        if (!slot.active) {
+            break;
+        }
+        slot.cache.push_back(slot.draft[accepted]);
+        slot.next_token = LLAMA_TOKEN_NULL;  // decoded already
+        ++accepted;
+        ++idx;
+        token = sample(slot, idx);
+    }
+    if (n_draft > 0) {
+        // The refused drafts' cells (and, where the slot finished, those after its end) are dropped.
+        llama_memory_seq_rm(llama_get_memory(ctx_.get()), slot.id, static_cast<llama_pos>(slot.cache.size()), -1);
+        auto & mine = slot.draft_from_model ? slot.model_acceptance : slot.lookup_acceptance;
+        auto & all = slot.draft_from_model ? model_acceptance_ : lookup_acceptance_;
+        mine.add(static_cast<int>(accepted), static_cast<int>(n_draft));
+        all.add(static_cast<int>(accepted), static_cast<int>(n_draft));
+        if (slot.draft_from_model && 2 * accepted >= n_draft) {
+            slot.probe_every = 16;  // drafting pays again: probe often if it stops paying
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        stats_.draft_tokens += static_cast<long long>(n_draft);
+        stats_.drafts_accepted += static_cast<long long>(accepted);
+        stats_.tokens_decoded -= static_cast<long long>(n_draft - accepted);  // counted as decoded above
+    } else if (slot.shadow != LLAMA_TOKEN_NULL) {
+        const int hit = token == slot.shadow ? 1 : 0;
+        slot.lookup_acceptance.add(hit, 1);
+        lookup_acceptance_.add(hit, 1);
+    }
+    slot.draft.clear();
+    slot.shadow = LLAMA_TOKEN_NULL;
+    if (slot.active) {
+        emit_token(slot, token, idx);
+    }
+}
+
+int Engine::plan_drafts(int budget) {
+    // A slot drafts where the cost model expects more tokens per second from it: the step's measured
+    // time with and without k more rows, the draft model's time, and this request's acceptance so far.
+    constexpr double kMargin = 0.02;
+    int batch = 0, generating = 0;
+    for (const auto & slot : slots_) {
+        if (slot->n_take > 0) {
+            batch += slot->n_take;
+            generating++;
+        }
+    }
+    std::vector<Drafter::Job> jobs;
+    std::vector<Slot *> job_slots;
+    for (auto & slot_ptr : slots_) {
+        Slot & slot = *slot_ptr;
+        slot.draft.clear();
+        slot.shadow = LLAMA_TOKEN_NULL;
+        if (slot.n_take == 0) {
+            continue;
+        }
+        int k_cap = std::min({params_.draft_max, budget, n_ctx_seq_ - static_cast<int>(slot.cache.size()) - 2});
+        if (slot.params.max_tokens >= 0) {
+            k_cap = std::min(k_cap, slot.params.max_tokens - slot.n_decoded - 1);
+        }
+        if (k_cap <= 0) {
+            continue;
+        }
+        slot.cache.push_back(slot.next_token);  // the draft continues the text after the next token
+        if (params_.prompt_lookup) {
+            auto guess = prompt_lookup(slot.cache, k_cap, 2, 4);
+            if (!guess.empty()) {
+                const double a = slot.lookup_acceptance.rate(lookup_acceptance_.rate(0.6));
+                int k = spec_cost_.best_length(batch, generating, a, static_cast<int>(guess.size()), false, kMargin);
+                k = std::max(k, std::min(params_.draft_min, static_cast<int>(guess.size())));
+                if (k == 0) {
+                    slot.shadow = guess[0];
+                }
+                guess.resize(static_cast<size_t>(k));
+                slot.draft = std::move(guess);
+                slot.draft_from_model = false;
+            }
+        }
+        if (slot.draft.empty() && drafter_ && slot.cached_media.empty() && !slot.params.media) {
+            const double a = slot.model_acceptance.rate(model_acceptance_.rate(0.5));
+            int k = std::max(params_.draft_min, spec_cost_.best_length(batch, generating, a, k_cap, true, kMargin));
+            if (k == 0 && spec_cost_.best_length(batch, generating, 0.95, k_cap, true, kMargin) > 0 && --slot.probe_in <= 0) {
+                // Not paying at this acceptance, but it would at a better one: try a short draft now and
+                // then, less often each time it does not pay, to notice when the text turns predictable.
+                k = std::min(2, k_cap);
+                slot.probe_in = slot.probe_every;
+                slot.probe_every = std::min(256, slot.probe_every * 2);
+            }
+            if (k > 0) {
+                jobs.push_back({slot.id, &slot.cache, std::min(k, k_cap), std::min(params_.draft_min, k_cap), {}});
+                job_slots.push_back(&slot);
+            }
+        }
+        if (jobs.empty() || job_slots.back() != &slot) {
+            slot.cache.pop_back();
+            slot.n_take = 1 + static_cast<int>(slot.draft.size());
+            budget -= static_cast<int>(slot.draft.size());
+            batch += static_cast<int>(slot.draft.size());
+        }
+    }
+    int drafted = 0;
+    if (!jobs.empty()) {
+        const double t0 = now_ms();
+        const int decoded = drafter_->draft(jobs, params_.draft_p_min);
+        for (size_t j = 0; j < jobs.size(); ++j) {
+            Slot & slot = *job_slots[j];
+            slot.cache.pop_back();
+            auto & d = jobs[j].draft;
+            d.resize(std::min(d.size(), static_cast<size_t>(std::max(0, budget))));
+            slot.draft = std::move(d);
+            slot.draft_from_model = true;
+            slot.n_take = 1 + static_cast<int>(slot.draft.size());
+            budget -= static_cast<int>(slot.draft.size());
+            drafted += static_cast<int>(slot.draft.size());
+        }
+        if (decoded > 0) {
+            spec_cost_.record_draft(std::max(drafted, 1), now_ms() - t0);
+        }
+    }
+    return drafted;
 }
 
 llama_token Engine::sample(Slot & slot, int idx) {

@@ -16,6 +16,7 @@
 #include "media.h"
 #include "model.h"
 #include "sampling.h"
+#include "speculative.h"
 #include "text.h"
 
 namespace lcl {
@@ -43,6 +44,13 @@ struct EngineParams {
     // uses by default), instead of n_ctx cells per slot: -1 auto (on, except for batch_invariant and
     // recurrent models), 0 off, 1 on.
     int kv_unified = -1;
+    // Speculative decoding (speculative.h): drafts from the request's own text, and/or from a draft model
+    // passed to Engine::create, checked by this model in one batch.
+    bool prompt_lookup = false;
+    int draft_max = 16;
+    int draft_min = 0;
+    float draft_p_min = 0.75f;
+    int draft_n_ctx = 0;  // the draft model's context per slot; 0: the same as n_ctx
 };
 
 struct GrammarTrigger {
@@ -111,6 +119,8 @@ struct RequestState {
     int prompt_tokens = 0;
     int cached_tokens = 0;
     int completion_tokens = 0;
+    int draft_n = 0;           // tokens drafted for this request (speculative decoding)
+    int draft_n_accepted = 0;  // of which the model accepted
     double t_queued_ms = 0, t_prompt_ms = 0, t_gen_ms = 0;
     std::atomic<bool> cancelled{false};
     std::atomic<bool> signaled{false};
@@ -148,7 +158,9 @@ private:
 
 class Engine : public std::enable_shared_from_this<Engine> {
 public:
-    static std::shared_ptr<Engine> create(std::shared_ptr<Model> model, const EngineParams & params);
+    // `draft`: a small model with the same vocabulary that drafts tokens for this one (speculative decoding).
+    static std::shared_ptr<Engine> create(std::shared_ptr<Model> model, const EngineParams & params,
+                                          std::shared_ptr<Model> draft = nullptr);
     ~Engine();
 
     // Validates and queues a request; errors in the request itself (prompt too long, bad
@@ -194,7 +206,8 @@ public:
         long long prompt_tokens_reused = 0;
         long long max_batch = 0;
         long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
-        long long drafts_accepted = 0;  // batch_invariant: second rows that guessed the next token
+        long long draft_tokens = 0;     // speculative decoding: tokens drafted and checked
+        long long drafts_accepted = 0;  // drafted tokens that were right (batch_invariant: second rows too)
         double media_ms = 0;            // encoding and decoding images and audio
     };
     Stats stats();
@@ -222,9 +235,15 @@ private:
     // output row after its tokens, holding `draft` (a guess at its next token) if not null.
     void decode_slots(int lo, int hi, int tail_filler, llama_token draft = LLAMA_TOKEN_NULL);
     llama_token draft_token(const Slot & slot) const;
+    // Speculative decoding: the drafts of each generating slot for this step (Slot::draft), within
+    // `budget` tokens of the batch; returns the tokens drafted.
+    int plan_drafts(int budget);
+    bool speculating() const { return params_.prompt_lookup || drafter_ != nullptr; }
     llama_token sample(Slot & slot, int idx);  // the slot's next token from row idx of the logits
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
+    // `token` was sampled from row idx, where the slot's next token stood; its draft's rows follow.
+    void accept_drafts(Slot & slot, llama_token token, int idx);
     llama_token argmax(const Slot & slot, int batch_index) const;
     size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
     // The unified pool: the cells a request may come to hold, those held or reserved now, and room made
@@ -242,6 +261,9 @@ private:
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
     std::unique_ptr<Vision> vision_;
+    std::unique_ptr<Drafter> drafter_;
+    SpecCost spec_cost_;
+    Acceptance lookup_acceptance_, model_acceptance_;  // over all requests: the prior of a new one
     int n_ctx_seq_ = 0;
     bool fill_gaps_ = true;
     bool unified_ = false;

