@@ -247,7 +247,19 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     """The draft model stops drafting where it gives its top token less than this probability."""
 
     n_gpu_layers: int | None = None
-    """Layers to offload to the GPU (-1: all). Needs a GPU build; see README."""
+    """Layers to offload to the GPU (-1: all). Needs a GPU build; see README. None: none, or all of
+    them where `rpc_servers` are given."""
+
+    rpc_servers: list[str] | str | None = None
+    """llama.cpp ``rpc-server`` processes (``["host:port", ...]``, or one comma-separated string as
+    llama-cpp-python takes it) that hold and compute the offloaded layers (`n_gpu_layers`), before
+    this machine's GPUs: a model larger than one machine, or a machine with a GPU serving this one.
+    Start them with ``rpc-server -H 0.0.0.0 -p 50052`` from the same llama.cpp (the build's
+    ``ggml-rpc-server`` target). Each is checked (connection and handshake, 5 s) when the model loads:
+    an unreachable server raises ConnectionError naming it. The RPC protocol has no authentication or
+    encryption: anyone who reaches a server's port can run code in it, so only use servers on
+    loopback or a private network you trust, as llama.cpp warns. A server that dies while in use
+    ends the process (llama.cpp's RPC client aborts)."""
 
     flash_attn: bool | None = None
     """Flash attention: None lets llama.cpp decide."""
@@ -419,14 +431,21 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
         overrides = kw.get("kv_overrides") or {}
         return _engine.ModelConfig(
             path=self.model_path,
-            n_gpu_layers=self.n_gpu_layers if self.n_gpu_layers is not None else 0,
+            n_gpu_layers=self.n_gpu_layers if self.n_gpu_layers is not None else (-1 if self._rpc_servers() else 0),
             use_mmap=self.use_mmap,
             use_mlock=self.use_mlock,
             vocab_only=self.vocab_only,
             check_tensors=bool(kw.get("check_tensors", False)),
             repack=bool(kw.get("repack", not self.batch_invariant)),
             kv_overrides=tuple(sorted((str(k), _override_spec(v)) for k, v in overrides.items())),
+            rpc_servers=self._rpc_servers(),
         )
+
+    def _rpc_servers(self) -> tuple[str, ...]:
+        servers = self.rpc_servers
+        if isinstance(servers, str):
+            servers = servers.split(",")
+        return tuple(s.strip() for s in servers or () if s.strip())
 
     def _engine_config(self, embeddings: bool = False) -> _engine.EngineConfig:
         kw = {k: v for k, v in self.model_kwargs.items() if k in _engine.ENGINE_FIELDS}

@@ -59,6 +59,7 @@ class ModelConfig:
     check_tensors: bool = False
     repack: bool = True
     kv_overrides: tuple[tuple[str, str], ...] = ()
+    rpc_servers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,7 @@ def load_model(config: ModelConfig, verbose: bool = False, progress: bool | None
     params.check_tensors = config.check_tensors
     params.repack = config.repack
     params.kv_overrides = dict(config.kv_overrides)
+    params.rpc_servers = [valid_text(s, "rpc_servers") for s in config.rpc_servers]
     bar = _LoadProgress(config.path) if (verbose if progress is None else progress) else None
     with _lock:  # not while fork() copies the native model registry
         try:
@@ -202,7 +204,7 @@ def get_engine(
         valid_text(params.lora_path, "lora_path")
         draft = None
         if engine_config.draft_model_path:
-            draft_config = replace(model_config, path=engine_config.draft_model_path, kv_overrides=())
+            draft_config = replace(model_config, path=engine_config.draft_model_path, kv_overrides=(), rpc_servers=())
             draft = load_model(draft_config, verbose, progress)
         try:
             engine = _native.Engine.create(model, params, draft)

@@ -78,14 +78,18 @@ def load_model(
 
     `settings` are `ModelParams` fields: `n_gpu_layers`, `use_mmap`, `use_mlock`, `vocab_only`,
     `check_tensors`, `repack`, `kv_overrides` (a dict of metadata key to `"int:N"`, `"float:X"`,
-    `"bool:B"` or `"str:S"`). `progress` shows a progress bar (default: when `verbose`).
+    `"bool:B"` or `"str:S"`), `rpc_servers` (``["host:port", ...]`` of llama.cpp ``rpc-server``
+    processes that take the offloaded layers). `progress` shows a progress bar (default: when `verbose`).
     """
     unknown = set(settings) - _engine.MODEL_FIELDS
     if unknown:
         raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_engine.MODEL_FIELDS))}")
     path = os.path.expanduser(os.fspath(path))  # a missing file: Model.load raises FileNotFoundError
     overrides = settings.pop("kv_overrides", None) or {}
-    config = _engine.ModelConfig(path=path, kv_overrides=tuple(sorted(overrides.items())), **settings)
+    servers = tuple(settings.pop("rpc_servers", None) or ())
+    config = _engine.ModelConfig(
+        path=path, kv_overrides=tuple(sorted(overrides.items())), rpc_servers=servers, **settings
+    )
     return _engine.load_model(config, verbose, progress)
 
 
@@ -110,5 +114,6 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
         check_tensors=params.check_tensors,
         repack=params.repack,
         kv_overrides=tuple(sorted(params.kv_overrides.items())),
+        rpc_servers=tuple(params.rpc_servers),
     )
     return _engine.get_engine(config, _engine.EngineConfig(**settings), verbose)

@@ -1652,9 +1652,14 @@ void shutdown_all_engines() {
         }
         g_engines.clear();
     }
+    static auto * kept = new std::vector<std::shared_ptr<Engine>>();  // never freed, on purpose
     for (auto & e : engines) {
         e->shutdown();
+        if (!e->model()->params().rpc_servers.empty()) {
+            kept->push_back(e);  // its KV cache is on an RPC server: see Model::keep_rpc_models_at_exit
+        }
     }
+    Model::keep_rpc_models_at_exit();
 }
 
 }  // namespace lcl

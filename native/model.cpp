@@ -10,6 +10,7 @@
 #include <mutex>
 
 #include "common.h"
+#include "rpc.h"
 #include "gguf.h"
 #include "logging.h"
 
@@ -74,11 +75,17 @@ void check_metadata(const std::string & path) {
     }
 }
 
+std::mutex registry_mutex;
+std::map<std::string, std::weak_ptr<Model>> registry;
+
 std::string registry_key(const ModelParams & p, const std::string & canonical) {
     std::string key = canonical + '|' + std::to_string(p.n_gpu_layers) + '|' + (p.use_mmap ? '1' : '0') +
                       (p.use_mlock ? '1' : '0') + (p.vocab_only ? '1' : '0') + (p.check_tensors ? '1' : '0') + (p.repack ? '1' : '0');
     for (const auto & [k, v] : p.kv_overrides) {
         key += '|' + k + '=' + v;
+    }
+    for (const auto & server : p.rpc_servers) {
+        key += "|rpc=" + server;
     }
     return key;
 }
@@ -154,8 +161,6 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     const std::string key = registry_key(params, ec ? params.path : canonical);
 
     // One lock around the load: two threads asking for the same file get one copy of the weights.
-    static std::mutex registry_mutex;
-    static std::map<std::string, std::weak_ptr<Model>> registry;
     std::lock_guard<std::mutex> lock(registry_mutex);
     if (auto it = registry.find(key); it != registry.end()) {
         if (auto existing = it->second.lock()) {
@@ -175,6 +180,13 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     mparams.vocab_only = params.vocab_only;
     mparams.check_tensors = params.check_tensors;
     mparams.use_extra_bufts = params.repack;
+    // Devices are named explicitly once RPC servers are known to this process: a model uses its own
+    // servers and no other model's (llama.cpp's default is every registered device).
+    std::vector<ggml_backend_dev_t> devices;
+    if (!params.rpc_servers.empty() || rpc_in_use()) {
+        devices = model_devices(rpc_devices(params.rpc_servers, params.rpc_timeout_ms));
+        mparams.devices = devices.data();
+    }
     std::vector<llama_model_kv_override> overrides;
     for (const auto & [k, v] : params.kv_overrides) {
         overrides.push_back(parse_override(k, v));
@@ -217,6 +229,19 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     std::shared_ptr<Model> result(new Model(params, std::move(model), ms));
     registry[key] = result;
     return result;
+}
+
+void Model::keep_rpc_models_at_exit() {
+    // Freeing a model whose weights live in an rpc-server sends the server a message, and ggml's RPC
+    // client aborts the process where it cannot (a server stopped first). At exit nothing needs freeing:
+    // the process's end closes the connections and each server frees what that client held.
+    std::lock_guard<std::mutex> lock(registry_mutex);
+    static auto * kept = new std::vector<std::shared_ptr<Model>>();  // never freed, on purpose
+    for (auto & [key, weak] : registry) {
+        if (auto model = weak.lock(); model && !model->params().rpc_servers.empty()) {
+            kept->push_back(std::move(model));
+        }
+    }
 }
 
 std::vector<llama_token> Model::tokenize(const std::string & text, bool add_special, bool parse_special) const {

@@ -28,6 +28,8 @@ struct ModelParams {
     bool check_tensors = false;
     bool repack = true;  // llama.cpp's repacked weight layouts (extra buffer types)
     std::map<std::string, std::string> kv_overrides;  // "key" -> "int:1" / "float:0.5" / "bool:true" / "str:x"
+    std::vector<std::string> rpc_servers;  // "host:port" of llama.cpp rpc-servers that take offloaded layers
+    int rpc_timeout_ms = 5000;             // for each server's connection and handshake
 };
 
 using ProgressCallback = std::function<bool(float)>;
@@ -36,6 +38,8 @@ class Model {
 public:
     // Loads a model, or returns the already-loaded one for the same file and parameters.
     static std::shared_ptr<Model> load(const ModelParams & params, const ProgressCallback & progress);
+    // At exit: models on RPC servers are never freed (see model.cpp).
+    static void keep_rpc_models_at_exit();
     ~Model() = default;
 
     llama_model * get() const { return model_.get(); }

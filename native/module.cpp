@@ -17,6 +17,7 @@
 #include "gil.h"
 #include "logging.h"
 #include "model.h"
+#include "rpc.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -67,7 +68,11 @@ void register_model(nb::module_ & m) {
         .def_rw("check_tensors", &lcl::ModelParams::check_tensors)
         .def_rw("repack", &lcl::ModelParams::repack, "Use llama.cpp's repacked weight layouts (faster on some CPUs).")
         .def_rw("kv_overrides", &lcl::ModelParams::kv_overrides,
-                "Metadata overrides: key -> 'int:N' | 'float:X' | 'bool:B' | 'str:S'.");
+                "Metadata overrides: key -> 'int:N' | 'float:X' | 'bool:B' | 'str:S'.")
+        .def_rw("rpc_servers", &lcl::ModelParams::rpc_servers,
+                "\"host:port\" of llama.cpp rpc-servers that take the offloaded layers (n_gpu_layers), first.")
+        .def_rw("rpc_timeout_ms", &lcl::ModelParams::rpc_timeout_ms,
+                "Time for each RPC server's connection and handshake.");
 
     nb::class_<lcl::Model>(m, "Model", "Loaded weights and vocabulary, shared by all engines on the same file.")
         .def_static(
@@ -432,6 +437,8 @@ NB_MODULE(_native, m) {
             throw;
         } catch (const lcl::FileNotFound & e) {
             set(PyExc_FileNotFoundError, e.what());
+        } catch (const lcl::ConnectionFailed & e) {
+            set(PyExc_ConnectionError, e.what());
         } catch (const std::bad_alloc &) {
             PyErr_NoMemory();
         } catch (const std::invalid_argument & e) {
@@ -469,5 +476,6 @@ NB_MODULE(_native, m) {
     m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<lcl::ReleaseGil>(),
           "Stop every engine thread (registered with atexit).");
     m.def("system_info", [] { return std::string(llama_print_system_info()); });
+    m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
 }
