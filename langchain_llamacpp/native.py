@@ -46,6 +46,7 @@ from langchain_llamacpp._native import (
     check_chat_template,
     grammar_error,
     json_schema_to_grammar,
+    rpc_available,
     system_info,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "grammar_error",
     "json_schema_to_grammar",
     "load_model",
+    "rpc_available",
     "system_info",
 ]
 

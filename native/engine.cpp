@@ -419,6 +419,20 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         engine->vision_ = std::make_unique<Vision>(params.mmproj_path, engine->model_->get(), params.n_threads,
                                                    engine->model_->params().n_gpu_layers != 0);
     }
+    if (!params.embeddings && ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) != nullptr) {
+        ggml_threadpool_params tpp;
+        ggml_threadpool_params_init(&tpp, params.n_threads);
+        ggml_threadpool_params tpp_batch;
+        ggml_threadpool_params_init(&tpp_batch, params.n_threads_batch);
+        if (!ggml_threadpool_params_match(&tpp, &tpp_batch)) {
+            engine->pools_.batch = ggml_threadpool_new(&tpp_batch);
+            tpp.paused = true;  // as llama.cpp's common: the batch pool starts, the other waits for work
+        }
+        engine->pools_.gen = ggml_threadpool_new(&tpp);
+        if (engine->pools_.gen != nullptr) {
+            llama_attach_threadpool(engine->ctx_.get(), engine->pools_.gen, engine->pools_.batch);
+        }
+    }
     engine->n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(engine->ctx_.get()));
     engine->batch_invariant_ = params.batch_invariant;
     if (params.batch_invariant) {
@@ -465,6 +479,9 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         const int n_ctx_draft = params.draft_n_ctx > 0 ? params.draft_n_ctx : engine->n_ctx_seq_;
         engine->drafter_ = std::make_unique<Drafter>(std::move(draft), *engine->model_, n_ctx_draft, params.n_seq,
                                                      unified, params.n_batch, params.n_threads, params.f16_kv);
+        if (engine->pools_.gen != nullptr) {
+            engine->drafter_->attach_threadpool(engine->pools_.gen, engine->pools_.batch);
+        }
     }
     engine->n_swa_ = params.swa_full ? 0 : std::max(0, static_cast<int>(llama_model_n_swa(engine->model_->get())));
     // llama.cpp may adjust the batch sizes (never more than the context): use what it chose.
@@ -497,6 +514,15 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         g_engines.push_back(engine);
     }
     return engine;
+}
+
+Engine::ThreadPools::~ThreadPools() {
+    if (gen != nullptr) {
+        ggml_threadpool_free(gen);
+    }
+    if (batch != nullptr) {
+        ggml_threadpool_free(batch);
+    }
 }
 
 Engine::~Engine() {
@@ -814,8 +840,22 @@ bool Engine::assign_pending() {
         // The slot that costs least: prompt tokens still to evaluate plus cached tokens thrown
         // away (another conversation may come back for them). A follow-up turn lands on its own
         // conversation's slot; an unrelated prompt takes an empty or least recently used one.
+        // In the unified pool a prefix cached in any slot can be shared (llama.cpp's seq_cp tags the same
+        // cells with a second sequence: no copy, no memory): a repeated or regenerated prompt reuses it
+        // without taking the slot, and the tail, of the conversation that holds it.
         const auto & request = pending_.front().params;
         const auto & prompt = request.prompt;
+        Slot * donor = nullptr;
+        size_t donor_prefix = 0;
+        if (unified_) {
+            for (auto & slot : slots_) {
+                const size_t prefix = reusable_prefix(*slot, request);
+                if (prefix > donor_prefix) {
+                    donor = slot.get();
+                    donor_prefix = prefix;
+                }
+            }
+        }
         Slot * best = nullptr;
         size_t best_cost = 0;
         size_t best_prefix = 0;
@@ -824,8 +864,9 @@ bool Engine::assign_pending() {
                 continue;
             }
             const size_t prefix = reusable_prefix(*slot, request);
-            const size_t cost = (prompt.size() - prefix) + (slot->cache.size() - prefix);
-            if (best == nullptr || cost < best_cost || (cost == best_cost && slot->last_used < best->last_used)) {
+            const size_t cost = (prompt.size() - std::max(prefix, donor_prefix)) + (slot->cache.size() - prefix);
+            if (best == nullptr || cost < best_cost ||
+                (cost == best_cost && (prefix > best_prefix || (prefix == best_prefix && slot->last_used < best->last_used)))) {
                 best = slot.get();
                 best_cost = cost;
                 best_prefix = prefix;
@@ -834,8 +875,30 @@ bool Engine::assign_pending() {
         if (best == nullptr) {
             break;
         }
-        if (unified_ && !make_room(reservation(request), best)) {
-            break;  // the running requests hold the pool: this one waits for one of them to end
+        bool share = donor != nullptr && donor_prefix > best_prefix;
+        if (unified_) {
+            const size_t cells = reservation(request);
+            if (share && !make_room(cells - donor_prefix, best, donor)) {
+                // No room beside the conversation that holds the prefix: where it is idle, the request takes
+                // its slot (its tail gives way) rather than evicting it whole.
+                share = false;
+                if (!donor->active) {
+                    best = donor;
+                    best_prefix = donor_prefix;
+                }
+            }
+            if (!share && !make_room(cells, best)) {
+                break;  // the running requests hold the pool: this one waits for one of them to end
+            }
+        }
+        if (share) {
+            llama_memory_t mem = llama_get_memory(ctx_.get());
+            llama_memory_seq_rm(mem, best->id, -1, -1);
+            llama_memory_seq_cp(mem, donor->id, best->id, 0, static_cast<llama_pos>(donor_prefix));
+            best->cache.assign(donor->cache.begin(), donor->cache.begin() + static_cast<long>(donor_prefix));
+            best->cached_media = donor->cached_media;
+            forget_media_after(best->cached_media, donor_prefix);
+            best_prefix = donor_prefix;
         }
         Pending pending = std::move(pending_.front());
         pending_.pop_front();
@@ -867,13 +930,13 @@ void Engine::evict(Slot & slot) {
     slot.cached_media.clear();
 }
 
-bool Engine::make_room(size_t cells, const Slot * keep) {
-    // `keep`'s own cache gives way to the request that takes it.
+bool Engine::make_room(size_t cells, const Slot * keep, const Slot * protect) {
+    // `keep`'s own cache gives way to the request that takes it; `protect`'s is needed (a shared prefix).
     size_t used = cells_in_use() - (keep != nullptr && !keep->active ? keep->cache.size() : 0);
     while (used + cells > pool_) {
         Slot * victim = nullptr;
         for (auto & slot : slots_) {
-            if (!slot->active && slot.get() != keep && !slot->cache.empty() &&
+            if (!slot->active && slot.get() != keep && slot.get() != protect && !slot->cache.empty() &&
                 (victim == nullptr || slot->last_used < victim->last_used)) {
                 victim = slot.get();
             }
@@ -1463,9 +1526,6 @@ void Engine::accept_drafts(Slot & slot, llama_token token, int idx) {
         auto & all = slot.draft_from_model ? model_acceptance_ : lookup_acceptance_;
         mine.add(static_cast<int>(accepted), static_cast<int>(n_draft));
         all.add(static_cast<int>(accepted), static_cast<int>(n_draft));
-        if (slot.draft_from_model && 2 * accepted >= n_draft) {
-            slot.probe_every = 16;  // drafting pays again: probe often if it stops paying
-        }
         std::lock_guard<std::mutex> lock(mutex_);
         stats_.draft_tokens += static_cast<long long>(n_draft);
         stats_.drafts_accepted += static_cast<long long>(accepted);
@@ -1527,7 +1587,9 @@ int Engine::plan_drafts(int budget) {
         if (slot.draft.empty() && drafter_ && slot.cached_media.empty() && !slot.params.media) {
             const double a = slot.model_acceptance.rate(model_acceptance_.rate(0.5));
             int k = std::max(params_.draft_min, spec_cost_.best_length(batch, generating, a, k_cap, true, kMargin));
-            if (k == 0 && spec_cost_.best_length(batch, generating, 0.95, k_cap, true, kMargin) > 0 && --slot.probe_in <= 0) {
+            if (k > 0) {
+                slot.probe_every = 16;  // drafting pays: if it stops paying, look again soon
+            } else if (spec_cost_.best_length(batch, generating, 0.95, k_cap, true, kMargin) > 0 && --slot.probe_in <= 0) {
                 // Not paying at this acceptance, but it would at a better one: try a short draft now and
                 // then, less often each time it does not pay, to notice when the text turns predictable.
                 k = std::min(2, k_cap);

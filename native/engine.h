@@ -247,10 +247,10 @@ private:
     llama_token argmax(const Slot & slot, int batch_index) const;
     size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
     // The unified pool: the cells a request may come to hold, those held or reserved now, and room made
-    // by dropping the caches of idle slots (least recently used first) other than `keep`.
+    // by dropping the caches of idle slots (least recently used first) other than `keep` and `protect`.
     size_t reservation(const RequestParams & request) const;
     size_t cells_in_use() const;
-    bool make_room(size_t cells, const Slot * keep);
+    bool make_room(size_t cells, const Slot * keep, const Slot * protect = nullptr);
     void evict(Slot & slot);
     bool decode_media(Slot & slot);  // the media chunk where the slot's prompt stands, if any
     void run_tasks();
@@ -258,6 +258,14 @@ private:
 
     std::shared_ptr<Model> model_;
     EngineParams params_;
+    // Persistent CPU worker threads, as llama.cpp's tools attach (without them ggml starts and joins its
+    // threads in every decode); shared with the draft model's context, which runs on the same thread.
+    // Declared before the contexts: freed after them.
+    struct ThreadPools {
+        ggml_threadpool * gen = nullptr;
+        ggml_threadpool * batch = nullptr;
+        ~ThreadPools();
+    } pools_;
     llama_adapter_lora_ptr lora_;  // declared before ctx_: the context is freed first
     llama_context_ptr ctx_;
     std::unique_ptr<Vision> vision_;

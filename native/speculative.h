@@ -84,6 +84,7 @@ public:
     int draft(std::vector<Job> & jobs, float p_min);
     void forget(int seq);  // the sequence's tokens are no longer known (its target cache was edited)
     int n_ctx_seq() const { return n_ctx_seq_; }
+    void attach_threadpool(ggml_threadpool * gen, ggml_threadpool * batch) { llama_attach_threadpool(ctx_.get(), gen, batch); }
     const Model & model() const { return *model_; }
 
 private:

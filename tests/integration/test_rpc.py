@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, native
 from tests.llama_tools import llama_tool
 
-pytestmark = pytest.mark.skipif(not _native.rpc_available(), reason="built without GGML_RPC")
+pytestmark = pytest.mark.skipif(not native.rpc_available(), reason="built without GGML_RPC")
 
 PROMPT = "The capital of France is"
 

@@ -564,3 +564,29 @@ def test_max_tokens_zero_generates_nothing(tiny_model_path: str) -> None:
     assert asyncio.run(llm.ainvoke("Hello there")) == ""
     with pytest.raises(ValueError, match="grammar"):
         llm.invoke("Hello there", grammar="root ::= undefined")
+
+
+def test_a_cached_prefix_is_shared_with_another_slot(tiny_model_path: str) -> None:
+    # A prompt asked again (a retry, a regenerated answer) reuses the prefix that another slot holds,
+    # without taking that slot's tail: in the unified pool the cells are shared, not copied.
+    llm = _llm(tiny_model_path, max_tokens=40, n_seq=4, n_ctx=512, ignore_eos=True)
+    engine = llm.load()
+    engine.clear_cache()
+    prompt = "a question asked twice " * 8
+    first = llm.generate([prompt]).generations[0][0]
+    assert (first.generation_info or {})["usage"]["cached_tokens"] == 0
+    held = [c for c in engine.cached_prompts() if c]
+    assert len(held) == 1 and len(held[0]) > 40
+    again = llm.generate([prompt]).generations[0][0]
+    n_prompt = (again.generation_info or {})["usage"]["prompt_tokens"]
+    assert (again.generation_info or {})["usage"]["cached_tokens"] == n_prompt - 1
+    assert again.text == first.text
+    caches = [c for c in engine.cached_prompts() if c]
+    assert held[0] in caches and len(caches) == 2  # the first answer's tail is still there
+    # Where the pool has no room beside it, the request takes that slot and its tail gives way.
+    tight = _llm(tiny_model_path, max_tokens=None, n_seq=4, n_ctx=256, ignore_eos=True)
+    engine = tight.load()
+    engine.clear_cache()
+    tight.generate([prompt])  # fills the pool
+    reused = tight.generate([prompt], max_tokens=4).generations[0][0]
+    assert (reused.generation_info or {})["usage"]["cached_tokens"] == n_prompt - 1
