@@ -95,5 +95,5 @@ def test_speculation_settings_are_checked(tiny_model_path: str, vocab_path: str)
         native.Engine.create(model, params)
     draft = native.load_model(vocab_path, vocab_only=True)
     params.embeddings = False
-    with pytest.raises(ValueError, match="vocab_only|vocabulary"):
+    with pytest.raises(ValueError, match=r"vocab_only|vocabulary"):
         native.Engine.create(model, params, draft)
