@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -216,7 +217,7 @@ def test_resubmitting_after_cancel_reuses_the_cancelled_slot(gemma_path: str) ->
         evaluated.append(engine.stats()["prompt_tokens_evaluated"])
     # Each resubmission evaluates only the prompt's last token (for its logits): the prefix comes from the
     # cancelled request's slot, taken over or shared with the other slot, never evaluated again.
-    assert [b - a for a, b in zip(evaluated, evaluated[1:])] == [1, 1, 1]
+    assert [b - a for a, b in itertools.pairwise(evaluated)] == [1, 1, 1]
 
 
 def test_fillers_leave_an_idle_sliding_window_conversation_intact(gemma_path: str) -> None:
