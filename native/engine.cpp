@@ -1096,8 +1096,6 @@ void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
     }
 }
 
-namespace {
-
 // The first index of the largest logit. Two passes the compiler vectorizes (a max over fixed-width
 // lanes, then a blockwise search for it) instead of one branchy loop: over Gemma's 262k-token
 // vocabulary that is ~40 us instead of ~500 us per token, 3-5% of a step of a small model.
@@ -1138,8 +1136,6 @@ int first_max(const float * x, int n) {
     }
     return -1;
 }
-
-}  // namespace
 
 llama_token Engine::argmax(const Slot & slot, int batch_index) const {
     const float * logits = llama_get_logits_ith(ctx_.get(), batch_index);

@@ -301,6 +301,9 @@ inline void batch_add(llama_batch & batch, llama_token token, llama_pos pos, lla
     batch.logits[i] = output ? 1 : 0;
 }
 
+// The first index of the largest value of x[0..n), -1 if every value is -inf or NaN (engine.cpp).
+int first_max(const float * x, int n);
+
 // Stops every engine thread (called at interpreter exit).
 void shutdown_all_engines();
 

@@ -213,11 +213,9 @@ namespace {
 
 // The draft's greedy pick and how sure it is of it (its softmax probability).
 std::pair<llama_token, float> top_token(const float * logits, int n_vocab, bool want_p) {
-    int best = 0;
-    for (int i = 1; i < n_vocab; ++i) {
-        if (logits[i] > logits[best]) {
-            best = i;
-        }
+    const int best = first_max(logits, n_vocab);
+    if (best < 0) {
+        return {LLAMA_TOKEN_NULL, 0.0f};
     }
     if (!want_p) {
         return {best, 1.0f};
@@ -303,15 +301,31 @@ int Drafter::draft(std::vector<Job> & jobs, float p_min) {
         if (p < p_min && static_cast<int>(job.draft.size()) >= job.n_min) {
             return false;
         }
-        if (token >= llama_vocab_n_tokens(model_->vocab()) || model_->is_eog(token)) {
+        if (token < 0 || token >= llama_vocab_n_tokens(model_->vocab()) || model_->is_eog(token)) {
             return false;  // the end of the answer: the target decides that on its own
         }
         job.draft.push_back(token);
         return static_cast<int>(job.draft.size()) < job.n_max;
     };
+    // One pass of the draft model over the batch built, then each sequence's next draft token from its
+    // row: 1 decoded, 0 nothing to decode, -1 failed.
+    std::vector<std::pair<Catchup *, int>> rows;
+    const auto decode_and_pick = [&]() -> int {
+        if (batch_.n_tokens == 0) {
+            return 0;
+        }
+        if (llama_decode(ctx_.get(), batch_) != 0) {
+            fail();
+            return -1;
+        }
+        decoded += batch_.n_tokens;
+        for (auto & [w, row] : rows) {
+            w->live = pick(*w->job, row);
+        }
+        return 1;
+    };
     // Catching up with what the target holds (the whole prompt the first time), many sequences per batch;
     // each one's first draft token comes from the row of its last token.
-    std::vector<std::pair<Catchup *, int>> rows;
     while (true) {
         batch_.n_tokens = 0;
         rows.clear();
@@ -328,16 +342,11 @@ int Drafter::draft(std::vector<Job> & jobs, float p_min) {
                 }
             }
         }
-        if (batch_.n_tokens == 0) {
+        if (const int done = decode_and_pick(); done <= 0) {
+            if (done < 0) {
+                return decoded;
+            }
             break;
-        }
-        if (llama_decode(ctx_.get(), batch_) != 0) {
-            fail();
-            return decoded;
-        }
-        decoded += batch_.n_tokens;
-        for (auto & [w, row] : rows) {
-            w->live = pick(*w->job, row);
         }
     }
     // Then one token per sequence and pass, each the last one drafted.
@@ -354,16 +363,8 @@ int Drafter::draft(std::vector<Job> & jobs, float p_min) {
             c.push_back(last);
             rows.emplace_back(&w, batch_.n_tokens - 1);
         }
-        if (batch_.n_tokens == 0) {
+        if (decode_and_pick() <= 0) {
             break;
-        }
-        if (llama_decode(ctx_.get(), batch_) != 0) {
-            fail();
-            return decoded;
-        }
-        decoded += batch_.n_tokens;
-        for (auto & [w, row] : rows) {
-            w->live = pick(*w->job, row);
         }
     }
     return decoded;

@@ -69,6 +69,9 @@ struct Acceptance {
 // A draft model: its own context with one sequence per engine slot, decoded greedily.
 class Drafter {
 public:
+    ~Drafter();
+    Drafter(const Drafter &) = delete;
+    Drafter & operator=(const Drafter &) = delete;
     // Throws std::invalid_argument where the draft's vocabulary differs from the target's.
     Drafter(std::shared_ptr<Model> draft, const Model & target, int n_ctx_seq, int n_seq, bool unified, int n_batch,
             int n_threads, bool f16_kv);
@@ -94,11 +97,6 @@ private:
     int n_batch_ = 0;
     int n_ctx_seq_ = 0;
     std::vector<std::vector<llama_token>> cache_;  // per sequence, tokens whose KV is in the draft context
-
-public:
-    ~Drafter();
-    Drafter(const Drafter &) = delete;
-    Drafter & operator=(const Drafter &) = delete;
 };
 
 }  // namespace lcl
