@@ -39,7 +39,7 @@ from benchmarks.community import (  # noqa: E402  (shared by both sides)
     passages,
     stream_rate,
 )
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings, _native, native  # noqa: E402
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings, native  # noqa: E402
 from tests.llama_tools import llama_tool  # noqa: E402
 from tests.models import get  # noqa: E402
 
@@ -241,11 +241,11 @@ def section_decode(threads: int, lines: list[str]) -> None:
         print(lines[-1], flush=True)
 
 
-def prompt_rate(engine: _native.Engine, n_prompt: int) -> float:
+def prompt_rate(engine: native.Engine, n_prompt: int) -> float:
     model = engine.model
     tokens = [model.bos_token] + [(7 * i + 1000) % model.n_vocab for i in range(n_prompt - 1)]
     engine.clear_cache()
-    params = _native.RequestParams()
+    params = native.RequestParams()
     params.prompt = tokens
     params.max_tokens = 1
     params.sampling.temperature = 0
@@ -877,7 +877,7 @@ def machine() -> str:
     except OSError:
         pass
     pinned = ROOT / "vendor" / "llama.cpp" / "PINNED"  # the source has no git metadata, so not in the build info
-    source = pinned.read_text().split()[-1] if pinned.exists() else _native.LLAMA_CPP_BUILD
+    source = pinned.read_text().split()[-1] if pinned.exists() else native.LLAMA_CPP_BUILD
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {source}"
 
 

@@ -22,6 +22,14 @@ works, and these names are the stable surface (the `_native` module behind them 
 
 `load_model` and `create_engine` share models and engines with the LangChain classes (the same file
 with the same settings is loaded once), so a `ChatLlamaCpp` and low-level code can work on one model.
+
+Also here: a `Chunk` carries a token's text, logprob and `TopLogprob` alternatives; `Engine.tokenize_media`
+gives a `MediaPrompt` (images or audio at the projector's markers) to set as `RequestParams.media`;
+`SamplingParams.grammar_triggers` (`GrammarTrigger`) make a grammar lazy; `ChatTemplates` and `ChatParser`
+render a model's chat template and parse its output; `grammar_error`, `json_schema_to_grammar` and
+`check_chat_template` check what strangers write; `system_info`, `rpc_available` and `LLAMA_CPP_BUILD` say
+what this build of llama.cpp is, for bug reports. Every class and field is typed in the stubs shipped beside
+the extension (`_native.pyi`).
 """
 
 from __future__ import annotations
@@ -29,14 +37,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from langchain_llamacpp import _engine
+from langchain_llamacpp import _engine, _native
 from langchain_llamacpp._native import (
+    LLAMA_CPP_BUILD,
     ChatParser,
     ChatTemplates,
     Chunk,
     Engine,
     EngineParams,
     GrammarTrigger,
+    MediaPrompt,
     Model,
     ModelParams,
     Request,
@@ -47,16 +57,17 @@ from langchain_llamacpp._native import (
     grammar_error,
     json_schema_to_grammar,
     rpc_available,
-    system_info,
 )
 
 __all__ = [
+    "LLAMA_CPP_BUILD",
     "ChatParser",
     "ChatTemplates",
     "Chunk",
     "Engine",
     "EngineParams",
     "GrammarTrigger",
+    "MediaPrompt",
     "Model",
     "ModelParams",
     "Request",
@@ -119,3 +130,8 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
         rpc_servers=tuple(params.rpc_servers),
     )
     return _engine.get_engine(config, _engine.EngineConfig(**settings), verbose)
+
+
+def system_info() -> str:
+    """The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print."""
+    return _native.system_info()

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.prompts import PromptTemplate
 
-from langchain_llamacpp import LlamaCpp, _native
+from langchain_llamacpp import LlamaCpp, native
 from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
 
 PROMPT = "The three most famous landmarks in Paris are"
@@ -206,7 +206,7 @@ def test_resubmitting_after_cancel_reuses_the_cancelled_slot(gemma_path: str) ->
     # new request arrives while the engine is still computing the cancelled one's step.)
     engine = LlamaCpp(model_path=gemma_path, n_seq=2, n_ctx=1024).load()
     engine.clear_cache()
-    params = _native.RequestParams()
+    params = native.RequestParams()
     params.prompt = engine.model.tokenize("The quick brown fox jumps over the lazy dog. " * 20)
     params.max_tokens = 100
     evaluated = []

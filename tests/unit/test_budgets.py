@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import langchain_llamacpp._native as _native
 import langchain_llamacpp._templates as _templates
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, native
 from tests import timing
 
 VENDOR = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp"
@@ -109,7 +108,7 @@ def test_real_templates_render_in_the_sandbox(tiny_model_path: str) -> None:
     deepest = 0
     for path in TEMPLATES:
         source = path.read_text()
-        deepest = max(deepest, _native.check_chat_template(source))
+        deepest = max(deepest, native.check_chat_template(source))
         sandbox = _templates.TemplateSandbox(tiny_model_path, (), source)
         try:
             rendered = sandbox.apply(messages, json.dumps([TOOL]), "auto", False, "", True, {}, True)
@@ -124,7 +123,7 @@ def test_sandbox_renders_what_llama_cpp_renders_in_process(tiny_model_path: str)
     chat = _chat(tiny_model_path, "")
     model = chat.load().model
     args = (json.dumps([{"role": "user", "content": "hi"}]), json.dumps([TOOL]), "auto", True, "", True, {}, True)
-    assert chat._chat_templates().apply(*args) == _native.ChatTemplates(model, "").apply(*args)
+    assert chat._chat_templates().apply(*args) == native.ChatTemplates(model, "").apply(*args)
 
 
 def test_worker_killed_from_outside_is_replaced(tiny_model_path: str) -> None:
@@ -186,7 +185,7 @@ def test_real_grammars_are_inside_the_limits(tiny_model_path: str) -> None:
     model = LlamaCpp(model_path=tiny_model_path, verbose=False).load().model
     assert GRAMMARS
     for path in GRAMMARS:
-        assert _native.grammar_error(model, path.read_text()) == "", path.name
+        assert native.grammar_error(model, path.read_text()) == "", path.name
 
 
 @pytest.mark.parametrize(
@@ -229,13 +228,13 @@ def test_real_tool_call_grammars_pass_the_ambiguity_check(tiny_model_path: str) 
     checked = 0
     for path in TEMPLATES:
         try:
-            templates = _native.ChatTemplates(model, path.read_text())
+            templates = native.ChatTemplates(model, path.read_text())
         except ValueError:
             continue  # a template llama.cpp cannot load: test_real_templates covers those
         for choice in ("auto", "required"):
             grammar = templates.apply(messages, tools_json=json.dumps([TOOL]), tool_choice=choice)["grammar"]
             if grammar:
-                assert _native.grammar_error(model, grammar) == "", f"{path.name} {choice}"
+                assert native.grammar_error(model, grammar) == "", f"{path.name} {choice}"
                 checked += 1
     assert checked > 50
 
@@ -244,10 +243,10 @@ def test_ambiguity_check_is_quick_and_remembered(tiny_model_path: str) -> None:
     model = LlamaCpp(model_path=tiny_model_path, verbose=False).load().model
     grammar = 'root ::= "x" ws\nws ::= ([ \\t] ws*)?'
     started = time.perf_counter()
-    first = _native.grammar_error(model, grammar)
+    first = native.grammar_error(model, grammar)
     took = time.perf_counter() - started
     started = time.perf_counter()
-    assert _native.grammar_error(model, grammar) == first != ""
+    assert native.grammar_error(model, grammar) == first != ""
     assert time.perf_counter() - started < took
 
 
@@ -270,10 +269,10 @@ def _nested_schema(depth: int) -> dict[str, object]:
 def test_deep_schema_is_refused_before_conversion(tiny_model_path: str) -> None:
     with pytest.raises(ValueError, match="nests more than 64 levels"):
         # As text: Python's own json module cannot write a document this deep.
-        _native.json_schema_to_grammar('{"type":"object","properties":{"x":' * 100_000 + "{}" + "}}" * 100_000)
+        native.json_schema_to_grammar('{"type":"object","properties":{"x":' * 100_000 + "{}" + "}}" * 100_000)
     chat = _chat(tiny_model_path, "")
     structured = chat.with_structured_output({"title": "Deep", **_nested_schema(100)}, method="json_schema")
     with pytest.raises(ValueError, match="nests more than 64 levels"):
         structured.invoke("hi")
     # A schema of ordinary depth converts.
-    assert "root" in _native.json_schema_to_grammar(json.dumps(_nested_schema(20)))
+    assert "root" in native.json_schema_to_grammar(json.dumps(_nested_schema(20)))

@@ -13,7 +13,7 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_llamacpp
-from langchain_llamacpp import LlamaCpp, _native
+from langchain_llamacpp import LlamaCpp, native
 from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
 from tests.tiny_model import write_tiny_lora
 
@@ -303,7 +303,7 @@ def test_context_manager_and_close(tiny_model_path: str) -> None:
 def test_native_request_api(tiny_model_path: str) -> None:
     llm = _llm(tiny_model_path)
     engine = llm.load()
-    params = _native.RequestParams()
+    params = native.RequestParams()
     params.prompt = engine.model.tokenize("Hello")
     params.max_tokens = 5
     params.sampling.temperature = 0
@@ -419,11 +419,11 @@ def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> No
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
 
 
-def _usage_side_by_side(engine: _native.Engine, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+def _usage_side_by_side(engine: native.Engine, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
     """The usage of each prompt's greedy request, all submitted at once."""
     requests = []
     for text in prompts:
-        params = _native.RequestParams()
+        params = native.RequestParams()
         params.prompt = engine.model.tokenize(text)
         params.max_tokens, params.ignore_eos, params.sampling.temperature = max_tokens, True, 0.0
         requests.append(engine.submit(params))

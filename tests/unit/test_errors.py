@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, _native
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, native
 
 
 def test_missing_model_file() -> None:
@@ -15,10 +15,10 @@ def test_missing_model_file() -> None:
 
 
 def test_missing_model_file_native() -> None:
-    params = _native.ModelParams()
+    params = native.ModelParams()
     params.path = "/nonexistent/model.gguf"
     with pytest.raises(FileNotFoundError, match=r"/nonexistent/model\.gguf"):
-        _native.Model.load(params)
+        native.Model.load(params)
 
 
 def test_not_a_gguf(tmp_path: Path) -> None:

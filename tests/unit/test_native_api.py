@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import inspect
 import math
+import re
+from pathlib import Path
 
 import pytest
 
+import langchain_llamacpp
 from langchain_llamacpp import LlamaCpp, native
 
 
@@ -46,6 +52,72 @@ def test_unknown_settings_and_missing_files(tiny_model_path: str, tmp_path: obje
         native.create_engine(native.load_model(tiny_model_path), context=128)
 
 
-def test_everything_exported_exists() -> None:
+def test_public_names_are_pinned() -> None:
+    assert native.__all__ == [
+        "LLAMA_CPP_BUILD",
+        "ChatParser",
+        "ChatTemplates",
+        "Chunk",
+        "Engine",
+        "EngineParams",
+        "GrammarTrigger",
+        "MediaPrompt",
+        "Model",
+        "ModelParams",
+        "Request",
+        "RequestParams",
+        "SamplingParams",
+        "TopLogprob",
+        "check_chat_template",
+        "create_engine",
+        "grammar_error",
+        "json_schema_to_grammar",
+        "load_model",
+        "rpc_available",
+        "system_info",
+    ]
+
+
+def _stub_declarations() -> dict[str, ast.stmt]:
+    """The top-level declarations of the typed stubs installed beside the extension (as a wheel has them)."""
+    spec = importlib.util.find_spec("langchain_llamacpp._native")
+    assert spec is not None and spec.origin is not None
+    stub = Path(spec.origin).with_name("_native.pyi")
+    assert stub.is_file(), f"no stubs beside the extension: {stub}"
+    declared: dict[str, ast.stmt] = {}
+    for node in ast.parse(stub.read_text()).body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            declared[node.name] = node
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            declared[node.target.id] = node
+    return declared
+
+
+def _own_docstring(name: str, obj: object) -> str:
+    """The docstring without the signature line nanobind puts first on a function's."""
+    doc = inspect.getdoc(obj) or ""
+    if doc.startswith(f"{name}("):
+        doc = doc.partition("\n")[2]
+    return doc.strip()
+
+
+def test_every_public_name_is_typed_and_documented() -> None:
+    declared = _stub_declarations()
+    assert (Path(langchain_llamacpp.__file__).parent / "py.typed").is_file()
     for name in native.__all__:
-        assert getattr(native, name) is not None
+        obj = getattr(native, name)
+        if inspect.isclass(obj):
+            # Classes from the extension: declared, with their fields' types, in the stubs.
+            assert isinstance(declared.get(name), ast.ClassDef), f"{name} is not a class of the stubs"
+        elif callable(obj):
+            assert _own_docstring(name, obj), f"{name} has no docstring"
+            if getattr(obj, "__module__", None) == "langchain_llamacpp.native":
+                assert "return" in inspect.get_annotations(obj), f"{name} has no return type"
+            else:
+                assert isinstance(declared.get(name), ast.FunctionDef), f"{name} is not a function of the stubs"
+        else:
+            assert isinstance(declared.get(name), ast.AnnAssign), f"{name} is not a typed constant of the stubs"
+            assert f"`{name}`" in (native.__doc__ or ""), f"the module docstring does not mention {name}"
+    # Everything the module's docstring names as part of it is exported.
+    named = {word for word in re.findall(r"`([A-Za-z]\w*)`", native.__doc__ or "") if hasattr(native, word)}
+    assert named <= set(native.__all__)
