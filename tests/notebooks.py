@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from tests import models
 from tests.tiny_vision import MMPROJ_FILE, TEXT_FILE, write_tiny_vision_model
@@ -58,21 +61,46 @@ def sources_digest(notebook: nbformat.NotebookNode) -> str:
     return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
 
-def execute(path: Path, save: bool = False) -> nbformat.NotebookNode:
-    """Run a notebook top to bottom (an error raises, naming the cell); optionally store its outputs."""
+def execute(path: Path, save: bool = False) -> str | None:
+    """Run a notebook top to bottom; None if every cell ran, else what failed: the cell and its error.
+
+    A failing cell ends the run (the cells after it build on it), and a notebook that failed is not stored.
+    """
     notebook = nbformat.read(path, as_version=4)
+    started: list[int] = []  # the index of each cell as it starts
     client = NotebookClient(
         notebook,
         timeout=600,
         kernel_name="python3",
         record_timing=False,  # no timestamps in the stored file
         resources={"metadata": {"path": str(prepare())}},
+        on_cell_start=lambda cell, cell_index: started.append(cell_index),
     )
-    client.execute()
+    try:
+        client.execute()
+    except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
+        return describe_failure(path, notebook, started[-1] if started else None, error)
     if save:
         notebook.metadata[METADATA_KEY] = {"sources_sha256": sources_digest(notebook)}
         nbformat.write(notebook, path)
-    return notebook
+    return None
+
+
+def describe_failure(path: Path, notebook: nbformat.NotebookNode, index: int | None, error: Exception) -> str:
+    """The failing cell (its number among the code cells, and its code) and its error, as plain text."""
+    if index is None:  # the kernel did not start
+        return f"{path.name}: {type(error).__name__}: {error}"
+    cell = notebook.cells[index]
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    if isinstance(error, CellExecutionError):
+        what = f"{error.ename}: {error.evalue}"
+        shown = [output for output in cell.outputs if output.output_type == "error"]
+        traceback = "\n".join(line for output in shown for line in output.traceback)
+    else:  # a timeout or a dead kernel
+        what, traceback = f"{type(error).__name__}: {error}", ""
+    text = f"{path.name}, code cell {code.index(cell) + 1} of {len(code)}: {what}\n"
+    text += textwrap.indent(cell.source, "    ") + "\n" + traceback
+    return re.sub(r"\x1b\[[0-9;]*m", "", text).rstrip()  # without IPython's colours
 
 
 def main(argv: list[str]) -> int:
@@ -83,7 +111,10 @@ def main(argv: list[str]) -> int:
     for path in NOTEBOOKS:
         if not args.names or path.stem in args.names:
             print(f"running {path.relative_to(ROOT)}", flush=True)
-            execute(path, save=args.save)
+            failure = execute(path, save=args.save)
+            if failure:
+                print(failure, file=sys.stderr)
+                return 1
     return 0
 
 

@@ -14,9 +14,10 @@ IDS = [p.stem for p in notebooks.NOTEBOOKS]
 
 @pytest.mark.parametrize("path", notebooks.NOTEBOOKS, ids=IDS)
 def test_notebook_runs(path: Path, gemma_path: str, qwen_path: str, nomic_path: str) -> None:
-    # The fixtures fetch and verify the models; a failing cell raises CellExecutionError naming it.
-    ran = notebooks.execute(path)
-    assert all(cell.execution_count for cell in ran.cells if cell.cell_type == "code")
+    # The fixtures fetch and verify the models. A failing cell ends the run: the failure names the
+    # cell, shows its code and the error with its traceback.
+    failure = notebooks.execute(path)
+    assert failure is None, failure
 
 
 @pytest.mark.parametrize("path", notebooks.NOTEBOOKS, ids=IDS)
