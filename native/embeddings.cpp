@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common.h"
+#include "batch.h"
 #include "logging.h"
 
 namespace lcl {
@@ -50,7 +51,7 @@ std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & i
     const int n_embd = n_embd_out();
     std::vector<float> out(inputs.size() * static_cast<size_t>(n_embd));
     run_on_thread([&] {
-        llama_context * ctx = ctx_.get();
+        llama_context * ctx = this->ctx();
         llama_memory_t mem = llama_get_memory(ctx);  // null for encoder-only models
         const int n_seq_max = static_cast<int>(llama_n_seq_max(ctx));
         size_t first = 0;  // index of the batch's first text

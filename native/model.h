@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "llama-cpp.h"
+#include "params.h"  // LCL_DECLARE_FIELD
 
 namespace lcl {
 
@@ -19,17 +20,24 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+using KvOverrides = std::map<std::string, std::string>;
+
+// X(type, name, default, doc), as in params.h.
+#define LCL_MODEL_PARAMS(X)                                                                                        \
+    X(std::string, path, "", "The GGUF file.")                                                                     \
+    X(int, n_gpu_layers, 0, "Layers to offload to the GPU; -1 for all.")                                           \
+    X(bool, use_mmap, true, "Map the file instead of reading it.")                                                 \
+    X(bool, use_mlock, false, "Lock the weights in RAM.")                                                          \
+    X(bool, vocab_only, false, "Load the vocabulary only (tokenize, no generation).")                              \
+    X(bool, check_tensors, false, "Validate the tensor data while loading.")                                       \
+    X(bool, repack, true, "Use llama.cpp's repacked weight layouts (faster on some CPUs).")                         \
+    X(KvOverrides, kv_overrides, {},                                                                               \
+      "GGUF metadata overrides: key -> 'int:1' / 'float:0.5' / 'bool:true' / 'str:x'.")                            \
+    X(std::vector<std::string>, rpc_servers, {}, "host:port of llama.cpp rpc-servers that take offloaded layers.") \
+    X(int, rpc_timeout_ms, 5000, "For each RPC server's connection and handshake.")
+
 struct ModelParams {
-    std::string path;
-    int n_gpu_layers = 0;  // -1: all layers
-    bool use_mmap = true;
-    bool use_mlock = false;
-    bool vocab_only = false;
-    bool check_tensors = false;
-    bool repack = true;  // llama.cpp's repacked weight layouts (extra buffer types)
-    std::map<std::string, std::string> kv_overrides;  // "key" -> "int:1" / "float:0.5" / "bool:true" / "str:x"
-    std::vector<std::string> rpc_servers;  // "host:port" of llama.cpp rpc-servers that take offloaded layers
-    int rpc_timeout_ms = 5000;             // for each server's connection and handshake
+    LCL_MODEL_PARAMS(LCL_DECLARE_FIELD)
 };
 
 using ProgressCallback = std::function<bool(float)>;

@@ -58,21 +58,10 @@ void wait_interruptibly(lcl::Request & self, bool until_done) {
 }
 
 void register_model(nb::module_ & m) {
-    nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.")
-        .def(nb::init<>())
-        .def_rw("path", &lcl::ModelParams::path)
-        .def_rw("n_gpu_layers", &lcl::ModelParams::n_gpu_layers, "Layers to offload to the GPU; -1 for all.")
-        .def_rw("use_mmap", &lcl::ModelParams::use_mmap)
-        .def_rw("use_mlock", &lcl::ModelParams::use_mlock)
-        .def_rw("vocab_only", &lcl::ModelParams::vocab_only)
-        .def_rw("check_tensors", &lcl::ModelParams::check_tensors)
-        .def_rw("repack", &lcl::ModelParams::repack, "Use llama.cpp's repacked weight layouts (faster on some CPUs).")
-        .def_rw("kv_overrides", &lcl::ModelParams::kv_overrides,
-                "Metadata overrides: key -> 'int:N' | 'float:X' | 'bool:B' | 'str:S'.")
-        .def_rw("rpc_servers", &lcl::ModelParams::rpc_servers,
-                "\"host:port\" of llama.cpp rpc-servers that take the offloaded layers (n_gpu_layers), first.")
-        .def_rw("rpc_timeout_ms", &lcl::ModelParams::rpc_timeout_ms,
-                "Time for each RPC server's connection and handshake.");
+    auto model_params = nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.").def(nb::init<>());
+#define LCL_BIND(type, name, value, doc) model_params.def_rw(#name, &lcl::ModelParams::name, doc);
+    LCL_MODEL_PARAMS(LCL_BIND)
+#undef LCL_BIND
 
     nb::class_<lcl::Model>(m, "Model", "Loaded weights and vocabulary, shared by all engines on the same file.")
         .def_static(
@@ -157,40 +146,12 @@ void register_model(nb::module_ & m) {
 }
 
 void register_engine(nb::module_ & m) {
-    nb::class_<lcl::EngineParams>(m, "EngineParams", "Context and scheduling settings of an engine.")
-        .def(nb::init<>())
-        .def_rw("n_ctx", &lcl::EngineParams::n_ctx, "Context per sequence; 0 for the model's trained length.")
-        .def_rw("n_batch", &lcl::EngineParams::n_batch)
-        .def_rw("n_ubatch", &lcl::EngineParams::n_ubatch)
-        .def_rw("n_seq", &lcl::EngineParams::n_seq, "Sequence slots decoded together.")
-        .def_rw("n_threads", &lcl::EngineParams::n_threads)
-        .def_rw("n_threads_batch", &lcl::EngineParams::n_threads_batch)
-        .def_rw("f16_kv", &lcl::EngineParams::f16_kv)
-        .def_rw("flash_attn", &lcl::EngineParams::flash_attn, "-1 auto, 0 off, 1 on.")
-        .def_rw("rope_freq_base", &lcl::EngineParams::rope_freq_base)
-        .def_rw("rope_freq_scale", &lcl::EngineParams::rope_freq_scale)
-        .def_rw("embeddings", &lcl::EngineParams::embeddings)
-        .def_rw("pooling", &lcl::EngineParams::pooling)
-        .def_rw("swa_full", &lcl::EngineParams::swa_full)
-        .def_rw("batch_invariant", &lcl::EngineParams::batch_invariant,
-                "Outputs do not depend on what else is decoded with them (CPU backend; slower).")
-        .def_rw("offload_kqv", &lcl::EngineParams::offload_kqv)
-        .def_rw("lora_path", &lcl::EngineParams::lora_path)
-        .def_rw("lora_scale", &lcl::EngineParams::lora_scale)
-        .def_rw("kv_unified", &lcl::EngineParams::kv_unified,
-                "One KV pool of n_ctx cells shared by all slots: -1 auto (on unless batch_invariant or a "
-                "recurrent model), 0 off (n_ctx per slot), 1 on.")
-        .def_rw("mmproj_path", &lcl::EngineParams::mmproj_path,
-                "A projector GGUF (mmproj) for image and audio input; \"\" for none.")
-        .def_rw("prompt_lookup", &lcl::EngineParams::prompt_lookup,
-                "Speculative decoding with drafts copied from the request's own text (n-gram prompt lookup).")
-        .def_rw("draft_max", &lcl::EngineParams::draft_max, "Tokens drafted at most per step.")
-        .def_rw("draft_min", &lcl::EngineParams::draft_min,
-                "Tokens drafted at least where a draft exists, whatever the cost model says (0: as it says).")
-        .def_rw("draft_p_min", &lcl::EngineParams::draft_p_min,
-                "The draft model stops drafting where its top token's probability is below this.")
-        .def_rw("draft_n_ctx", &lcl::EngineParams::draft_n_ctx,
-                "The draft model's context per slot; 0: the same as n_ctx.");
+    // Each settings struct is bound from its table (params.h): a field added there is in Python too.
+    auto engine_params =
+        nb::class_<lcl::EngineParams>(m, "EngineParams", "Context and scheduling settings of an engine.").def(nb::init<>());
+#define LCL_BIND(type, name, value, doc) engine_params.def_rw(#name, &lcl::EngineParams::name, doc);
+    LCL_ENGINE_PARAMS(LCL_BIND)
+#undef LCL_BIND
 
     nb::class_<lcl::MediaPrompt>(m, "MediaPrompt",
                                  "A prompt with images or audio (Engine.tokenize_media); set it as RequestParams.media.")
@@ -213,40 +174,20 @@ void register_engine(nb::module_ & m) {
         .def_rw("value", &lcl::GrammarTrigger::value)
         .def_rw("token", &lcl::GrammarTrigger::token);
 
-    nb::class_<lcl::SamplingParams>(m, "SamplingParams", "llama.cpp's sampler chain settings for one request.")
-        .def(nb::init<>())
-        .def_rw("temperature", &lcl::SamplingParams::temperature, "0 for greedy decoding.")
-        .def_rw("top_k", &lcl::SamplingParams::top_k)
-        .def_rw("top_p", &lcl::SamplingParams::top_p)
-        .def_rw("min_p", &lcl::SamplingParams::min_p)
-        .def_rw("typical_p", &lcl::SamplingParams::typical_p)
-        .def_rw("repeat_penalty", &lcl::SamplingParams::repeat_penalty)
-        .def_rw("repeat_last_n", &lcl::SamplingParams::repeat_last_n)
-        .def_rw("frequency_penalty", &lcl::SamplingParams::frequency_penalty)
-        .def_rw("presence_penalty", &lcl::SamplingParams::presence_penalty)
-        .def_rw("mirostat", &lcl::SamplingParams::mirostat)
-        .def_rw("mirostat_tau", &lcl::SamplingParams::mirostat_tau)
-        .def_rw("mirostat_eta", &lcl::SamplingParams::mirostat_eta)
-        .def_rw("seed", &lcl::SamplingParams::seed, "-1 for a random seed.")
-        .def_rw("logit_bias", &lcl::SamplingParams::logit_bias)
-        .def_rw("grammar", &lcl::SamplingParams::grammar, "GBNF grammar text; empty for none.")
-        .def_rw("grammar_lazy", &lcl::SamplingParams::grammar_lazy)
-        .def_rw("grammar_is_tool_call", &lcl::SamplingParams::grammar_is_tool_call)
-        .def_rw("grammar_triggers", &lcl::SamplingParams::grammar_triggers)
-        .def_rw("preserved_tokens", &lcl::SamplingParams::preserved_tokens)
-        .def_rw("generation_prompt", &lcl::SamplingParams::generation_prompt);
+    auto sampling_params =
+        nb::class_<lcl::SamplingParams>(m, "SamplingParams", "llama.cpp's sampler chain settings for one request.")
+            .def(nb::init<>());
+#define LCL_BIND(type, name, value, doc) sampling_params.def_rw(#name, &lcl::SamplingParams::name, doc);
+    LCL_SAMPLING_PARAMS(LCL_BIND)
+#undef LCL_BIND
 
-    nb::class_<lcl::RequestParams>(m, "RequestParams", "One generation request.")
-        .def(nb::init<>())
-        .def_rw("prompt", &lcl::RequestParams::prompt, "Prompt token ids.")
-        .def_rw("media", &lcl::RequestParams::media, nb::arg("media").none(),
-                "A MediaPrompt; when set, its tokens are the prompt.")
-        .def_rw("max_tokens", &lcl::RequestParams::max_tokens, "-1: until end of generation or a full context.")
-        .def_rw("stop", &lcl::RequestParams::stop)
-        .def_rw("n_probs", &lcl::RequestParams::n_probs, "Top logprobs per token; -1: the chosen token's only.")
-        .def_rw("ignore_eos", &lcl::RequestParams::ignore_eos)
-        .def_rw("render_special", &lcl::RequestParams::render_special)
-        .def_rw("sampling", &lcl::RequestParams::sampling);
+    auto request_params = nb::class_<lcl::RequestParams>(m, "RequestParams", "One generation request.")
+                              .def(nb::init<>())
+                              .def_rw("media", &lcl::RequestParams::media, nb::arg("media").none(),
+                                      "A MediaPrompt; when set, its tokens are the prompt.");
+#define LCL_BIND(type, name, value, doc) request_params.def_rw(#name, &lcl::RequestParams::name, doc);
+    LCL_REQUEST_PARAMS(LCL_BIND)
+#undef LCL_BIND
 
     nb::class_<lcl::TopLogprob>(m, "TopLogprob")
         .def_ro("token", &lcl::TopLogprob::token)

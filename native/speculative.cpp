@@ -6,7 +6,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine.h"  // batch_add
+#include "batch.h"
+#include "sampler.h"  // first_max
 #include "logging.h"
 
 namespace lcl {
