@@ -54,23 +54,67 @@ def test_max_tokens_and_finish_reason(tiny_model_path: str) -> None:
     assert usage["total_tokens"] == usage["prompt_tokens"] + 7
 
 
-def test_stop_strings_are_held_back(tiny_model_path: str) -> None:
-    """Whatever stop string is chosen, no part of it reaches the stream or the result."""
-    llm = _llm(tiny_model_path, max_tokens=60)
-    full = llm.invoke("Once upon a time")
-    assert len(full) > 30
-    # Stop strings that start mid-token and span token boundaries.
-    for start, length in [(10, 4), (17, 9), (25, 3)]:
-        stop = full[start : start + length]
-        expected = full[: full.index(stop)]
-        chunks = list(llm.stream("Once upon a time", stop=[stop]))
-        assert "".join(chunks) == expected
-        assert llm.invoke("Once upon a time", stop=[stop]) == expected
-    # A stop string that starts like the text but never occurs: what was held back while it might
-    # have matched is released, in order, and the stream still comes in pieces.
-    never = full[10:14] + "\u2603"
-    chunks = list(llm.stream("Once upon a time", stop=[never]))
-    assert "".join(chunks) == full and len(chunks) > 5
+def _greedy_chunks(engine: native.Engine, prompt: str, stop: list[str]) -> list[native.Chunk]:
+    """A greedy request's chunks: one per token, then any text still held back at the end."""
+    params = native.RequestParams()
+    params.prompt = engine.model.tokenize(prompt)
+    params.max_tokens, params.ignore_eos, params.stop = 60, True, stop
+    params.sampling.temperature = 0.0
+    return engine.submit(params).wait()
+
+
+def _may_show(generated: str, stop: str) -> str:
+    """What a stream may show once `generated` is generated: the text before the stop string once it is
+    there, else all but the longest tail that may still become it."""
+    if stop in generated:
+        return generated[: generated.index(stop)]
+    held = max((n for n in range(1, len(stop)) if generated.endswith(stop[:n])), default=0)
+    return generated[: len(generated) - held]
+
+
+def test_stop_strings_are_held_back_only_while_they_may_match(tiny_model_path: str) -> None:
+    """No part of a stop string is ever shown, and text is held back only while it may become one.
+
+    After each token the text shown so far must be exactly what may be shown of the text generated so
+    far: text shown and then found to start a stop string (which a stream cannot take back) fails at
+    that token, and so does text still held back after the model went another way.
+    """
+    llm = _llm(tiny_model_path, max_tokens=60, ignore_eos=True)
+    engine = llm.load()
+    prompt = "Once upon a time"
+    plain = _greedy_chunks(engine, prompt, [])
+    pieces = [chunk.text for chunk in plain]
+    full = "".join(pieces)
+    assert llm.invoke(prompt) == full
+
+    def generated(step: int) -> str:
+        return "".join(pieces[: step + 1])
+
+    # Stop strings that start inside one token's text: one that occurs (ending inside the next token),
+    # and one whose first characters the model writes over two tokens before it goes another way.
+    long_pairs = [i for i in range(1, len(pieces) - 3) if len(pieces[i]) >= 3 and len(pieces[i + 1]) >= 3]
+    first, second = long_pairs[0], long_pairs[-1]
+    matching = full[len(generated(second)) - 2 : len(generated(second)) + 2]
+    diverging = full[len(generated(first)) - 2 : len(generated(first + 1))] + "\u2603"
+    assert diverging not in full and full.index(matching) == len(generated(second)) - 2
+    # So both make the engine hold text back mid-stream, and the diverging one releases it again.
+    assert _may_show(generated(second), matching) == generated(second)[:-2]
+    assert _may_show(generated(first + 1), diverging) == generated(first)[:-2]
+    assert _may_show(generated(first + 2), diverging) == generated(first + 2)
+
+    for stop in (matching, diverging):
+        chunks = _greedy_chunks(engine, prompt, [stop])
+        shown = ""
+        for step, chunk in enumerate(chunks[: len(plain)]):
+            assert chunk.token == plain[step].token
+            shown += chunk.text
+            assert shown == _may_show(generated(step), stop), f"after token {step} with stop {stop!r}"
+        shown += "".join(chunk.text for chunk in chunks[len(plain) :])  # what was held back at the end
+        final = full[: full.index(stop)] if stop in full else full
+        assert shown == final
+        # Through LangChain: the same text, streamed and whole.
+        assert "".join(llm.stream(prompt, stop=[stop])) == final
+        assert llm.invoke(prompt, stop=[stop]) == final
 
 
 def test_constructor_and_call_stop_are_merged(tiny_model_path: str) -> None:
