@@ -244,9 +244,14 @@ def test_template_with_cve_2024_34359_payload_executes_nothing(tmp_path: Path) -
 def test_chat_template_override(smollm_path: str) -> None:
     template = "{% for m in messages %}<<{{ m['role'] }}>>{{ m['content'] }}\n{% endfor %}<<assistant>>"
     chat = ChatLlamaCpp(model_path=smollm_path, chat_template=template, temperature=0, max_tokens=4)
+    engine = chat.load()
+    engine.clear_cache()
     usage = chat.invoke("Hello").usage_metadata
-    # The prompt is exactly the override's rendering, not the model's own ChatML one.
+    # The prompt is the override's rendering token for token (a count alone would also pass with the
+    # role misnamed: "<<human>>" is as long), and nothing like the model's own ChatML one.
     expected = chat.native_model.tokenize("<<user>>Hello\n<<assistant>>", add_special=True, parse_special=True)
     assert usage is not None and usage["input_tokens"] == len(expected)
+    cached = [engine.slot_tokens(slot) for slot in range(engine.n_seq)]
+    assert [tokens[: len(expected)] for tokens in cached if tokens] == [expected]
     own = ChatLlamaCpp(model_path=smollm_path, temperature=0, max_tokens=4).invoke("Hello").usage_metadata
     assert own is not None and own["input_tokens"] != len(expected)
