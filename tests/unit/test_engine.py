@@ -261,7 +261,7 @@ def test_threads_share_one_instance(tiny_model_path: str, n_seq: int) -> None:
 
 
 def test_batch_and_generate_many(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4)
+    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4, ignore_eos=True)
     prompts = [f"Item {i}:" for i in range(6)]
     sequential = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == sequential
@@ -269,8 +269,9 @@ def test_batch_and_generate_many(tiny_model_path: str) -> None:
     before = engine.stats()["steps"]
     result = llm.generate(prompts)
     assert [g[0].text for g in result.generations] == sequential
-    # Decoded together: one after another, 6 prompts of 12 tokens take at least 6 * 12 decode steps;
-    # four slots at a time take about 2 * 13.
+    # Decoded together: one after another, 6 answers of 12 tokens (ignore_eos) take at least 6 * 12
+    # decode steps; four slots at a time take about 2 * 13. The steps of this call only: the batch()
+    # call before it decodes together too.
     assert engine.stats()["steps"] - before <= len(prompts) * 12 // 2
 
 
@@ -458,7 +459,9 @@ def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> No
     together = llm.generate([texts[0] + " and", texts[2] + " and"])
     after = engine.stats()
     assert after["fillers"] == before["fillers"]
-    assert after["max_batch"] >= 2
+    # Decoded together: one after the other, two answers of 64 tokens take at least 128 steps.
+    # (Not the largest batch: that counts since the engine was made, and prompt tokens too.)
+    assert after["steps"] - before["steps"] < 96
     assert engine.slot_tokens(1) == idle
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
 
