@@ -49,6 +49,10 @@ def flush_native_logs(verbose: bool = False) -> None:
         sys.stderr.flush()
 
 
+# The keys of the shared models and engines: hashable copies of ModelParams and EngineParams (their
+# defaults too, which _settings checks at import against the native structs and its table of settings).
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     path: str
@@ -94,7 +98,7 @@ class EngineConfig:
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 # Settings of the engine that are not EngineParams fields: given to Engine.create otherwise.
-_NOT_PARAMS = frozenset({"draft_model_path"})
+NOT_PARAMS = frozenset({"draft_model_path"})
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
 
 # Held while a model or engine is being made; fork() waits for it (see _before_fork).
@@ -163,12 +167,8 @@ def load_model(config: ModelConfig, verbose: bool = False, progress: bool | None
         valid_text(value, f"kv_overrides[{key!r}]")
     params = _native.ModelParams()
     params.path = os.fspath(config.path)
-    params.n_gpu_layers = config.n_gpu_layers
-    params.use_mmap = config.use_mmap
-    params.use_mlock = config.use_mlock
-    params.vocab_only = config.vocab_only
-    params.check_tensors = config.check_tensors
-    params.repack = config.repack
+    for name in MODEL_FIELDS - {"kv_overrides", "rpc_servers"}:  # those two are tuples in the key
+        setattr(params, name, getattr(config, name))
     params.kv_overrides = dict(config.kv_overrides)
     params.rpc_servers = [valid_text(s, "rpc_servers") for s in config.rpc_servers]
     bar = _LoadProgress(config.path) if (verbose if progress is None else progress) else None
@@ -199,7 +199,7 @@ def get_engine(
             return engine
         model = load_model(model_config, verbose, progress)
         params = _native.EngineParams()
-        for name in ENGINE_FIELDS - _NOT_PARAMS:
+        for name in ENGINE_FIELDS - NOT_PARAMS:
             setattr(params, name, getattr(engine_config, name))
         valid_text(params.lora_path, "lora_path")
         draft = None
@@ -506,10 +506,3 @@ class AsyncRequest:
         with contextlib.suppress(BlockingIOError):
             os.read(self._read_fd, 4096)
         _return_pipe(self._pipe)
-
-
-def apply_overrides(target: Any, values: dict[str, Any], allowed: frozenset[str], what: str) -> None:
-    for key, value in values.items():
-        if key not in allowed:
-            raise ValueError(f"unknown {what} parameter {key!r}; known: {', '.join(sorted(allowed))}")
-        setattr(target, key, value)

@@ -3,19 +3,15 @@ template, tool calling and grammar-constrained structured output."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
-from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.output_parsers import (
     JsonOutputKeyToolsParser,
     JsonOutputParser,
@@ -27,22 +23,22 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, PrivateAttr, model_validator
+from pydantic import BaseModel, PrivateAttr
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
-from langchain_llamacpp._base import LlamaCppParams
+import langchain_llamacpp._request as _request
+import langchain_llamacpp._results as _results
+import langchain_llamacpp._settings as _settings
+from langchain_llamacpp._base import LlamaCppBase
+from langchain_llamacpp._chat_stream import ChatStream
 from langchain_llamacpp._deadline import BlockingRequest
 from langchain_llamacpp._messages import (
     MediaFiles,
     convert_messages_to_llamacpp,
     convert_tools_to_openai,
-    extract_json_tool_calls,
     force_tool_call_grammar,
-    looks_like_json_call,
-    new_call_id,
     normalize_tool_choice,
-    parse_tool_calls,
 )
 from langchain_llamacpp._templates import TemplateSandbox
 
@@ -52,18 +48,15 @@ _CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "
 
 @dataclass
 class _Call:
-    """One prepared chat request."""
+    """One prepared chat request, and the reader of its reply."""
 
     engine: _native.Engine
     params: _native.RequestParams
-    parser: _native.ChatParser
-    parse: bool  # output needs parsing (tools, reasoning); otherwise it is plain content
     options: dict[str, Any]
-    tool_names: list[str] = field(default_factory=list)  # tools the model may call ("auto")
-    call_ids: list[str] = field(default_factory=list)
+    stream: ChatStream
 
 
-class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
+class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     """Chat with a local GGUF model through llama.cpp.
 
     Messages are rendered with the model's own Jinja chat template by llama.cpp's template
@@ -140,20 +133,8 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained` finds it beside
     the model."""
 
+    _settings_class: ClassVar[str] = _settings.CHAT
     _templates: TemplateSandbox | None = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _check_mmproj(self) -> ChatLlamaCpp:
-        if self.mmproj_path is not None:
-            path = os.path.expanduser(os.fspath(self.mmproj_path))
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"projector (mmproj) file not found: {path}")
-            self.mmproj_path = path
-        return self
-
-    def _engine_config(self, embeddings: bool = False) -> _engine.EngineConfig:
-        config = super()._engine_config(embeddings)
-        return replace(config, mmproj_path=self.mmproj_path or "") if self.mmproj_path and not embeddings else config
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -271,7 +252,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
 
     def _chat_templates(self) -> TemplateSandbox:
         if self._templates is None:
-            config = self._model_config()
+            config = _settings.model_config(self)
             self._templates = TemplateSandbox(
                 config.path, config.kv_overrides, _engine.valid_text(self.chat_template or "", "chat_template")
             )
@@ -280,7 +261,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         chat_kwargs = {k: kwargs.pop(k) for k in _CHAT_OPTIONS if k in kwargs}
         engine = self.load()
-        options = self._options(kwargs)
+        options = _request.call_options(self, kwargs)
         tools: list[dict[str, Any]] = chat_kwargs.get("tools") or []
         names = [t["function"]["name"] for t in tools]
         choice, forced = normalize_tool_choice(chat_kwargs.get("tool_choice"), names) if tools else ("auto", None)
@@ -289,7 +270,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         json_schema = chat_kwargs.get("json_schema")
         if json_schema is not None and tools and choice != "none":
             raise ValueError("structured output (json_schema) cannot be combined with bound tools")
-        user_grammar = self._grammar_text(options)
+        user_grammar = _settings.grammar_text(options["grammar"], options["grammar_path"])
         if user_grammar and ((tools and choice != "none") or json_schema is not None):
             raise ValueError("a custom grammar cannot be combined with tools or structured output")
 
@@ -317,11 +298,12 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
             if media_prompt is not None
             else engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
         )
-        stops = self._stop_list(stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
+        stops = _request.stop_list(self, stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
         template_grammar = rendered["grammar"]
         if template_grammar and choice == "required":
             template_grammar = force_tool_call_grammar(template_grammar)
-        params = self._request_params(tokens, stops, options, grammar=template_grammar or user_grammar or "")
+        grammar = {"grammar": template_grammar or user_grammar, "grammar_path": None}
+        params = _request.request_params(tokens, stops, {**options, **grammar})
         params.media = media_prompt
         s = params.sampling
         if template_grammar:
@@ -339,147 +321,15 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         parser = _native.ChatParser(
             rendered["format"], rendered["parser"], rendered["generation_prompt"], parse_tools, reasoning_format
         )
-        needs_parse = parse_tools or bool(rendered["supports_thinking"]) or rendered["format"] != 0
-        auto_names = [t["function"]["name"] for t in tools] if tools and choice == "auto" else []
-        return _Call(engine, params, parser, needs_parse, options, auto_names)
-
-    # -- output ----------------------------------------------------------------------------
-
-    def _parse(self, call: _Call, text: str, partial: bool) -> dict[str, Any] | None:
-        if not call.parse:
-            return {"content": text}
-        try:
-            parsed: dict[str, Any] = json.loads(call.parser.parse(text, partial))
-        except ValueError:
-            if partial:
-                return None  # wait for more text
-            _engine.logger.warning("could not parse the model output as a message; returning it as text")
-            return {"content": text}
-        if not partial and call.tool_names and not parsed.get("tool_calls"):
-            fallback = extract_json_tool_calls(parsed.get("content") or "", call.tool_names)
-            if fallback:
-                parsed["tool_calls"], parsed["content"] = fallback, ""
-        # Stable ids: streamed chunks and the final message name each call the same way.
-        for i, raw in enumerate(parsed.get("tool_calls") or []):
-            if i >= len(call.call_ids):
-                call.call_ids.append(raw.get("id") or new_call_id())
-            raw["id"] = call.call_ids[i]
-        return parsed
-
-    def _usage_metadata(self, request: _native.Request) -> UsageMetadata:
-        u = self._usage(request)
-        # mypy 2.4 reads langchain-core's NotRequired output_token_details as required.
-        usage: UsageMetadata = {  # type: ignore[typeddict-item]
-            "input_tokens": u["prompt_tokens"],
-            "output_tokens": u["completion_tokens"],
-            "total_tokens": u["total_tokens"],
-            "input_token_details": {"cache_read": u["cached_tokens"]},
-        }
-        return usage
-
-    def _response_metadata(self, request: _native.Request, has_tool_calls: bool) -> dict[str, Any]:
-        finish = request.finish_reason
-        if has_tool_calls and finish == "stop":
-            finish = "tool_calls"
-        meta: dict[str, Any] = {
-            "model_name": self._model_name(),
-            "model_provider": "llamacpp",
-            "finish_reason": finish,
-            **self._draft_info(request),
-        }
-        if request.stop_string:
-            meta["stop"] = request.stop_string
-        return meta
-
-    def _message(self, call: _Call, request: _native.Request, chunks: list[_native.Chunk]) -> AIMessage:
-        text = "".join(c.text for c in chunks)
-        parsed = self._parse(call, text, partial=False) or {"content": text}
-        tool_calls, invalid = parse_tool_calls(parsed.get("tool_calls") or [])
-        meta = self._response_metadata(request, bool(tool_calls))
-        if call.options["logprobs"] is not None:
-            meta["logprobs"] = _chat_logprobs(chunks)
-        extra: dict[str, Any] = {}
-        if parsed.get("reasoning_content"):
-            extra["reasoning_content"] = parsed["reasoning_content"]
-        return AIMessage(
-            content=parsed.get("content") or "",
-            tool_calls=tool_calls,
-            invalid_tool_calls=invalid,
-            usage_metadata=self._usage_metadata(request),
-            response_metadata=meta,
-            additional_kwargs=extra,
+        stream = ChatStream(
+            parser,
+            parse=parse_tools or bool(rendered["supports_thinking"]) or rendered["format"] != 0,
+            tool_names=[t["function"]["name"] for t in tools] if tools and choice == "auto" else [],
+            logprobs=options["logprobs"] is not None,
+            model_name=self._model_name(),
+            speculative=self._speculative,
         )
-
-    def _deltas(self, call: _Call, state: dict[str, Any], text: str, partial: bool) -> AIMessageChunk | None:
-        """The change in the parsed message since the last chunk, as a message chunk."""
-        if not call.parse:
-            return None  # plain content was sent as it came (see _advance)
-        parsed = self._parse(call, text, partial)
-        if parsed is None:
-            return None
-        content = parsed.get("content") or ""
-        if partial and call.tool_names and looks_like_json_call(content):
-            content = state["content"]  # may be a tool call written as JSON: hold until the end
-        reasoning = parsed.get("reasoning_content") or ""
-        delta_content = content[len(state["content"]) :] if content.startswith(state["content"]) else ""
-        delta_reasoning = reasoning[len(state["reasoning"]) :] if reasoning.startswith(state["reasoning"]) else ""
-        state["content"], state["reasoning"] = content, reasoning
-        chunks = []
-        for i, raw in enumerate(parsed.get("tool_calls") or []):
-            function = raw.get("function") or {}
-            name = function.get("name") or ""
-            args = function.get("arguments") or ""
-            if not isinstance(args, str):
-                args = json.dumps(args)
-            sent = state["calls"]
-            if i >= len(sent):
-                if not name:
-                    break  # the name is not complete yet
-                sent.append("")
-                chunks.append(tool_call_chunk(name=name, args=args, id=raw["id"], index=i))
-                sent[i] = args
-            elif args.startswith(sent[i]) and len(args) > len(sent[i]):
-                chunks.append(tool_call_chunk(name=None, args=args[len(sent[i]) :], id=None, index=i))
-                sent[i] = args
-        if not (delta_content or delta_reasoning or chunks):
-            return None
-        extra = {"reasoning_content": delta_reasoning} if delta_reasoning else {}
-        return AIMessageChunk(content=delta_content, tool_call_chunks=chunks, additional_kwargs=extra)
-
-    def _final_chunk(self, call: _Call, request: _native.Request, state: dict[str, Any]) -> AIMessageChunk:
-        return AIMessageChunk(
-            content="",
-            usage_metadata=self._usage_metadata(request),
-            response_metadata=self._response_metadata(request, bool(state["calls"])),
-            chunk_position="last",
-        )
-
-    @staticmethod
-    def _new_state() -> dict[str, Any]:
-        return {"text": "", "content": "", "reasoning": "", "calls": []}
-
-    def _advance(self, call: _Call, state: dict[str, Any], native: _native.Chunk) -> ChatGenerationChunk | None:
-        if call.parse:
-            # Tool calls and reasoning are parsed from the whole text so far, as llama.cpp's server does.
-            state["text"] += native.text
-            message = self._deltas(call, state, state["text"], partial=True)
-        else:
-            # Plain content: nothing is kept, so a token costs the same at any length of output.
-            message = AIMessageChunk(content=native.text) if native.text else None
-        if message is None and call.options["logprobs"] is None:
-            return None
-        if message is None:
-            message = AIMessageChunk(content="")
-        info = {"logprobs": _chat_logprobs([native])} if call.options["logprobs"] is not None else None
-        if info:
-            message.response_metadata = {"logprobs": info["logprobs"]}
-        return ChatGenerationChunk(message=message, generation_info=info)
-
-    def _finish(self, call: _Call, state: dict[str, Any], request: _native.Request) -> Iterator[ChatGenerationChunk]:
-        rest = self._deltas(call, state, state["text"], partial=False)
-        if rest is not None:
-            yield ChatGenerationChunk(message=rest)
-        yield ChatGenerationChunk(message=self._final_chunk(call, request, state))
+        return _Call(engine, params, options, stream)
 
     # -- LangChain entry points ------------------------------------------------------------
 
@@ -491,18 +341,14 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         if run_manager and run_manager.handlers:
-            chunk: ChatGenerationChunk | None = None
-            for piece in self._stream(messages, stop=stop, run_manager=run_manager, **kwargs):
-                chunk = piece if chunk is None else chunk + piece
-            assert chunk is not None
-            message = _chunk_to_message(chunk.message)
-            return ChatResult(generations=[ChatGeneration(message=message, generation_info=chunk.generation_info)])
+            return _aggregate(list(self._stream(messages, stop=stop, run_manager=run_manager, **kwargs)))
+        # No callback waits for tokens: the reply is read when done and parsed once.
         call = self._prepare(messages, stop, kwargs)
         pending = BlockingRequest(call.engine, call.params, call.options["timeout"])
         chunks = pending.wait()
         request = pending.request
-        self._report(request)
-        message = self._message(call, request, chunks)
+        _results.report(request, self.verbose)
+        message = call.stream.message(request, chunks)
         return ChatResult(
             generations=[ChatGeneration(message=message, generation_info={"finish_reason": request.finish_reason})]
         )
@@ -514,15 +360,7 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        chunk: ChatGenerationChunk | None = None
-        async for piece in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs):
-            chunk = piece if chunk is None else chunk + piece
-        assert chunk is not None
-        return ChatResult(
-            generations=[
-                ChatGeneration(message=_chunk_to_message(chunk.message), generation_info=chunk.generation_info)
-            ]
-        )
+        return _aggregate([c async for c in self._astream(messages, stop=stop, run_manager=run_manager, **kwargs)])
 
     def _stream(
         self,
@@ -533,20 +371,18 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
         pending = BlockingRequest(call.engine, call.params, call.options["timeout"])
-        request = pending.request
-        state = self._new_state()
-        for native in pending:
-            chunk = self._advance(call, state, native)
-            if chunk is None:
-                continue
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-        self._report(request)
-        for chunk in self._finish(call, state, request):
-            if run_manager and chunk.text:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        try:
+            for chunk in call.stream.chunks(pending):
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+            _results.report(pending.request, self.verbose)
+            for chunk in call.stream.finish(pending.request):
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            pending.cancel()  # a stream left early
 
     async def _astream(
         self,
@@ -556,28 +392,30 @@ class ChatLlamaCpp(LlamaCppParams, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        state = self._new_state()
         stream = _engine.AsyncRequest(call.engine, call.params, call.options["timeout"])
-        async for batch in stream.batches():
-            for native in batch:
-                chunk = self._advance(call, state, native)
-                if chunk is None:
-                    continue
-                if run_manager:
+        try:
+            async for batch in stream.batches():
+                for chunk in call.stream.chunks(batch):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            _results.report(stream.request, self.verbose)
+            for chunk in call.stream.finish(stream.request):
+                if run_manager and chunk.text:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
-        self._report(stream.request)
-        for chunk in self._finish(call, state, stream.request):
-            if run_manager and chunk.text:
-                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
+        finally:
+            stream.close()  # a stream left early
 
-    def get_num_tokens(self, text: str) -> int:
-        """Tokens in `text` by the model's own tokenizer."""
-        return len(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
 
-    def get_token_ids(self, text: str) -> list[int]:
-        return list(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
+def _aggregate(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    """The reply that streamed chunks add up to."""
+    chunk = chunks[0]
+    for piece in chunks[1:]:
+        chunk += piece
+    return ChatResult(
+        generations=[ChatGeneration(message=_chunk_to_message(chunk.message), generation_info=chunk.generation_info)]
+    )
 
 
 def _chunk_to_message(chunk: BaseMessage) -> AIMessage:
@@ -591,19 +429,3 @@ def _chunk_to_message(chunk: BaseMessage) -> AIMessage:
         additional_kwargs=chunk.additional_kwargs,
         id=chunk.id,
     )
-
-
-def _chat_logprobs(chunks: list[_native.Chunk]) -> dict[str, Any]:
-    """OpenAI chat-style logprobs: content = [{token, logprob, top_logprobs}]."""
-    return {
-        "content": [
-            {
-                "token": c.text,
-                "token_id": c.token,
-                "logprob": c.logprob,
-                "top_logprobs": [{"token": t.text, "logprob": t.logprob} for t in c.top_logprobs],
-            }
-            for c in chunks
-            if c.logprob is not None
-        ]
-    }

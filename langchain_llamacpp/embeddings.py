@@ -6,21 +6,21 @@ import asyncio
 import os
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
-from langchain_llamacpp._base import FromPretrainedMixin
+import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._lifecycle import NativeStateMixin
+from langchain_llamacpp._params import check_files
+from langchain_llamacpp._pretrained import FromPretrainedMixin
+from langchain_llamacpp.native import Engine
 
 # llama.cpp's limit on sequences in one batch (LLAMA_MAX_SEQ); the engine asks for as many.
 _MAX_TEXTS_PER_STEP = 256
-
-# llama_pooling_type values
-_POOLING = {"mean": 1, "cls": 2, "last": 3}
 
 # Task prefixes that retrieval models were trained with, by model name (GGUF `general.name`, or the
 # file name): (query, document). Their model cards give them; without them retrieval is worse.
@@ -76,6 +76,9 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # Which rows of the settings table apply (`_settings.SETTINGS`).
+    _settings_class: ClassVar[str] = _settings.EMBEDDINGS
 
     model_path: str
     """Path to the GGUF model file."""
@@ -147,51 +150,28 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
     """A progress bar on stderr while the model loads (tqdm's when installed). None: when `verbose`."""
 
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Further context and load settings (see ``LlamaCpp.model_kwargs``), e.g. ``flash_attn``."""
+    """Further context and load settings, those without a field here (as ``LlamaCpp.model_kwargs``):
+    e.g. ``flash_attn``, ``n_threads_batch``, ``lora_path``, ``kv_overrides``, ``rpc_servers``."""
 
-    _loaded: _native.Engine | None = PrivateAttr(default=None)
+    _loaded: Engine | None = PrivateAttr(default=None)
     _prefixes: tuple[str, str] = PrivateAttr(default=("", ""))
 
     @model_validator(mode="after")
     def _check(self) -> LlamaCppEmbeddings:
-        path = os.path.expanduser(self.model_path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model file not found: {path}")
-        self.model_path = path
+        check_files(self)
         if self.vocab_only:
             raise ValueError("vocab_only=True loads no weights, so nothing can be embedded")
         if self.pooling is not None and self.pooling_type is not None:
             raise ValueError("give pooling_type or pooling, not both")
-        known = _engine.ENGINE_FIELDS | _engine.MODEL_FIELDS
-        unknown = set(self.model_kwargs) - known
-        if unknown:
-            raise ValueError(f"unknown model_kwargs {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        _settings.check_model_kwargs(type(self), self.model_kwargs)
         return self
 
-    def load(self) -> _native.Engine:
+    def load(self) -> Engine:
         """Load the model now (otherwise on first use)."""
         if not _engine.is_live(self._loaded):  # None, or inherited through fork()
-            kw = self.model_kwargs
-            model_config = _engine.ModelConfig(
-                path=self.model_path,
-                n_gpu_layers=self.n_gpu_layers or 0,
-                use_mmap=self.use_mmap,
-                use_mlock=self.use_mlock,
-                **{k: v for k, v in kw.items() if k in _engine.MODEL_FIELDS},
+            engine = _engine.get_engine(
+                _settings.model_config(self), _settings.engine_config(self), self.verbose, self.progress
             )
-            pooling = _POOLING[self.pooling_type] if self.pooling_type else self.pooling
-            engine_config = _engine.EngineConfig(
-                **{
-                    "n_ctx": -1 if self.n_ctx is None else self.n_ctx,
-                    "n_batch": self.n_batch or 0,  # 0: the context
-                    "n_threads": self.n_threads or 0,
-                    "f16_kv": self.f16_kv,
-                    "embeddings": True,
-                    "pooling": -1 if pooling is None else pooling,
-                    **{k: v for k, v in kw.items() if k in _engine.ENGINE_FIELDS},
-                }
-            )
-            engine = _engine.get_engine(model_config, engine_config, self.verbose, self.progress)
             self._prefixes = _model_prefixes(engine.model)
             self._loaded = engine
         return self._loaded

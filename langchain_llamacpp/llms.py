@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Mapping
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -11,11 +12,13 @@ from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
-from langchain_llamacpp._base import LlamaCppParams
+import langchain_llamacpp._request as _request
+import langchain_llamacpp._results as _results
+from langchain_llamacpp._base import LlamaCppBase
 from langchain_llamacpp._deadline import BlockingRequest
 
 
-class LlamaCpp(LlamaCppParams, BaseLLM):
+class LlamaCpp(LlamaCppBase, BaseLLM):
     """Text completion with a local GGUF model through llama.cpp.
 
     A drop-in replacement for ``langchain_community.llms.LlamaCpp``: the same fields, so
@@ -91,21 +94,91 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[_native.Engine, _native.RequestParams, dict[str, Any]]:
         engine = self.load()
-        options = self._options(kwargs)
-        params = self._request_params(self._prompt_tokens(engine, prompt, options), self._stop_list(stop), options)
-        return engine, params, options
+        options = _request.call_options(self, kwargs)
+        tokens = self._prompt_tokens(engine, prompt, options)
+        return engine, _request.request_params(tokens, _request.stop_list(self, stop), options), options
 
-    def _generation_info(
-        self, request: _native.Request, chunks: list[_native.Chunk], options: dict[str, Any]
-    ) -> dict[str, Any]:
-        info: dict[str, Any] = {"finish_reason": request.finish_reason}
-        if request.stop_string:
-            info["stop"] = request.stop_string
+    # -- one request as chunks, and the generation they add up to ----------------------------
+    #
+    # `_stream` yields a request's chunks as they come; `_generate` reads the same chunks (all at
+    # once where no callback waits for them) and adds them up. The async pair does the same.
+
+    @staticmethod
+    def _chunks(
+        prompt: str | None, natives: Iterable[_native.Chunk], options: dict[str, Any]
+    ) -> Iterator[GenerationChunk]:
+        """The echoed prompt (unless `prompt` is None), then a chunk per token with text or logprobs."""
+        if prompt is not None and options["echo"]:
+            yield GenerationChunk(text=prompt)
+        want_logprobs = options["logprobs"] is not None
+        for native in natives:
+            if native.text or want_logprobs:
+                info = {"logprobs": _results.completion_logprobs([native])} if want_logprobs else None
+                yield GenerationChunk(text=native.text, generation_info=info)
+
+    def _last_chunk(self, request: _native.Request) -> GenerationChunk:
+        """The chunk that ends a request: no text, its generation info."""
+        _results.report(request, self.verbose)
+        return GenerationChunk(text="", generation_info=_results.generation_info(request, self._speculative))
+
+    def _read(
+        self,
+        prompt: str,
+        options: dict[str, Any],
+        pending: BlockingRequest,
+        run_manager: CallbackManagerForLLMRun | None,
+        live: bool = True,
+    ) -> Iterator[GenerationChunk]:
+        """A request's chunks, each token as it comes (`live`) or all once the request is done."""
+        try:
+            for chunk in self._chunks(prompt, pending if live else pending.wait(), options):
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+            yield self._last_chunk(pending.request)
+        finally:
+            pending.cancel()  # a stream left early, or never started
+
+    async def _aread(
+        self,
+        prompt: str,
+        options: dict[str, Any],
+        stream: _engine.AsyncRequest,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """`_read` from the event loop."""
+        try:
+            for chunk in self._chunks(prompt, (), options):  # the echo, before any output
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+            async for batch in stream.batches():
+                for chunk in self._chunks(None, batch, options):
+                    if run_manager:
+                        await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                    yield chunk
+            yield self._last_chunk(stream.request)
+        finally:
+            stream.close()  # a stream left early, or never started
+
+    @staticmethod
+    def _generation(chunks: list[GenerationChunk], options: dict[str, Any]) -> Generation:
+        """What a request's chunks add up to: the whole text, the last chunk's info and every token's logprobs."""
+        info = dict(chunks[-1].generation_info or {})
         if options["logprobs"] is not None:
-            info["logprobs"] = _logprobs(chunks)
-        info["usage"] = self._usage(request)
-        info.update(self._draft_info(request))
-        return info
+            parts = [c.generation_info["logprobs"] for c in chunks[:-1] if c.generation_info]
+            info["logprobs"] = _results.join_completion_logprobs(parts)
+        return Generation(text="".join(c.text for c in chunks), generation_info=info)
+
+    def _result(self, generations: list[Generation]) -> LLMResult:
+        totals = {key: 0 for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        for generation in generations:
+            for key in totals:
+                totals[key] += (generation.generation_info or {})["usage"][key]
+        return LLMResult(
+            generations=[[g] for g in generations],
+            llm_output={"token_usage": totals, "model_name": self._model_name()},
+        )
 
     # -- LangChain entry points ---------------------------------------------------------------
 
@@ -117,46 +190,21 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         # Submit every prompt first: the engine decodes them together while we read them in turn.
-        submitted: list[tuple[str, BlockingRequest, dict[str, Any]]] = []
-        generations: list[list[Generation]] = []
-        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        submitted: list[tuple[str, dict[str, Any], BlockingRequest]] = []
         try:
             for prompt in prompts:
                 engine, params, options = self._submit(prompt, stop, kwargs)
-                submitted.append((prompt, BlockingRequest(engine, params, options["timeout"]), options))
-            for prompt, pending, options in submitted:
-                if run_manager and run_manager.handlers:
-                    chunks = []
-                    if options["echo"]:
-                        run_manager.on_llm_new_token(prompt)
-                    for chunk in pending:
-                        chunks.append(chunk)
-                        if chunk.text:
-                            run_manager.on_llm_new_token(chunk.text, chunk=GenerationChunk(text=chunk.text))
-                else:
-                    chunks = pending.wait()
-                request = pending.request
-                self._report(request)
-                text = "".join(c.text for c in chunks)
-                if options["echo"]:
-                    text = prompt + text
-                generations.append(
-                    [
-                        Generation(
-                            text=text,
-                            generation_info=self._generation_info(request, chunks, options),
-                        )
-                    ]
-                )
-                for key in totals:
-                    totals[key] += self._usage(request)[key]
+                submitted.append((prompt, options, BlockingRequest(engine, params, options["timeout"])))
+            # Without callbacks waiting for tokens, each request is read at once when it is done.
+            callbacks = run_manager if run_manager and run_manager.handlers else None
+            generations = []
+            for prompt, options, pending in submitted:
+                chunks = self._read(prompt, options, pending, callbacks, live=callbacks is not None)
+                generations.append(self._generation(list(chunks), options))
         finally:
-            for _, pending, _ in submitted:
+            for *_, pending in submitted:
                 pending.cancel()
-        return LLMResult(
-            generations=generations,
-            llm_output={"token_usage": totals, "model_name": self._model_name()},
-        )
+        return self._result(generations)
 
     async def _agenerate(
         self,
@@ -165,33 +213,12 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        import asyncio
-
-        async def one(prompt: str) -> tuple[Generation, dict[str, int]]:
-            chunks: list[_native.Chunk] = []
+        async def one(prompt: str) -> Generation:
             engine, params, options = self._submit(prompt, stop, kwargs)
-            if options["echo"] and run_manager:
-                await run_manager.on_llm_new_token(prompt)
             stream = _engine.AsyncRequest(engine, params, options["timeout"])
-            async for batch in stream.batches():
-                for chunk in batch:
-                    chunks.append(chunk)
-                    if chunk.text and run_manager:
-                        await run_manager.on_llm_new_token(chunk.text, chunk=GenerationChunk(text=chunk.text))
-            request = stream.request
-            self._report(request)
-            text = "".join(c.text for c in chunks)
-            if options["echo"]:
-                text = prompt + text
-            gen = Generation(text=text, generation_info=self._generation_info(request, chunks, options))
-            return gen, self._usage(request)
+            return self._generation([c async for c in self._aread(prompt, options, stream, run_manager)], options)
 
-        results = await asyncio.gather(*(one(p) for p in prompts))
-        totals = {k: sum(u[k] for _, u in results) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-        return LLMResult(
-            generations=[[g] for g, _ in results],
-            llm_output={"token_usage": totals, "model_name": self._model_name()},
-        )
+        return self._result(list(await asyncio.gather(*(one(p) for p in prompts))))
 
     def _stream(
         self,
@@ -201,29 +228,8 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         **kwargs: Any,
     ) -> Iterator[GenerationChunk]:
         engine, params, options = self._submit(prompt, stop, kwargs)
-        if options["echo"]:
-            chunk = GenerationChunk(text=prompt)
-            if run_manager:
-                run_manager.on_llm_new_token(prompt, chunk=chunk)
-            yield chunk
         pending = BlockingRequest(engine, params, options["timeout"])
-        request = pending.request
-        chunks: list[_native.Chunk] = []
-        want_logprobs = options["logprobs"] is not None
-        for native in pending:
-            if want_logprobs:
-                chunks.append(native)
-            if not native.text and not want_logprobs:
-                continue
-            chunk = GenerationChunk(
-                text=native.text,
-                generation_info={"logprobs": _logprobs([native])} if want_logprobs else None,
-            )
-            if run_manager:
-                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-            yield chunk
-        self._report(request)
-        yield GenerationChunk(text="", generation_info=self._final_info(request))
+        yield from self._read(prompt, options, pending, run_manager)
 
     async def _astream(
         self,
@@ -233,51 +239,6 @@ class LlamaCpp(LlamaCppParams, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         engine, params, options = self._submit(prompt, stop, kwargs)
-        if options["echo"]:
-            chunk = GenerationChunk(text=prompt)
-            if run_manager:
-                await run_manager.on_llm_new_token(prompt, chunk=chunk)
-            yield chunk
-        want_logprobs = options["logprobs"] is not None
         stream = _engine.AsyncRequest(engine, params, options["timeout"])
-        async for batch in stream.batches():
-            for native in batch:
-                if not native.text and not want_logprobs:
-                    continue
-                chunk = GenerationChunk(
-                    text=native.text,
-                    generation_info={"logprobs": _logprobs([native])} if want_logprobs else None,
-                )
-                if run_manager:
-                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
-                yield chunk
-        self._report(stream.request)
-        yield GenerationChunk(text="", generation_info=self._final_info(stream.request))
-
-    def _final_info(self, request: _native.Request) -> dict[str, Any]:
-        info: dict[str, Any] = {
-            "finish_reason": request.finish_reason,
-            "usage": self._usage(request),
-            **self._draft_info(request),
-        }
-        if request.stop_string:
-            info["stop"] = request.stop_string
-        return info
-
-    def get_num_tokens(self, text: str) -> int:
-        """Tokens in `text` by the model's own tokenizer."""
-        return len(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
-
-    def get_token_ids(self, text: str) -> list[int]:
-        return list(self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True))
-
-
-def _logprobs(chunks: list[_native.Chunk]) -> dict[str, Any]:
-    """OpenAI completion-style logprobs: tokens, token_logprobs, top_logprobs."""
-    scored = [c for c in chunks if c.logprob is not None]
-    return {
-        "tokens": [c.text for c in scored],
-        "token_ids": [c.token for c in scored],
-        "token_logprobs": [c.logprob for c in scored],
-        "top_logprobs": [{t.text: t.logprob for t in c.top_logprobs} for c in scored],
-    }
+        async for chunk in self._aread(prompt, options, stream, run_manager):
+            yield chunk

@@ -108,13 +108,13 @@ def test_tool_call_after_thinking_while_streaming(qwen_path: str) -> None:
     )
     model = chat.native_model
     tokens = model.tokenize(answer, add_special=False, parse_special=True)
-    state = chat._new_state()
+    stream = call.stream
     pieces: list[AIMessageChunk] = []
     for n in range(1, len(tokens) + 1):
-        delta = chat._deltas(call, state, model.detokenize(tokens[:n], True), partial=True)
+        delta = stream.delta(model.detokenize(tokens[:n], True), partial=True)
         if delta is not None:
             pieces.append(delta)
-    last = chat._deltas(call, state, answer, partial=False)
+    last = stream.delta(answer, partial=False)
     if last is not None:
         pieces.append(last)
     thinking = "".join(p.additional_kwargs.get("reasoning_content", "") for p in pieces)

@@ -1,0 +1,372 @@
+"""One declaration per setting: the table from which the native configs, the model_kwargs each class
+accepts, the per-call options and their conversions are derived.
+
+A row names a setting as the classes take it (a pydantic field, or a ``model_kwargs`` key where a
+class has no field for it), the native struct and attribute it ends in, and how a value becomes the
+native one. The fields (``_params.py``, ``chat_models.py``, ``embeddings.py``) keep the defaults and
+the documentation; a setting that is None, or not given, keeps the native struct's default
+(llama.cpp's), so no default is written here. At import the table is checked against the native
+structs and against the frozen configs in ``_engine`` that key the shared models and engines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._native as _native
+from langchain_llamacpp.grammars import resolve_grammar_path
+
+# The classes, as rows name them (each class says which one it is: `_settings_class`).
+LLM, CHAT, EMBEDDINGS = "LlamaCpp", "ChatLlamaCpp", "LlamaCppEmbeddings"
+ALL = frozenset({LLM, CHAT, EMBEDDINGS})
+GENERATION = frozenset({LLM, CHAT})
+
+# Where a setting ends: ModelParams, EngineParams (each through its frozen config in _engine),
+# SamplingParams, RequestParams, or nowhere native ("python": used by the classes themselves).
+Target = Literal["model", "engine", "sampling", "request", "python"]
+
+# Slots when n_seq is not given: a batch of 8 runs ~2.2x as fast as 8 calls in a row on gemma-3-270m here,
+# and the shared KV pool makes them free when idle.
+DEFAULT_N_SEQ = 8
+
+# llama_pooling_type values, by LlamaCppEmbeddings.pooling_type
+POOLING = {"mean": 1, "cls": 2, "last": 3}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row: a setting, where it ends and how it gets there."""
+
+    name: str  # the field, per-call option or model_kwargs key
+    target: Target
+    native: str = ""  # the native attribute; "": the same as `name`
+    # From the value (None where not given) and those of `reads`, to the native value; None keeps the
+    # native default. Without it a value goes as it is.
+    convert: Callable[..., Any] | None = None
+    reads: tuple[str, ...] = ()
+    per_call: bool = False  # also an option of invoke/stream/generate
+    model_kwargs: bool = False  # may come through model_kwargs in a class without a field of that name
+    classes: frozenset[str] = ALL
+    file: str = ""  # a path checked at construction; what the file is ("model file")
+
+    @property
+    def attr(self) -> str:
+        return self.native or self.name
+
+    def value(self, get: Callable[[str], Any]) -> Any:
+        """The native value, from `get` (a setting's value by name; None where not given)."""
+        value = get(self.name)
+        if self.convert is None:
+            return value
+        return self.convert(value, *(get(name) for name in self.reads))
+
+
+def _given(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`convert` for a given value; None stays None (the native default)."""
+    return lambda value: None if value is None else convert(value)
+
+
+def rpc_endpoints(servers: list[str] | str | None) -> tuple[str, ...]:
+    """``["host:port", ...]`` or llama-cpp-python's ``"host:port,host:port"``, as a tuple."""
+    if isinstance(servers, str):
+        servers = servers.split(",")
+    return tuple(s.strip() for s in servers or () if s.strip())
+
+
+def kv_override_specs(overrides: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """GGUF metadata overrides as llama.cpp's ``--override-kv`` takes them: ``"int:8"``, ``"str:x"``, ..."""
+    return tuple(sorted((str(key), _override_spec(value)) for key, value in overrides.items()))
+
+
+def _override_spec(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"bool:{str(value).lower()}"
+    if isinstance(value, int):
+        return f"int:{value}"
+    if isinstance(value, float):
+        return f"float:{value}"
+    return f"str:{value}"
+
+
+def one_grammar(grammar: str | None, grammar_path: str | os.PathLike[str] | None) -> None:
+    """A request has one grammar: given as text or as a file, not both."""
+    if grammar and grammar_path:
+        raise ValueError("give either grammar or grammar_path, not both")
+
+
+def grammar_text(grammar: str | None, grammar_path: str | os.PathLike[str] | None) -> str | None:
+    """The grammar's text: `grammar` itself, or the file `grammar_path` names (a bundled one by name)."""
+    one_grammar(grammar, grammar_path)
+    if grammar:
+        return str(grammar)
+    if grammar_path:
+        return Path(resolve_grammar_path(grammar_path)).read_text(encoding="utf-8")
+    return None
+
+
+def _grammar(grammar: str | None, grammar_path: str | None) -> str | None:
+    return _engine.valid_text(grammar_text(grammar, grammar_path) or None, "grammar")
+
+
+def _n_gpu_layers(layers: int | None, servers: list[str] | str | None) -> int | None:
+    # None: none, or all of them where the layers have RPC servers to go to.
+    return -1 if layers is None and rpc_endpoints(servers) else layers
+
+
+def _repack(repack: bool | None, batch_invariant: bool | None) -> bool:
+    # Repacked weights have kernels whose rounding depends on the batch: off under batch_invariant.
+    return not batch_invariant if repack is None else bool(repack)
+
+
+def _n_batch(n_batch: int | None) -> int:
+    return 0 if n_batch is None else n_batch  # 0: the context (LlamaCppEmbeddings' None)
+
+
+def _n_ubatch(n_ubatch: int | None, n_batch: int) -> int:
+    return n_ubatch or n_batch
+
+
+def _n_seq(n_seq: int | None, batch_invariant: bool | None) -> int:
+    return n_seq or (1 if batch_invariant else DEFAULT_N_SEQ)
+
+
+def _pooling(number: int | None, name: str | None) -> int | None:
+    return POOLING[name] if name else number
+
+
+def _max_tokens(n: int | None) -> int:
+    return -1 if n is None or n < 0 else int(n)  # -1: no limit
+
+
+def _n_probs(logprobs: int | None) -> int | None:
+    # 0: none; -1: the sampled token's own only (logprobs=0); n: with n alternatives.
+    return None if logprobs is None else (int(logprobs) if logprobs > 0 else -1)
+
+
+def _logit_bias(bias: Mapping[int, float]) -> list[tuple[int, float]]:
+    return [(int(token), float(value)) for token, value in bias.items()]
+
+
+def _loading(name: str, **row: Any) -> Setting:
+    return Setting(name, "model", model_kwargs=True, **row)
+
+
+def _context(name: str, **row: Any) -> Setting:
+    return Setting(name, "engine", model_kwargs=True, **row)
+
+
+def _sampling(name: str, **row: Any) -> Setting:
+    return Setting(name, "sampling", per_call=True, classes=GENERATION, **row)
+
+
+def _in_request(name: str, **row: Any) -> Setting:
+    return Setting(name, "request", per_call=True, classes=GENERATION, **row)
+
+
+def _call_option(name: str) -> Setting:
+    return Setting(name, "python", per_call=True, classes=GENERATION)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- loading the model (ModelParams) ----------------------------------------------------
+    Setting("model_path", "model", "path", file="model file"),
+    _loading("n_gpu_layers", convert=_n_gpu_layers, reads=("rpc_servers",)),
+    _loading("use_mmap"),
+    _loading("use_mlock"),
+    _loading("vocab_only"),
+    _loading("check_tensors", convert=_given(bool)),
+    _loading("repack", convert=_repack, reads=("batch_invariant",)),
+    _loading("kv_overrides", convert=_given(kv_override_specs)),
+    _loading("rpc_servers", convert=_given(rpc_endpoints)),
+    # -- the context (EngineParams) ---------------------------------------------------------
+    _context("n_ctx"),
+    _context("n_batch", convert=_n_batch),
+    _context("n_ubatch", convert=_n_ubatch, reads=("n_batch",), classes=GENERATION),
+    _context("n_seq", convert=_n_seq, reads=("batch_invariant",), classes=GENERATION),
+    _context("n_threads"),
+    _context("n_threads_batch"),
+    _context("f16_kv"),
+    _context("flash_attn", convert=_given(int)),
+    _context("rope_freq_base"),
+    _context("rope_freq_scale"),
+    _context("swa_full"),
+    _context("offload_kqv"),
+    _context("kv_unified", convert=_given(int), classes=GENERATION),
+    _context("lora_path", convert=_given(os.path.expanduser), file="LoRA adapter"),
+    _context("lora_scale"),
+    _context("batch_invariant"),
+    Setting("embeddings", "engine", convert=lambda _: True, classes=frozenset({EMBEDDINGS})),
+    Setting("pooling", "engine", convert=_pooling, reads=("pooling_type",), classes=frozenset({EMBEDDINGS})),
+    Setting("mmproj_path", "engine", classes=frozenset({CHAT}), file="projector (mmproj) file"),
+    _context("draft_model_path", classes=GENERATION, file="draft model file"),
+    _context("prompt_lookup", classes=GENERATION),
+    _context("draft_max", classes=GENERATION),
+    _context("draft_min", classes=GENERATION),
+    _context("draft_p_min", classes=GENERATION),
+    _context("draft_n_ctx", classes=GENERATION),
+    # -- sampling, per call (SamplingParams) ------------------------------------------------
+    _sampling("temperature", convert=float),
+    _sampling("top_p", convert=float),
+    _sampling("top_k", convert=int),
+    _sampling("min_p", convert=float),
+    _sampling("typical_p", convert=float),
+    _sampling("repeat_penalty", convert=float),
+    _sampling("last_n_tokens_size", native="repeat_last_n", convert=int),
+    _sampling("frequency_penalty", convert=float),
+    _sampling("presence_penalty", convert=float),
+    _sampling("mirostat_mode", native="mirostat", convert=int),
+    _sampling("mirostat_tau", convert=float),
+    _sampling("mirostat_eta", convert=float),
+    _sampling("seed", convert=int),
+    _sampling("logit_bias", convert=_given(_logit_bias)),
+    _sampling("grammar", convert=_grammar, reads=("grammar_path",)),
+    # -- the rest of a request (RequestParams) ----------------------------------------------
+    _in_request("max_tokens", convert=_max_tokens),
+    _in_request("logprobs", native="n_probs", convert=_n_probs),
+    _in_request("ignore_eos", convert=bool),
+    # -- per-call options the classes use themselves ----------------------------------------
+    _call_option("grammar_path"),  # read into `grammar`
+    _call_option("echo"),  # LlamaCpp: the prompt before the completion
+    _call_option("suffix"),  # LlamaCpp: the text after it, for fill-in-the-middle
+    _call_option("timeout"),  # the call's deadline (_deadline.BlockingRequest, _engine.AsyncRequest)
+)
+
+# Per-call keyword arguments accepted by invoke/stream/generate (besides `stop`).
+CALL_OPTIONS = frozenset(row.name for row in SETTINGS if row.per_call)
+# The rows that fill a RequestParams (and its SamplingParams) from a call's options.
+REQUEST_ROWS = tuple(row for row in SETTINGS if row.target in ("sampling", "request"))
+
+_BY_NAME = {row.name: row for row in SETTINGS}
+_BY_NATIVE = {row.attr: row for row in SETTINGS if row.target != "python"}
+
+
+# -- what a class takes -------------------------------------------------------------------------
+
+
+def _rows(cls: Any) -> tuple[Setting, ...]:
+    return tuple(row for row in SETTINGS if cls._settings_class in row.classes)
+
+
+@cache
+def model_kwargs_keys(cls: Any) -> frozenset[str]:
+    """The settings `cls` takes through model_kwargs: the llama.cpp settings it has no field for."""
+    return frozenset(row.name for row in _rows(cls) if row.model_kwargs and row.name not in cls.model_fields)
+
+
+def check_model_kwargs(cls: Any, model_kwargs: Mapping[str, Any]) -> None:
+    """A ValueError naming the first key of `model_kwargs` that `cls` does not take, and why."""
+    allowed = model_kwargs_keys(cls)
+    known = f"known: {', '.join(sorted(allowed))}"
+    unknown = sorted(key for key in model_kwargs if key not in _BY_NAME and key not in _BY_NATIVE)
+    if unknown:
+        raise ValueError(f"unknown model_kwargs {unknown}; {known}")
+    for key in model_kwargs:
+        if key not in allowed:
+            raise ValueError(f"model_kwargs {key!r}: {_misplaced(cls, key)}; {known}")
+
+
+def _misplaced(cls: Any, key: str) -> str:
+    """Why `key`, a setting of some class, is not one of `cls`'s model_kwargs."""
+    name = cls.__name__
+    if key in cls.model_fields:
+        return f"it is a field of {name}: pass {key}=... instead"
+    row = _BY_NAME.get(key) or _BY_NATIVE[key]
+    if row.name in cls.model_fields:
+        return f"it is llama.cpp's name for the field {row.name}: pass {row.name}=... instead"
+    if cls._settings_class not in row.classes:
+        return f"it is a setting of {' and '.join(sorted(row.classes))}, not of {name}"
+    return f"{name} sets it itself"
+
+
+def values(instance: Any, target: Target) -> dict[str, Any]:
+    """The native values of `instance`'s settings for `target`, by attribute; those not given are left out."""
+    given = instance.model_kwargs
+    names = type(instance).model_fields
+
+    def get(name: str) -> Any:
+        return getattr(instance, name) if name in names else given.get(name)
+
+    found = {}
+    for row in _rows(type(instance)):
+        if row.target == target:
+            value = row.value(get)
+            if value is not None:
+                found[row.attr] = value
+    return found
+
+
+def model_config(instance: Any) -> _engine.ModelConfig:
+    """The settings `instance` loads its model with (the key of the shared model)."""
+    return _engine.ModelConfig(**values(instance, "model"))
+
+
+def engine_config(instance: Any) -> _engine.EngineConfig:
+    """The settings of `instance`'s engine (with `model_config`, the key of the shared engine)."""
+    return _engine.EngineConfig(**values(instance, "engine"))
+
+
+def file_rows(cls: Any) -> tuple[Setting, ...]:
+    """The fields of `cls` that name a file, checked at construction."""
+    return tuple(row for row in _rows(cls) if row.file and row.name in cls.model_fields)
+
+
+# -- the table against the native structs and the cache keys ---------------------------------------
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted(value.items()))
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-6)  # the native floats are float32
+    return bool(_comparable(a) == _comparable(b))
+
+
+def _mismatches() -> list[str]:
+    problems = []
+    structs = {"model": _native.ModelParams(), "engine": _native.EngineParams()}
+    keys = {"model": _engine.ModelConfig, "engine": _engine.EngineConfig}
+    request = _native.RequestParams()
+    native_of = {**structs, "sampling": request.sampling, "request": request}
+    for target, key in keys.items():
+        for f in fields(key):
+            if f.name in _engine.NOT_PARAMS:
+                continue
+            if not hasattr(structs[target], f.name):
+                problems.append(f"{key.__name__}.{f.name} is not an attribute of the native {target} params")
+            elif f.default is not MISSING and not _same(f.default, getattr(structs[target], f.name)):
+                problems.append(
+                    f"{key.__name__}.{f.name} defaults to {f.default!r}, the native params to "
+                    f"{getattr(structs[target], f.name)!r}"
+                )
+        declared = {row.attr for row in SETTINGS if row.target == target}
+        problems += [f"{key.__name__}.{f.name} has no row" for f in fields(key) if f.name not in declared]
+    for row in SETTINGS:
+        if row.target in keys:
+            if row.attr not in {f.name for f in fields(keys[row.target])}:
+                problems.append(f"{row.name}: {keys[row.target].__name__} has no field {row.attr}")
+        elif row.target != "python" and not hasattr(native_of[row.target], row.attr):
+            problems.append(f"{row.name}: the native {row.target} params have no attribute {row.attr}")
+    return problems
+
+
+def _check_against_native() -> None:
+    problems = _mismatches()
+    if problems:
+        raise ImportError(
+            "langchain_llamacpp's settings table does not match its native extension (rebuild it: ./dev build): "
+            + "; ".join(problems)
+        )
+
+
+_check_against_native()
