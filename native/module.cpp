@@ -168,7 +168,7 @@ void register_engine(nb::module_ & m) {
                      "(offset, n_tokens, sha256) of each media chunk.")
         .def("__len__", [](const lcl::MediaPrompt & self) { return self.tokens.size(); });
 
-    nb::class_<lcl::GrammarTrigger>(m, "GrammarTrigger")
+    nb::class_<lcl::GrammarTrigger>(m, "GrammarTrigger", "Where a lazy grammar starts to apply (a word, a token, a pattern).")
         .def(nb::init<>())
         .def_rw("type", &lcl::GrammarTrigger::type)
         .def_rw("value", &lcl::GrammarTrigger::value)
@@ -189,7 +189,7 @@ void register_engine(nb::module_ & m) {
     LCL_REQUEST_PARAMS(LCL_BIND)
 #undef LCL_BIND
 
-    nb::class_<lcl::TopLogprob>(m, "TopLogprob")
+    nb::class_<lcl::TopLogprob>(m, "TopLogprob", "One of the most likely tokens at a position, with its logprob.")
         .def_ro("token", &lcl::TopLogprob::token)
         .def_prop_ro("text", [](const lcl::TopLogprob & self) { return py_str(self.text); })
         .def_ro("logprob", &lcl::TopLogprob::logprob);
@@ -416,7 +416,9 @@ NB_MODULE(_native, m) {
         "Buffered llama.cpp log lines as (ggml_log_level, text); the Python side forwards them to logging.");
     m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<lcl::ReleaseGil>(),
           "Stop every engine thread (registered with atexit).");
-    m.def("system_info", [] { return std::string(llama_print_system_info()); });
+    m.def(
+        "system_info", [] { return std::string(llama_print_system_info()); },
+        "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
 }
