@@ -58,6 +58,9 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
     p.penalty_last_n = s.repeat_last_n;
     p.penalty_freq = s.frequency_penalty;
     p.penalty_present = s.presence_penalty;
+    if (s.mirostat < 0 || s.mirostat > 2) {  // llama.cpp asserts on any other
+        throw std::invalid_argument("mirostat must be 0 (off), 1 or 2, got " + std::to_string(s.mirostat));
+    }
     p.mirostat = s.mirostat;
     p.mirostat_tau = s.mirostat_tau;
     p.mirostat_eta = s.mirostat_eta;
