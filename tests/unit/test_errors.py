@@ -99,6 +99,18 @@ def test_bad_logit_bias_token(tiny_model_path: str) -> None:
         llm.invoke("hi")
 
 
+def test_unknown_mirostat_version_native(tiny_model_path: str) -> None:
+    # llama.cpp's sampler asserts on it (the process aborts); the engine refuses it first.
+    model = native.load_model(tiny_model_path)
+    engine = native.create_engine(model, n_ctx=64, n_seq=1)
+    request = native.RequestParams()
+    request.prompt = model.tokenize("hi", add_special=True)
+    request.max_tokens = 2
+    request.sampling.mirostat = 5
+    with pytest.raises(ValueError, match="mirostat must be 0"):
+        engine.submit(request)
+
+
 def test_vocab_only_cannot_generate(vocab_path: str) -> None:
     llm = LlamaCpp(model_path=vocab_path, vocab_only=True)
     assert llm.get_num_tokens("Hello world") > 0
