@@ -16,26 +16,9 @@ from langchain_core.messages import HumanMessage
 
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
 from tests import models
+from tests.texts import CODE, chatml, code_edit
 
-CODE = """def mean(values):
-    total = 0
-    for v in values:
-        total += v
-    return total / len(values)
-
-
-def variance(values):
-    m = mean(values)
-    total = 0
-    for v in values:
-        total += (v - m) ** 2
-    return total / len(values)
-"""
-
-EDIT = (
-    "<|im_start|>user\nRename the variable `total` to `acc` in this code and give the whole code back:\n"
-    f"```python\n{CODE}```<|im_end|>\n<|im_start|>assistant\n"
-)
+EDIT = chatml(code_edit(CODE))
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +148,7 @@ def test_default_engine_with_prompt_lookup_serves_concurrent_calls(qwen_path: st
 
 def test_chat_model_reports_drafts(qwen_path: str) -> None:
     chat = ChatLlamaCpp(model_path=qwen_path, temperature=0, max_tokens=100, prompt_lookup=True, draft_min=2)
-    prompt = f"Rename the variable `total` to `acc` in this code and give the whole code back:\n```python\n{CODE}```"
+    prompt = code_edit(CODE)
     message = chat.invoke([HumanMessage(prompt)])
     assert message.response_metadata["draft_n"] > 0
     assert 0 < message.response_metadata["draft_n_accepted"] <= message.response_metadata["draft_n"]
