@@ -8,9 +8,12 @@ temperature 0.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+from langchain_llamacpp import LlamaCpp
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = ROOT / "vendor" / "llama.cpp" / "models" / "ggml-vocab-llama-spm.gguf"
@@ -118,3 +121,10 @@ def write_tiny_lora(path: Path, *, n_embd: int = 64, n_layer: int = 2, rank: int
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def greedy_llm(path: str, **kwargs: Any) -> LlamaCpp:
+    """A LlamaCpp for engine tests: greedy, 40 tokens, seeded, unless the test says otherwise."""
+    defaults: dict[str, Any] = {"temperature": 0, "max_tokens": 40, "seed": 1}
+    defaults.update(kwargs)
+    return LlamaCpp(model_path=path, **defaults)

@@ -13,15 +13,9 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_llamacpp
-from langchain_llamacpp import LlamaCpp, native
-from tests.concurrency import call_from_threads, collect_counting_loop_ticks, text_and_logprobs
-from tests.tiny_model import write_tiny_lora
-
-
-def _llm(path: str, **kwargs: Any) -> LlamaCpp:
-    defaults: dict[str, Any] = {"temperature": 0, "max_tokens": 40, "seed": 1}
-    defaults.update(kwargs)
-    return LlamaCpp(model_path=path, **defaults)
+from langchain_llamacpp import native
+from tests.concurrency import call_from_threads, collect_counting_loop_ticks
+from tests.tiny_model import greedy_llm, write_tiny_lora
 
 
 def test_public_api_is_pinned() -> None:
@@ -35,14 +29,14 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_stream_joined_equals_invoke(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path)
+    llm = greedy_llm(tiny_model_path)
     text = llm.invoke("Hello there")
     assert text
     assert "".join(llm.stream("Hello there")) == text
 
 
 def test_max_tokens_and_finish_reason(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=7)
+    llm = greedy_llm(tiny_model_path, max_tokens=7)
     result = llm.generate(["Hello"])
     info = result.generations[0][0].generation_info
     assert info is not None
@@ -79,7 +73,7 @@ def test_stop_strings_are_held_back_only_while_they_may_match(tiny_model_path: s
     far: text shown and then found to start a stop string (which a stream cannot take back) fails at
     that token, and so does text still held back after the model went another way.
     """
-    llm = _llm(tiny_model_path, max_tokens=60, ignore_eos=True)
+    llm = greedy_llm(tiny_model_path, max_tokens=60, ignore_eos=True)
     engine = llm.load()
     prompt = "Once upon a time"
     plain = _greedy_chunks(engine, prompt, [])
@@ -118,17 +112,17 @@ def test_stop_strings_are_held_back_only_while_they_may_match(tiny_model_path: s
 
 
 def test_constructor_and_call_stop_are_merged(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=60)
+    llm = greedy_llm(tiny_model_path, max_tokens=60)
     full = llm.invoke("Once upon a time")
     first, second = full[30:34], full[12:16]
-    merged = _llm(tiny_model_path, max_tokens=60, stop=[first])
+    merged = greedy_llm(tiny_model_path, max_tokens=60, stop=[first])
     assert merged.invoke("Once upon a time") == full[: full.index(first)]
     assert merged.invoke("Once upon a time", stop=[second]) == full[: full.index(second)]
     assert "".join(merged.stream("Once upon a time", stop=[second])) == full[: full.index(second)]
 
 
 def test_grammar_constrains_output(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, grammar='root ::= ("yes" | "no") "."', max_tokens=10)
+    llm = greedy_llm(tiny_model_path, grammar='root ::= ("yes" | "no") "."', max_tokens=10)
     assert llm.invoke("Answer:") in ("yes.", "no.")
 
 
@@ -136,16 +130,16 @@ def test_bundled_grammar_by_name(tiny_model_path: str) -> None:
     from langchain_llamacpp import grammars
 
     assert {"json", "list"} <= set(grammars.names())
-    llm = _llm(tiny_model_path, grammar_path="list", max_tokens=30)
+    llm = greedy_llm(tiny_model_path, grammar_path="list", max_tokens=30)
     text = llm.invoke("A list:")
     assert text.startswith("- ") or text.startswith("\n")
     # The docs' paths resolve to the bundled files when they do not exist here.
-    docs_style = _llm(tiny_model_path, grammar_path="/Users/somebody/llama.cpp/grammars/json.gbnf")
+    docs_style = greedy_llm(tiny_model_path, grammar_path="/Users/somebody/llama.cpp/grammars/json.gbnf")
     assert str(docs_style.grammar_path).endswith("grammars/json.gbnf")
 
 
 def test_logprobs(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, logprobs=3, max_tokens=5)
+    llm = greedy_llm(tiny_model_path, logprobs=3, max_tokens=5)
     info = llm.generate(["Hello"]).generations[0][0].generation_info
     assert info is not None
     lp = info["logprobs"]
@@ -158,7 +152,7 @@ def test_logprobs(tiny_model_path: str) -> None:
 
 
 def test_echo_and_per_call_options(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=5)
+    llm = greedy_llm(tiny_model_path, max_tokens=5)
     plain = llm.invoke("Hello")
     assert llm.invoke("Hello", echo=True) == "Hello" + plain
     assert llm.invoke("Hello", max_tokens=2) != plain
@@ -171,7 +165,7 @@ def test_callbacks_get_every_token_before_it_is_yielded(tiny_model_path: str) ->
         def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
             seen.append(token)
 
-    llm = _llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
+    llm = greedy_llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
     yielded = []
     for piece in llm.stream("Hi"):
         if piece:
@@ -191,21 +185,21 @@ async def test_async_callbacks_are_awaited(tiny_model_path: str) -> None:
             await asyncio.sleep(0)
             seen.append(token)
 
-    llm = _llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
+    llm = greedy_llm(tiny_model_path, max_tokens=12, callbacks=[Recorder()])
     text = await llm.ainvoke("Hi")
     assert "".join(seen) == text
     assert text == llm.invoke("Hi")
 
 
 async def test_astream_leaves_the_event_loop_free(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=200, n_ctx=512)
+    llm = greedy_llm(tiny_model_path, max_tokens=200, n_ctx=512)
     pieces, ticks = await collect_counting_loop_ticks(llm.astream("Hello"), 0.001)
     assert "".join(pieces) == llm.invoke("Hello", max_tokens=200)
     assert ticks > 20  # the loop kept running while tokens were generated
 
 
 async def test_cancelled_task_stops_its_sequence(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
+    llm = greedy_llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
     engine = llm.load()
 
     async def consume() -> None:
@@ -224,7 +218,7 @@ async def test_cancelled_task_stops_its_sequence(tiny_model_path: str) -> None:
 
 
 def test_closing_a_stream_frees_the_slot(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
+    llm = greedy_llm(tiny_model_path, max_tokens=-1, n_ctx=2048)
     engine = llm.load()
     stream = llm.stream("Hello")
     for _ in range(3):
@@ -243,7 +237,7 @@ def test_exception_in_callback_cancels(tiny_model_path: str) -> None:
         def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
             raise RuntimeError("stop here")
 
-    llm = _llm(tiny_model_path, max_tokens=-1, n_ctx=2048, callbacks=[Boom()])
+    llm = greedy_llm(tiny_model_path, max_tokens=-1, n_ctx=2048, callbacks=[Boom()])
     engine = llm.load()
     with pytest.raises(RuntimeError, match="stop here"):
         llm.invoke("Hello")
@@ -254,14 +248,14 @@ def test_exception_in_callback_cancels(tiny_model_path: str) -> None:
 
 @pytest.mark.parametrize("n_seq", [1, 4])
 def test_threads_share_one_instance(tiny_model_path: str, n_seq: int) -> None:
-    llm = _llm(tiny_model_path, max_tokens=16, n_seq=n_seq)
+    llm = greedy_llm(tiny_model_path, max_tokens=16, n_seq=n_seq)
     prompts = [f"Prompt number {i}" for i in range(10)]
     expected = [llm.invoke(p) for p in prompts]
     assert call_from_threads(llm.invoke, prompts, n_threads=8) == [expected] * 8
 
 
 def test_batch_and_generate_many(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4, ignore_eos=True)
+    llm = greedy_llm(tiny_model_path, max_tokens=12, n_seq=4, ignore_eos=True)
     prompts = [f"Item {i}:" for i in range(6)]
     sequential = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == sequential
@@ -276,34 +270,22 @@ def test_batch_and_generate_many(tiny_model_path: str) -> None:
 
 
 async def test_abatch(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=12, n_seq=4)
+    llm = greedy_llm(tiny_model_path, max_tokens=12, n_seq=4)
     prompts = [f"Item {i}:" for i in range(6)]
     assert await llm.abatch(prompts) == [llm.invoke(p) for p in prompts]
 
 
-def test_prompt_cache_reuses_prefix(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=4, n_seq=2)
-    engine = llm.load()
-    prefix = "The quick brown fox jumps over the lazy dog. " * 5
-    llm.invoke(prefix + "First")
-    reused = engine.stats()["prompt_tokens_reused"]
-    result = llm.generate([prefix + "Second"])
-    info = result.generations[0][0].generation_info
-    assert info is not None and info["usage"]["cached_tokens"] >= 50
-    assert engine.stats()["prompt_tokens_reused"] - reused >= 50
-
-
 def test_instances_share_weights_and_engine(tiny_model_path: str) -> None:
-    a = _llm(tiny_model_path, temperature=0.5)
-    b = _llm(tiny_model_path, temperature=0.1)
+    a = greedy_llm(tiny_model_path, temperature=0.5)
+    b = greedy_llm(tiny_model_path, temperature=0.1)
     assert a.load() is b.load()  # same model and context settings: one engine, one cache
-    c = _llm(tiny_model_path, n_ctx=1024)
+    c = greedy_llm(tiny_model_path, n_ctx=1024)
     assert c.load() is not a.load()
     assert c.native_model is a.native_model  # but one copy of the weights
 
 
 def test_tokenizer_api(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path)
+    llm = greedy_llm(tiny_model_path)
     model = llm.native_model
     tokens = model.tokenize("Hello world", add_special=False)
     assert model.detokenize(tokens) == "Hello world"
@@ -340,13 +322,13 @@ def test_verbose_prints_load_info_and_timings(tiny_model_path: str) -> None:
 
 
 def test_context_manager_and_close(tiny_model_path: str) -> None:
-    with _llm(tiny_model_path, n_ctx=640) as llm:
+    with greedy_llm(tiny_model_path, n_ctx=640) as llm:
         assert llm.invoke("Hi", max_tokens=2)
     assert llm._loaded is None
 
 
 def test_native_request_api(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path)
+    llm = greedy_llm(tiny_model_path)
     engine = llm.load()
     params = native.RequestParams()
     params.prompt = engine.model.tokenize("Hello")
@@ -367,17 +349,17 @@ def test_callback_manager_from_the_community_docs(tiny_model_path: str) -> None:
         def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
             seen.append(token)
 
-    llm = _llm(tiny_model_path, max_tokens=6, callback_manager=CallbackManager([Recorder()]))
+    llm = greedy_llm(tiny_model_path, max_tokens=6, callback_manager=CallbackManager([Recorder()]))
     assert "".join(seen) == "" and llm.invoke("Hi") == "".join(seen)
     with pytest.raises(ValueError, match="either callbacks or callback_manager"):
-        _llm(tiny_model_path, callbacks=[Recorder()], callback_manager=CallbackManager([Recorder()]))
+        greedy_llm(tiny_model_path, callbacks=[Recorder()], callback_manager=CallbackManager([Recorder()]))
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 def test_ignore_eos_generates_exactly_max_tokens(tiny_model_path: str, temperature: float) -> None:
     # The tiny model's EOS token is made the most likely one; ignore_eos must still go on.
-    eos = _llm(tiny_model_path).native_model.eos_token
-    llm = _llm(tiny_model_path, temperature=temperature, max_tokens=9, logit_bias={eos: 100.0})
+    eos = greedy_llm(tiny_model_path).native_model.eos_token
+    llm = greedy_llm(tiny_model_path, temperature=temperature, max_tokens=9, logit_bias={eos: 100.0})
     assert llm.generate(["Hi"]).generations[0][0].generation_info["usage"]["completion_tokens"] == 1  # type: ignore[index]
     info = llm.generate(["Hi"], ignore_eos=True).generations[0][0].generation_info
     assert info is not None and info["usage"]["completion_tokens"] == 9 and info["finish_reason"] == "length"
@@ -385,13 +367,13 @@ def test_ignore_eos_generates_exactly_max_tokens(tiny_model_path: str, temperatu
 
 def test_greedy_fast_path_matches_the_sampler_chain(tiny_model_path: str) -> None:
     # temperature 0 with no penalties takes an argmax shortcut; a no-op logit bias forces the chain.
-    fast = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30)
-    chain = _llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30, logit_bias={5: 0.0})
+    fast = greedy_llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30)
+    chain = greedy_llm(tiny_model_path, repeat_penalty=1.0, max_tokens=30, logit_bias={5: 0.0})
     assert fast.invoke("Hello") == chain.invoke("Hello")
 
 
 def test_low_level_sequence_api(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, n_seq=2, n_ctx=768)
+    llm = greedy_llm(tiny_model_path, n_seq=2, n_ctx=768)
     engine = llm.load()
     engine.clear_cache()
     model = engine.model
@@ -421,187 +403,26 @@ def test_low_level_sequence_api(tiny_model_path: str) -> None:
         engine.evaluate(0, [10**7])
 
 
-def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
-    # With a KV cache per slot (kv_unified=0), llama.cpp computes a step's sequences together only if
-    # their ids are consecutive: with slot 1 idle between busy slots 0 and 2, a filler token bridges it
-    # and is removed after the step.
-    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True, model_kwargs={"kv_unified": 0})
-    engine = llm.load()
-    engine.clear_cache()
-    model = engine.model
-    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
-    for slot, text in enumerate(texts):
-        engine.evaluate(slot, model.tokenize(text))
-    idle = engine.slot_tokens(1)
-    (idle_logits,) = engine.evaluate(1, [100])
-    engine.kv_remove(1, len(idle))
-    fillers = engine.stats()["fillers"]
-    together = llm.generate([texts[0] + " and", texts[2] + " and"])
-    assert engine.stats()["fillers"] - fillers >= 20  # (the second request may start a few steps late)
-    assert engine.slot_tokens(1) == idle  # the idle conversation is untouched...
-    assert engine.evaluate(1, [100])[0] == pytest.approx(idle_logits, abs=1e-4)  # ...and so is its cache
-    assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
-
-
-def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> None:
-    # In one pool (the default) any set of sequences is one pass: no fillers, and the idle slot between
-    # the busy ones keeps its cache.
-    llm = _llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True)
-    engine = llm.load()
-    assert engine.kv_unified and engine.n_ctx_total == engine.n_ctx == 512
-    engine.clear_cache()
-    model = engine.model
-    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
-    for slot, text in enumerate(texts):
-        engine.evaluate(slot, model.tokenize(text))
-    idle = engine.slot_tokens(1)
-    before = engine.stats()
-    together = llm.generate([texts[0] + " and", texts[2] + " and"])
-    after = engine.stats()
-    assert after["fillers"] == before["fillers"]
-    # Decoded together: one after the other, two answers of 64 tokens take at least 128 steps.
-    # (Not the largest batch: that counts since the engine was made, and prompt tokens too.)
-    assert after["steps"] - before["steps"] < 96
-    assert engine.slot_tokens(1) == idle
-    assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
-
-
-def _usage_side_by_side(engine: native.Engine, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
-    """The usage of each prompt's greedy request, all submitted at once."""
-    requests = []
-    for text in prompts:
-        params = native.RequestParams()
-        params.prompt = engine.model.tokenize(text)
-        params.max_tokens, params.ignore_eos, params.sampling.temperature = max_tokens, True, 0.0
-        requests.append(engine.submit(params))
-    for request in requests:
-        request.wait()
-    return [request.usage for request in requests]
-
-
-def test_a_full_pool_makes_requests_wait_not_truncate(tiny_model_path: str) -> None:
-    # Two requests that each may fill most of the pool: the second waits for the first to end, and
-    # both come out whole, as they would one after the other.
-    llm = _llm(tiny_model_path, max_tokens=180, n_seq=2, n_ctx=256, ignore_eos=True)
-    engine = llm.load()
-    prompts = ["Alpha beta gamma", "Red green blue"]
-    expected = [llm.invoke(p) for p in prompts]
-    assert llm.batch(prompts) == expected
-    first, second = _usage_side_by_side(engine, prompts, max_tokens=180)
-    assert second["queued_ms"] >= 0.9 * (first["queued_ms"] + first["prompt_ms"] + first["generation_ms"])  # waited
-    for text, generation in zip(expected, llm.generate(prompts).generations, strict=True):
-        assert generation[0].text == text
-        assert generation[0].generation_info is not None
-        assert generation[0].generation_info["finish_reason"] == "length"
-    # Short requests fit side by side; one longer than the pool is refused at once.
-    first, second = _usage_side_by_side(engine, prompts, max_tokens=8)
-    assert second["queued_ms"] < first["queued_ms"] + first["prompt_ms"] + first["generation_ms"]  # side by side
-    with pytest.raises(ValueError, match="exceeds the context"):
-        _llm(tiny_model_path, max_tokens=300, n_seq=2, n_ctx=256).invoke("hi")
-
-
-def test_idle_conversations_give_way_least_recently_used_first(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path, max_tokens=4, n_seq=3, n_ctx=256)
-    engine = llm.load()
-    engine.clear_cache()
-    model = engine.model
-    old, recent = model.tokenize("old conversation " * 30), model.tokenize("recent conversation " * 30)
-    engine.evaluate(1, old)
-    engine.evaluate(0, recent)
-    # Fits beside both: nothing goes.
-    llm.invoke("new request " * 5, max_tokens=8)
-    assert engine.cached_prompts()[:2] == [recent, old]
-    # Needs more than the pool has free: the least recently used cache goes, the others stay.
-    llm.invoke("new request " * 20, max_tokens=120)
-    caches = engine.cached_prompts()
-    assert caches[0] == recent and caches[1] == []
-
-
-def test_more_sequences_than_n_batch(tiny_model_path: str) -> None:
-    # n_batch=8 is the old bindings' default; every generating slot still decodes in each step.
-    llm = _llm(tiny_model_path, max_tokens=12, n_seq=12, n_batch=8)
-    assert llm.load().n_batch == 12
-    prompts = [f"Prompt number {i}" for i in range(12)]
-    expected = [llm.invoke(p) for p in prompts]
-    assert llm.batch(prompts) == expected
-
-
-def test_batch_invariant_outputs_are_bit_equal_under_concurrency(tiny_model_path: str) -> None:
-    # Logprobs, not only tokens: without batch_invariant they differ in the last bits here.
-    llm = _llm(tiny_model_path, max_tokens=16, n_seq=4, batch_invariant=True, logprobs=1)
-    run = text_and_logprobs(llm)
-    prompts = [f"Prompt number {i}" for i in range(8)]
-    fresh = text_and_logprobs(_llm(tiny_model_path, max_tokens=16, n_seq=1, batch_invariant=True, logprobs=1))
-    expected = [fresh(p) for p in prompts]
-    assert [run(p) for p in prompts] == expected
-    assert call_from_threads(run, prompts, n_threads=6) == [expected] * 6
-    # A long prompt goes in several chunks, and a follow-up reuses the cached prefix.
-    long = "The quick brown fox jumps over the lazy dog. " * 12
-    small_batch = text_and_logprobs(_llm(tiny_model_path, max_tokens=16, n_batch=16, batch_invariant=True, logprobs=1))
-    assert small_batch(long) == fresh(long)
-    assert run(long + "Again") == fresh(long + "Again")
-
-
-def test_batch_invariant_needs_its_kernels(tiny_model_path: str) -> None:
-    with pytest.raises(ValueError, match="repack=False"):
-        _llm(tiny_model_path, batch_invariant=True, model_kwargs={"repack": True}).load()
-    with pytest.raises(ValueError, match="flash attention"):
-        _llm(tiny_model_path, batch_invariant=True, flash_attn=False).load()
-
-
-def test_batch_invariant_low_level_evaluate(tiny_model_path: str) -> None:
-    # The same tokens evaluated at once, or the last one on its own, give the same logits bit for bit.
-    engine = _llm(tiny_model_path, n_seq=2, batch_invariant=True).load()
-    engine.clear_cache()
-    tokens = engine.model.tokenize("The quick brown fox jumps over the lazy dog")
-    (whole,) = engine.evaluate(0, tokens)
-    engine.evaluate(1, tokens[:-1])
-    (last,) = engine.evaluate(1, tokens[-1:])
-    assert last == whole
-    assert engine.slot_tokens(0) == engine.slot_tokens(1) == tokens
-
-
-def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -> None:
-    # Two long prompts in slots 0 and 2 fill n_batch; the filler for idle slot 1 takes a prompt
-    # token's place (llama_decode aborts the process beyond n_batch). A KV cache per slot: fillers.
-    llm = _llm(
-        tiny_model_path, max_tokens=40, n_seq=3, n_batch=8, n_ctx=256, ignore_eos=True, model_kwargs={"kv_unified": 0}
-    )
-    engine = llm.load()
-    texts = ["alpha beta " * 30, "gamma delta " * 30, "epsilon zeta " * 30]
-    prompts = [texts[0] + " more words here " * 10, texts[2] + " other words there " * 10]
-
-    def warm() -> None:  # texts in slots 0, 1, 2
-        engine.clear_cache()
-        for slot, text in enumerate(texts):
-            engine.evaluate(slot, engine.model.tokenize(text))
-
-    warm()
-    expected = [llm.invoke(p) for p in prompts]
-    warm()
-    fillers = engine.stats()["fillers"]
-    result = llm.generate(prompts)  # submitted together (batch() may finish one before the other starts)
-    assert [g[0].text for g in result.generations] == expected
-    assert engine.stats()["fillers"] > fillers
-
-
 def test_lora_adapter(tiny_model_path: str, tmp_path: Path) -> None:
     adapter = str(write_tiny_lora(tmp_path / "lora.gguf"))
     prompt = "The quick brown fox"
-    base = _llm(tiny_model_path, max_tokens=12).invoke(prompt)
-    assert _llm(tiny_model_path, max_tokens=12, lora_path=adapter).invoke(prompt) != base
+    base = greedy_llm(tiny_model_path, max_tokens=12).invoke(prompt)
+    assert greedy_llm(tiny_model_path, max_tokens=12, lora_path=adapter).invoke(prompt) != base
     # Scale 0 adds nothing; lora_base is accepted for compatibility with the old bindings.
-    assert _llm(tiny_model_path, max_tokens=12, lora_path=adapter, lora_scale=0.0, lora_base="x").invoke(prompt) == base
+    assert (
+        greedy_llm(tiny_model_path, max_tokens=12, lora_path=adapter, lora_scale=0.0, lora_base="x").invoke(prompt)
+        == base
+    )
     wrong = str(write_tiny_lora(tmp_path / "wrong.gguf", n_embd=32))
     with pytest.raises(ValueError, match=r"failed to load LoRA adapter .*wrong\.gguf: .*incorrect shape"):
-        _llm(tiny_model_path, lora_path=wrong).load()
+        greedy_llm(tiny_model_path, lora_path=wrong).load()
     with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
-        _llm(tiny_model_path, lora_path=str(tmp_path / "missing.gguf"))
+        greedy_llm(tiny_model_path, lora_path=str(tmp_path / "missing.gguf"))
 
 
 def test_max_tokens_zero_generates_nothing(tiny_model_path: str) -> None:
     # As llama-server's n_predict=0: the prompt is checked, nothing is generated, and it says why.
-    llm = _llm(tiny_model_path, max_tokens=0)
+    llm = greedy_llm(tiny_model_path, max_tokens=0)
     generation = llm.generate(["Hello there"]).generations[0][0]
     assert generation.text == ""
     assert generation.generation_info is not None
@@ -611,29 +432,3 @@ def test_max_tokens_zero_generates_nothing(tiny_model_path: str) -> None:
     assert asyncio.run(llm.ainvoke("Hello there")) == ""
     with pytest.raises(ValueError, match="grammar"):
         llm.invoke("Hello there", grammar="root ::= undefined")
-
-
-def test_a_cached_prefix_is_shared_with_another_slot(tiny_model_path: str) -> None:
-    # A prompt asked again (a retry, a regenerated answer) reuses the prefix that another slot holds,
-    # without taking that slot's tail: in the unified pool the cells are shared, not copied.
-    llm = _llm(tiny_model_path, max_tokens=40, n_seq=4, n_ctx=512, ignore_eos=True)
-    engine = llm.load()
-    engine.clear_cache()
-    prompt = "a question asked twice " * 8
-    first = llm.generate([prompt]).generations[0][0]
-    assert (first.generation_info or {})["usage"]["cached_tokens"] == 0
-    held = [c for c in engine.cached_prompts() if c]
-    assert len(held) == 1 and len(held[0]) > 40
-    again = llm.generate([prompt]).generations[0][0]
-    n_prompt = (again.generation_info or {})["usage"]["prompt_tokens"]
-    assert (again.generation_info or {})["usage"]["cached_tokens"] == n_prompt - 1
-    assert again.text == first.text
-    caches = [c for c in engine.cached_prompts() if c]
-    assert held[0] in caches and len(caches) == 2  # the first answer's tail is still there
-    # Where the pool has no room beside it, the request takes that slot and its tail gives way.
-    tight = _llm(tiny_model_path, max_tokens=None, n_seq=4, n_ctx=256, ignore_eos=True)
-    engine = tight.load()
-    engine.clear_cache()
-    tight.generate([prompt])  # fills the pool
-    reused = tight.generate([prompt], max_tokens=4).generations[0][0]
-    assert (reused.generation_info or {})["usage"]["cached_tokens"] == n_prompt - 1

@@ -1,7 +1,7 @@
 """Hostile inputs must not kill, hang or print: every GGUF file, grammar, JSON schema and chat template
 below either gives a result or raises a Python exception that says what is wrong, within seconds.
 
-Seeded and bounded (tests/fuzz.py makes and runs the cases, each kind in worker processes):
+Seeded and bounded (tests/fuzz/ makes and runs the cases, each kind in worker processes):
 FUZZ_SEED (default 0) picks other inputs, FUZZ_ITERATIONS sets the cases per randomized test,
 FUZZ_SECONDS runs each randomized test for that long instead (``./dev fuzz``). A failure names every
 bad input and saves it under build/fuzz-failures/ (``python -m tests.fuzz replay <file>.json``).
