@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.common import interleave, llama_bench, sequential_and_batched
 from benchmarks.community import STORY, first_token_seconds, stream_rate  # shared by both sides
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, native
-from tests.llama_tools import llama_tool
+from tests.llama_tools import reference_tool
 from tests.models import get
 from tests.texts import CODE, chatml, code_edit
 
@@ -116,7 +116,7 @@ SPEC_K = 3  # draft length for the comparison with llama.cpp's tool (its default
 
 def speculative_simple(target: str, draft: str | None, prompt: str, threads: int, k: int) -> tuple[float, float]:
     """llama.cpp's own speculative tool (examples/speculative-simple): decode tokens/s and acceptance."""
-    args = [str(llama_tool("llama-speculative-simple")), "-m", target, "-p", prompt, "-n", str(SPEC_TOKENS),
+    args = [str(reference_tool("llama-speculative-simple")), "-m", target, "-p", prompt, "-n", str(SPEC_TOKENS),
             "-t", str(threads), "-c", "2048", "--temp", "0", "--top-k", "1", "--spec-draft-n-max", str(k),
             "--spec-draft-n-min", "0"]  # fmt: skip
     if draft:

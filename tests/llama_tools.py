@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,36 @@ def llama_tool(name: str) -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     raise RuntimeError(f"{name} was not built")
+
+
+def reference_tool(name: str) -> Path:
+    """One of llama.cpp's tools built as upstream builds it by default (with OpenMP), in build/llama-reference.
+
+    Our extension builds ggml without OpenMP and shares one thread pool between a model and its draft; a
+    tool that gives each of its contexts a pool of its own (llama-speculative-simple) is then slowed by
+    the two pools' spinning workers on few cores, so where a tool's speed is the reference, it is measured
+    as its users build it."""
+    build = ROOT / "build" / "llama-reference"
+    if not (build / "CMakeCache.txt").exists():
+        configure = [
+            "cmake", "-S", str(ROOT / "vendor" / "llama.cpp"), "-B", str(build), "-G", "Ninja",
+            "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+        ]  # fmt: skip
+        if shutil.which("ccache"):
+            configure += ["-DCMAKE_C_COMPILER_LAUNCHER=ccache", "-DCMAKE_CXX_COMPILER_LAUNCHER=ccache"]
+        done = subprocess.run(configure, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"could not configure llama.cpp's reference build:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+    env = {**os.environ, "CCACHE_BASEDIR": str(ROOT), "CCACHE_NOHASHDIR": "true"}
+    done = subprocess.run(["cmake", "--build", str(build), "--target", name], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not build {name}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    tool = build / "bin" / name
+    if not tool.is_file():
+        raise RuntimeError(f"{name} was not built")
+    return tool
 
 
 def llama_embedding(
