@@ -13,12 +13,20 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._lifecycle import NativeStateMixin
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp.grammars import resolve_grammar_path
+
+
+def _path_text(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+# A file's path: a str, or a pathlib.Path (any os.PathLike) taken as its string.
+PathText = Annotated[str, BeforeValidator(_path_text)]
 
 # Arguments that only mean something to a hosted API (LangChain's standard tests pass api_key; code
 # that switches providers passes both): accepted with a warning, and dropped.
@@ -57,13 +65,13 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     # Which rows of the settings table apply (`_settings.SETTINGS`).
     _settings_class: ClassVar[str] = _settings.LLM
 
-    model_path: str
+    model_path: PathText
     """Path to the GGUF model file."""
 
     lora_base: str | None = None
     """Accepted for compatibility; llama.cpp applies `lora_path` to the loaded model directly."""
 
-    lora_path: str | None = None
+    lora_path: PathText | None = None
     """Path to a LoRA adapter (GGUF) applied on top of the model."""
 
     lora_scale: float = Field(1.0, allow_inf_nan=False)
@@ -124,7 +132,7 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
     row of a lone request a guess at its next token); slower for free prose decoded alone, and for
     the CPU backend only."""
 
-    draft_model_path: str | None = None
+    draft_model_path: PathText | None = None
     """Speculative decoding with a draft model: a small GGUF model with the same vocabulary (e.g.
     Qwen2.5-Coder-0.5B for Qwen2.5-Coder-1.5B) guesses the next tokens greedily and this model checks
     them all in one batch. The output is what this model gives alone: every token is sampled from this

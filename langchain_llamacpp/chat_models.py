@@ -40,6 +40,7 @@ from langchain_llamacpp._messages import (
     force_tool_call_grammar,
     normalize_tool_choice,
 )
+from langchain_llamacpp._params import PathText
 from langchain_llamacpp._templates import TemplateSandbox
 
 # Keyword arguments that shape the prompt rather than sampling.
@@ -127,7 +128,7 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     """For templates with a reasoning mode: let the model think before answering (`reasoning=False`
     also turns it off)."""
 
-    mmproj_path: str | None = None
+    mmproj_path: PathText | None = None
     """The model's multimodal projector (an `mmproj-*.gguf` file, published beside vision models such as
     Gemma 3, SmolVLM, LLaVA, Pixtral or Mistral Small 3.1): with it, messages may carry images (and audio,
     for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained` finds it beside

@@ -15,7 +15,7 @@ import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._lifecycle import NativeStateMixin
-from langchain_llamacpp._params import check_files
+from langchain_llamacpp._params import PathText, check_files
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp.native import Engine
 
@@ -80,7 +80,7 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
     # Which rows of the settings table apply (`_settings.SETTINGS`).
     _settings_class: ClassVar[str] = _settings.EMBEDDINGS
 
-    model_path: str
+    model_path: PathText
     """Path to the GGUF model file."""
 
     n_ctx: int | None = Field(None, ge=0)

@@ -432,3 +432,14 @@ def test_max_tokens_zero_generates_nothing(tiny_model_path: str) -> None:
     assert asyncio.run(llm.ainvoke("Hello there")) == ""
     with pytest.raises(ValueError, match="grammar"):
         llm.invoke("Hello there", grammar="root ::= undefined")
+
+
+def test_paths_may_be_pathlib_paths(tiny_model_path: str, tmp_path: Path) -> None:
+    from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+
+    llm = LlamaCpp(model_path=Path(tiny_model_path), temperature=0, max_tokens=2, seed=1)
+    assert llm.model_path == tiny_model_path
+    assert llm.invoke("hi") == greedy_llm(tiny_model_path, max_tokens=2).invoke("hi")
+    assert ChatLlamaCpp(model_path=Path(tiny_model_path)).model_path == tiny_model_path
+    with pytest.raises(FileNotFoundError, match="LoRA adapter not found"):
+        LlamaCpp(model_path=Path(tiny_model_path), lora_path=tmp_path / "missing.gguf")
