@@ -24,6 +24,15 @@ def test_prompt_cache_reuses_prefix(tiny_model_path: str) -> None:
     assert engine.stats()["prompt_tokens_reused"] - reused >= 50
 
 
+def _cache_three_conversations(engine: native.Engine) -> list[str]:
+    """Slots 0, 1 and 2 of a cleared engine each hold a short text; returns the texts."""
+    engine.clear_cache()
+    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
+    for slot, text in enumerate(texts):
+        engine.evaluate(slot, engine.model.tokenize(text))
+    return texts
+
+
 def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
     # With a KV cache per slot (kv_unified=0), llama.cpp computes a step's sequences together only if
     # their ids are consecutive: with slot 1 idle between busy slots 0 and 2, a filler token bridges it
@@ -32,11 +41,7 @@ def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
         tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True, model_kwargs={"kv_unified": 0}
     )
     engine = llm.load()
-    engine.clear_cache()
-    model = engine.model
-    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
-    for slot, text in enumerate(texts):
-        engine.evaluate(slot, model.tokenize(text))
+    texts = _cache_three_conversations(engine)
     idle = engine.slot_tokens(1)
     (idle_logits,) = engine.evaluate(1, [100])
     engine.kv_remove(1, len(idle))
@@ -54,11 +59,7 @@ def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> No
     llm = greedy_llm(tiny_model_path, max_tokens=64, n_seq=3, n_ctx=512, ignore_eos=True)
     engine = llm.load()
     assert engine.kv_unified and engine.n_ctx_total == engine.n_ctx == 512
-    engine.clear_cache()
-    model = engine.model
-    texts = ["Alpha beta gamma delta", "One two three four", "Red green blue yellow"]
-    for slot, text in enumerate(texts):
-        engine.evaluate(slot, model.tokenize(text))
+    texts = _cache_three_conversations(engine)
     idle = engine.slot_tokens(1)
     before = engine.stats()
     together = llm.generate([texts[0] + " and", texts[2] + " and"])
