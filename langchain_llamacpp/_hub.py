@@ -32,8 +32,8 @@ class HubFiles(NamedTuple):
     """The model; for a split model its first part (llama.cpp loads the others from beside it)."""
 
     mmproj_path: str | None
-    """The multimodal projector (``mmproj*.gguf``) when asked for; None otherwise. Kept for vision
-    support, which the classes do not have yet."""
+    """The multimodal projector (``mmproj*.gguf``) when asked for; None otherwise. `from_pretrained`
+    passes it to ``ChatLlamaCpp.mmproj_path``, which makes images (and audio) usable in messages."""
 
     repo_files: tuple[str, ...]
     """The files downloaded, as named in the repository (model parts, then the projector)."""
