@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 import langchain_llamacpp._settings as _settings
+from langchain_llamacpp._docs import DocumentedFields
 from langchain_llamacpp._lifecycle import NativeStateMixin
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp.grammars import resolve_grammar_path
@@ -40,12 +41,17 @@ def _finite_or_banned(bias: float) -> float:
     return bias
 
 
+# The first bytes of every GGUF file (models, LoRA adapters, projectors).
+GGUF_MAGIC = b"GGUF"
+
+
 def check_files(instance: BaseModel) -> None:
-    """Each field that names a file (`_settings` rows with `file`): `~` expanded, and the file there.
+    """Each field that names a file (`_settings` rows with `file`): `~` expanded, and a GGUF file there.
 
     Checked here, at construction, so that a wrong path fails where it is written rather than at the
-    first call. The native loaders check again as they open each file, for `native.load_model` and
-    `create_engine`, which have no construction step.
+    first call: missing (FileNotFoundError), a directory, or a file that does not start with the GGUF
+    magic (ValueError). The native loaders check again as they open each file, for
+    `native.load_model` and `create_engine`, which have no construction step.
     """
     for row in _settings.file_rows(type(instance)):
         value = getattr(instance, row.name)
@@ -54,10 +60,35 @@ def check_files(instance: BaseModel) -> None:
         path = os.path.expanduser(os.fspath(value))
         if not os.path.exists(path):
             raise FileNotFoundError(f"{row.file} not found: {path}")
+        if os.path.isdir(path):
+            raise ValueError(f"{row.name} is a directory, not a GGUF file: {path}; give the .gguf file's path")
+        with open(path, "rb") as f:
+            magic = f.read(len(GGUF_MAGIC))
+        if magic != GGUF_MAGIC:
+            raise ValueError(
+                f"{row.name}: {row.file} is not a GGUF file (it does not start with the bytes 'GGUF'): {path}"
+            )
         setattr(instance, row.name, path)
 
 
-class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
+def model_as_path(cls: type, values: dict[str, Any]) -> None:
+    """ChatOllama's `model=` (a model's name there): the path of an existing file is taken as `model_path`;
+    anything else is refused, saying what to pass, before it could go to llama.cpp as an unknown setting."""
+    model = _path_text(values.pop("model"))
+    name = cls.__name__
+    if values.get("model_path") is not None:
+        raise ValueError(f"give model_path only: {name} takes no model argument (model={model!r})")
+    if isinstance(model, str) and os.path.isfile(os.path.expanduser(model)):
+        values["model_path"] = model
+        return
+    raise ValueError(
+        f"model={model!r} is not the path of a file: {name} runs a local GGUF file, passed as "
+        f"model_path='/path/to/model.gguf' (or use {name}.from_pretrained(repo_id, filename) for a file "
+        "on the Hugging Face Hub)"
+    )
+
+
+class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     """Model, context and sampling settings common to the llama.cpp LangChain classes."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
@@ -291,6 +322,8 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, BaseModel):
                 raise ValueError("give either callbacks or callback_manager, not both")
             if manager is not None:
                 values["callbacks"] = manager
+        if "model" in values and "model" not in cls.model_fields:
+            model_as_path(cls, values)
         hosted = [name for name in HOSTED_API_ARGS if values.pop(name, None) is not None]
         if hosted:
             warnings.warn(

@@ -9,13 +9,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._settings as _settings
+from langchain_llamacpp._docs import DocumentedFields
 from langchain_llamacpp._lifecycle import NativeStateMixin
-from langchain_llamacpp._params import PathText, check_files
+from langchain_llamacpp._params import PathText, check_files, model_as_path
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp.native import Engine
 
@@ -44,7 +45,7 @@ def _model_prefixes(model: _native.Model) -> tuple[str, str]:
     return "", ""
 
 
-class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embeddings):
+class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
@@ -155,6 +156,15 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, BaseModel, Embed
 
     _loaded: Engine | None = PrivateAttr(default=None)
     _prefixes: tuple[str, str] = PrivateAttr(default=("", ""))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_as_path(cls, values: Any) -> Any:
+        """OllamaEmbeddings' `model=`: a file's path is taken as `model_path`; anything else is refused."""
+        if isinstance(values, dict) and "model" in values:
+            values = dict(values)
+            model_as_path(cls, values)
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> LlamaCppEmbeddings:
