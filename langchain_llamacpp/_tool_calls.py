@@ -1,0 +1,246 @@
+"""Where a chat reply's tool calls are decided.
+
+llama.cpp's chat parser reads the calls a model writes in its template's format. Small models often write a
+call as plain JSON instead, after a tool result especially: bare, in a ```json fence, or in the doubled braces
+that Qwen's template shows them (``{{"name": "get_weather", "arguments": {...}}}``), which no parser reads.
+With tools bound and tool_choice "auto", such JSON ending the reply is recovered as tool calls when every
+object in it names a bound tool and its arguments match that tool's parameter schema (`_json_schema`); the
+reply then says so in ``response_metadata["tool_calls_recovered"]``. Anything else (prose that mentions a
+tool, JSON naming no bound tool, arguments that do not validate) stays text.
+
+Every path that returns a chat reply asks `ToolCallRules`: the final decision (`decide`) and, while
+streaming, how much of the content may be shown before it is decided (`shown`), so that a stream and a
+single call give the same message. The server and tools with a response schema belong here too.
+
+Model output is untrusted: only the last `MAX_SCAN` characters are read, JSON nested deeper than
+`MAX_NESTING` stays text, and at most `MAX_STARTS` places where a call may start are tried.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_llamacpp._json_schema import schema_error
+
+MAX_SCAN = 16_384  # characters at the end of a reply that may hold calls written as text
+MAX_NESTING = 32  # brackets deep
+MAX_STARTS = 64  # places (an opening brace, bracket or fence that may start a call) tried per reply
+
+# The keys of a call written as JSON: {"name", "arguments"} and its variants ("parameters", "args",
+# OpenAI's {"type": "function", "function": {...}}, an "id").
+_CALL_KEYS = frozenset({"name", "arguments", "parameters", "args", "function", "type", "id"})
+_ARGUMENT_KEYS = ("arguments", "parameters", "args")
+
+_START = re.compile(r"```|[{\[]|`{1,2}\Z")  # at the end, backticks may be a fence's first
+_OPENING = re.compile(r"(?:```[\w-]*\s*)?(?:[{\[]\s*)*")  # a fence, then braces and brackets
+_FIRST_KEY = re.compile(r'"([^"\\]*)("?)')
+_FENCE = re.compile(r"```[\w-]*")  # and its language
+_DECODER = json.JSONDecoder()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A reply's content and tool calls (OpenAI's shape: id, type, function name and JSON arguments)."""
+
+    content: str
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    recovered: bool = False  # the calls were written as text and read here
+
+
+@dataclass(frozen=True)
+class ToolCallRules:
+    """The tools a reply may call (name -> JSON schema of the parameters), and whether calls written as
+    text are recovered."""
+
+    schemas: Mapping[str, Any]
+    recover: bool
+
+    @classmethod
+    def for_request(cls, tools: list[dict[str, Any]], choice: str, recover: bool) -> ToolCallRules:
+        """The rules for a request with `tools` (OpenAI's format) and llama.cpp's `choice`: calls are
+        recovered from text only where the model may choose ("auto"; "required" is held to the template's
+        format by a grammar, "none" calls nothing)."""
+        schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
+        return cls(schemas, recover=recover and bool(tools) and choice == "auto")
+
+    def decide(self, content: str, tool_calls: list[dict[str, Any]]) -> Decision:
+        """The final content and calls of a reply, from the chat parser's (`tool_calls` as it gives them)."""
+        if tool_calls or not self.recover:
+            return Decision(content, tool_calls)
+        for start in itertools.islice(_starts(content), MAX_STARTS):
+            calls = self._read(content[start:], final=True)
+            if calls:
+                return Decision(content[:start].rstrip(), [_openai_call(*c) for c in calls], recovered=True)
+        return Decision(content)
+
+    def shown(self, content: str) -> str:
+        """What of a reply's partial content can be shown: all but what may still become a call (and
+        trailing whitespace, which may precede one)."""
+        if not self.recover:
+            return content
+        for tried, start in enumerate(_starts(content)):
+            # Past MAX_STARTS `decide` reads no further: all from there is held until the end.
+            if tried == MAX_STARTS or self._read(content[start:], final=False) is not None:
+                return content[:start].rstrip()
+        return content.rstrip()
+
+    def _read(self, text: str, final: bool) -> list[tuple[str, dict[str, Any]]] | None:
+        """The calls that `text` consists of; None if it is not calls. Partial text (not `final`) gives the
+        calls complete so far ([] for none yet) when it may still become calls."""
+        values, complete = _values(text, final)
+        if values is None or (final and not (complete and values)):
+            return None
+        calls = []
+        for value in values:
+            for item in value if isinstance(value, list) else [value]:
+                call = self._call(item)
+                if call is None:
+                    return None
+                calls.append(call)
+        return calls
+
+    def _call(self, item: Any) -> tuple[str, dict[str, Any]] | None:
+        """(name, arguments) of one object written as a call of a bound tool with valid arguments."""
+        if not isinstance(item, dict) or not item or not set(item) <= _CALL_KEYS:
+            return None
+        function = item.get("function")
+        if isinstance(function, dict):
+            item = function  # OpenAI's {"type": "function", "function": {"name": ..., "arguments": ...}}
+        elif isinstance(function, str) and "name" not in item:
+            item = {**item, "name": function}
+        name = item.get("name")
+        if not isinstance(name, str) or name not in self.schemas:
+            return None
+        args: Any = next((item[k] for k in _ARGUMENT_KEYS if k in item), {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except (ValueError, RecursionError):
+                return None
+        if (
+            not isinstance(args, dict)
+            or _deeper_than(args, MAX_NESTING)
+            or schema_error(args, self.schemas[name]) is not None
+        ):
+            return None
+        return name, args
+
+
+def _starts(content: str) -> Iterator[int]:
+    """Where in the scanned tail of `content` a call may start (an opening that may be a call's), in order."""
+    for match in _START.finditer(content, max(0, len(content) - MAX_SCAN)):
+        if _plausible_opening(content, match.start()):
+            yield match.start()
+
+
+def _plausible_opening(content: str, start: int) -> bool:
+    """Whether the text at `start` may open a call: after the fence, braces and brackets, the first key
+    is (or, where the text ends, may still become) one of a call's keys."""
+    tail = content[start : start + 256]
+    if "```".startswith(tail):
+        return True  # a fence's first backticks, at the end
+    rest = tail[_opening_end(tail) :]
+    if not rest:
+        return True
+    key = _FIRST_KEY.match(rest)
+    if key is None:
+        return False
+    if key.group(2):
+        return key.group(1) in _CALL_KEYS
+    return key.end() == len(rest) and any(k.startswith(key.group(1)) for k in _CALL_KEYS)
+
+
+def _opening_end(tail: str) -> int:
+    opening = _OPENING.match(tail)
+    return opening.end() if opening else 0
+
+
+def _values(text: str, final: bool) -> tuple[list[Any] | None, bool]:
+    """The JSON values of a run of calls that is all of `text`: objects or lists of them, in doubled braces
+    or in fences, apart by spaces or commas. (values, complete); values None: not such a run. Partial
+    text gives what is complete so far and False where the rest may still complete it."""
+    values: list[Any] = []
+    pos, fenced = _skip(text, 0), False
+    while pos < len(text):
+        if text.startswith("```", pos):
+            pos, fenced = (pos + 3, False) if fenced else (_fence_end(text, pos), True)
+        elif "```".startswith(text[pos:]):
+            return values, False  # a fence's first backticks
+        elif text[pos] == "," and values:
+            pos += 1
+        elif text[pos] in "{[":
+            value, pos = _value(text, pos)
+            if value is _INCOMPLETE:
+                return (None, False) if final else (values, False)
+            if value is _INVALID:
+                return None, False
+            values.append(value)
+        else:
+            return None, False
+        pos = _skip(text, pos)
+    return values, not fenced or final
+
+
+_INCOMPLETE, _INVALID = object(), object()
+
+
+def _value(text: str, pos: int) -> tuple[Any, int]:
+    """The JSON object or array at `pos` (an object in doubled braces: the inner one), and where it ends;
+    _INCOMPLETE where the text ends first (or the JSON is broken: partial text may not tell), _INVALID
+    where a doubled brace is not closed."""
+    inner = _skip(text, pos + 1)
+    doubled = text[pos] == "{" and text.startswith("{", inner)
+    try:
+        value, end = _DECODER.raw_decode(text, inner if doubled else pos)
+    except RecursionError:
+        return _INVALID, pos
+    except ValueError:
+        return _INCOMPLETE, pos
+    if _deeper_than(value, MAX_NESTING):
+        return _INVALID, pos
+    if not doubled:
+        return value, end
+    end = _skip(text, end)
+    if end == len(text):
+        return _INCOMPLETE, pos
+    return (value, end + 1) if text[end] == "}" else (_INVALID, pos)
+
+
+def _fence_end(text: str, pos: int) -> int:
+    fence = _FENCE.match(text, pos)
+    return fence.end() if fence else pos + 3
+
+
+def _skip(text: str, pos: int) -> int:
+    """The first position from `pos` that is not whitespace."""
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests more than `limit` objects and arrays deep."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if limit == 0:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_deeper_than(item, limit - 1) for item in items)
+
+
+def _openai_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """A recovered call in the chat parser's shape (its id is given where the message is built)."""
+    return {"id": "", "type": "function", "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+
+
+def tool_call_recovery(chat_options: Mapping[str, Any], default: bool) -> bool:
+    """A call's `tool_call_recovery` option, else the instance's."""
+    value = chat_options.get("tool_call_recovery", default)
+    if not isinstance(value, bool):
+        raise ValueError(f"tool_call_recovery must be True or False, not {value!r}")
+    return value
