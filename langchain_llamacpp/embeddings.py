@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+import langchain_llamacpp._offloop as _offloop
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._docs import DocumentedFields
 from langchain_llamacpp._lifecycle import NativeStateMixin
@@ -256,9 +257,10 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         return self._embed([text], self.query_prefix, single=True)[0]
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
-        """``embed_documents`` in a worker thread: the event loop keeps running meanwhile."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.embed_documents, texts)
+        """``embed_documents`` in a worker thread (loading the model on the first call included): the event
+        loop keeps running meanwhile. Cancelled, the call raises at once and the embedding finishes unseen."""
+        return await _offloop.off_loop(functools.partial(self.embed_documents, texts))
 
     async def aembed_query(self, text: str) -> list[float]:
-        """``embed_query`` in a worker thread: the event loop keeps running meanwhile."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.embed_query, text)
+        """``embed_query`` in a worker thread, as ``aembed_documents``."""
+        return await _offloop.off_loop(functools.partial(self.embed_query, text))
