@@ -73,8 +73,9 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
 
             from langchain_core.vectorstores import InMemoryVectorStore
 
+            texts = ["llama.cpp is written in C++.", "GGUF is its model format.", "Paris is in France."]
             store = InMemoryVectorStore.from_texts(texts, embedding=embeddings)
-            docs = store.as_retriever(search_kwargs={"k": 3}).invoke("my question")
+            docs = store.as_retriever(search_kwargs={"k": 2}).invoke("What format does llama.cpp use?")
     """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())

@@ -53,13 +53,14 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
 
             from langchain_core.prompts import PromptTemplate
 
-            chain = PromptTemplate.from_template("Q: {question}\\nA:") | llm
+            chain = PromptTemplate.from_template("Q: {question}\\nA:") | llm.bind(stop=["\\n"])
             chain.invoke({"question": "What is 2 + 2?"})
 
     Constrained output (a bundled GBNF grammar):
         .. code-block:: python
 
-            json_llm = LlamaCpp(model_path="...", grammar_path="json")
+            json_llm = LlamaCpp(model_path="gemma-3-270m-q4_k_m.gguf", grammar_path="json", max_tokens=64)
+            json_llm.invoke("A person described as JSON:")
     """
 
     @property
