@@ -8,10 +8,11 @@ from typing import Any
 
 from pydantic import PrivateAttr
 
-import langchain_llamacpp._engine as _engine
+import langchain_llamacpp._registry as _registry
 import langchain_llamacpp._request as _request
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._params import LlamaCppParams
+from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.native import Engine, Model
 
 
@@ -24,8 +25,8 @@ class LlamaCppBase(LlamaCppParams):
 
     def load(self) -> Engine:
         """Load the model now (otherwise it is loaded on first use) and return its engine."""
-        if not _engine.is_live(self._loaded):  # None, or inherited through fork()
-            self._loaded = _engine.get_engine(
+        if not _registry.is_live(self._loaded):  # None, or inherited through fork()
+            self._loaded = _registry.get_engine(
                 _settings.model_config(self), _settings.engine_config(self), self.verbose, self.progress
             )
         return self._loaded
@@ -34,7 +35,7 @@ class LlamaCppBase(LlamaCppParams):
     def native_model(self) -> Model:
         """The loaded llama.cpp model (tokenize, detokenize, metadata)."""
         if self.vocab_only:
-            return _engine.load_model(_settings.model_config(self), self.verbose, self.progress)
+            return _registry.load_model(_settings.model_config(self), self.verbose, self.progress)
         return self.load().model
 
     def close(self) -> None:
@@ -55,7 +56,7 @@ class LlamaCppBase(LlamaCppParams):
 
     def get_token_ids(self, text: str) -> list[int]:
         """The token ids of `text` by the model's own tokenizer (special tokens written in it included)."""
-        tokens = self.native_model.tokenize(_engine.valid_text(text, "text"), add_special=False, parse_special=True)
+        tokens = self.native_model.tokenize(valid_text(text, "text"), add_special=False, parse_special=True)
         return list(tokens)
 
     def get_num_tokens(self, text: str) -> int:

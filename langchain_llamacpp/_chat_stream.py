@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.messages.tool import ToolCallChunk, tool_call_chunk
 from langchain_core.outputs import ChatGenerationChunk
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._results as _results
+from langchain_llamacpp._logs import logger
 from langchain_llamacpp._messages import extract_json_tool_calls, looks_like_json_call, new_call_id, parse_tool_calls
 
 
@@ -60,7 +60,7 @@ class ChatStream:
         except ValueError:
             if partial:
                 return None
-            _engine.logger.warning("could not parse the model output as a message; returning it as text")
+            logger.warning("could not parse the model output as a message; returning it as text")
             return {"content": text}
         if not partial and self._tool_names and not parsed.get("tool_calls"):
             fallback = extract_json_tool_calls(parsed.get("content") or "", self._tool_names)

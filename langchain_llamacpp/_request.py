@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._params import LlamaCppParams
+from langchain_llamacpp._text import valid_texts
 
 # Per-call options are checked against the declarations of the fields of the same names.
 _OPTION_TYPES: dict[str, TypeAdapter[Any]] = {
@@ -54,7 +54,7 @@ def request_params(prompt: list[int], stop: list[str], options: dict[str, Any]) 
     """The native request for `prompt`: sampling settings, grammar, max tokens, logprobs from `options`."""
     params = _native.RequestParams()
     params.prompt = prompt
-    params.stop = _engine.valid_texts(stop, "stop")
+    params.stop = valid_texts(stop, "stop")
     targets = {"request": params, "sampling": params.sampling}
     for row in _settings.REQUEST_ROWS:
         value = row.value(options.get)

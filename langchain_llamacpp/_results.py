@@ -8,8 +8,8 @@ from typing import Any
 
 from langchain_core.messages.ai import UsageMetadata
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+from langchain_llamacpp._logs import flush_native_logs
 
 
 def usage(request: _native.Request) -> dict[str, int]:
@@ -109,7 +109,7 @@ def chat_logprobs(chunks: list[_native.Chunk]) -> dict[str, Any]:
 
 def report(request: _native.Request, verbose: bool) -> None:
     """Forward native logs; with verbose, print the call's timings as llama.cpp does."""
-    _engine.flush_native_logs(verbose)
+    flush_native_logs(verbose)
     if not verbose:
         return
     u = request.usage

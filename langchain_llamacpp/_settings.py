@@ -6,7 +6,7 @@ class has no field for it), the native struct and attribute it ends in, and how 
 native one. The fields (``_params.py``, ``chat_models.py``, ``embeddings.py``) keep the defaults and
 the documentation; a setting that is None, or not given, keeps the native struct's default
 (llama.cpp's), so no default is written here. At import the table is checked against the native
-structs and against the frozen configs in ``_engine`` that key the shared models and engines.
+structs and against the frozen configs in ``_registry`` that key the shared models and engines.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
+import langchain_llamacpp._registry as _registry
+from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.grammars import resolve_grammar_path
 
 # The classes, as rows name them (each class says which one it is: `_settings_class`).
@@ -28,7 +29,7 @@ LLM, CHAT, EMBEDDINGS = "LlamaCpp", "ChatLlamaCpp", "LlamaCppEmbeddings"
 ALL = frozenset({LLM, CHAT, EMBEDDINGS})
 GENERATION = frozenset({LLM, CHAT})
 
-# Where a setting ends: ModelParams, EngineParams (each through its frozen config in _engine),
+# Where a setting ends: ModelParams, EngineParams (each through its frozen config in _registry),
 # SamplingParams, RequestParams, or nowhere native ("python": used by the classes themselves).
 Target = Literal["model", "engine", "sampling", "request", "python"]
 
@@ -112,7 +113,7 @@ def grammar_text(grammar: str | None, grammar_path: str | os.PathLike[str] | Non
 
 
 def _grammar(grammar: str | None, grammar_path: str | None) -> str | None:
-    return _engine.valid_text(grammar_text(grammar, grammar_path) or None, "grammar")
+    return valid_text(grammar_text(grammar, grammar_path) or None, "grammar")
 
 
 def _n_gpu_layers(layers: int | None, servers: list[str] | str | None) -> int | None:
@@ -235,7 +236,7 @@ SETTINGS: tuple[Setting, ...] = (
     _call_option("grammar_path"),  # read into `grammar`
     _call_option("echo"),  # LlamaCpp: the prompt before the completion
     _call_option("suffix"),  # LlamaCpp: the text after it, for fill-in-the-middle
-    _call_option("timeout"),  # the call's deadline (_deadline.BlockingRequest, _engine.AsyncRequest)
+    _call_option("timeout"),  # the call's deadline (_readers.BlockingRequest and AsyncRequest)
 )
 
 # Per-call keyword arguments accepted by invoke/stream/generate (besides `stop`).
@@ -302,14 +303,14 @@ def values(instance: Any, target: Target) -> dict[str, Any]:
     return found
 
 
-def model_config(instance: Any) -> _engine.ModelConfig:
+def model_config(instance: Any) -> _registry.ModelConfig:
     """The settings `instance` loads its model with (the key of the shared model)."""
-    return _engine.ModelConfig(**values(instance, "model"))
+    return _registry.ModelConfig(**values(instance, "model"))
 
 
-def engine_config(instance: Any) -> _engine.EngineConfig:
+def engine_config(instance: Any) -> _registry.EngineConfig:
     """The settings of `instance`'s engine (with `model_config`, the key of the shared engine)."""
-    return _engine.EngineConfig(**values(instance, "engine"))
+    return _registry.EngineConfig(**values(instance, "engine"))
 
 
 def file_rows(cls: Any) -> tuple[Setting, ...]:
@@ -335,12 +336,12 @@ def _same(a: Any, b: Any) -> bool:
 def _mismatches() -> list[str]:
     problems = []
     structs = {"model": _native.ModelParams(), "engine": _native.EngineParams()}
-    keys = {"model": _engine.ModelConfig, "engine": _engine.EngineConfig}
+    keys = {"model": _registry.ModelConfig, "engine": _registry.EngineConfig}
     request = _native.RequestParams()
     native_of = {**structs, "sampling": request.sampling, "request": request}
     for target, key in keys.items():
         for f in fields(key):
-            if f.name in _engine.NOT_PARAMS:
+            if f.name in _registry.NOT_PARAMS:
                 continue
             if not hasattr(structs[target], f.name):
                 problems.append(f"{key.__name__}.{f.name} is not an attribute of the native {target} params")

@@ -20,7 +20,8 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,27 @@ _U32 = struct.Struct("<I")
 _live: weakref.WeakSet[TemplateSandbox] = weakref.WeakSet()
 
 
+@dataclass(frozen=True)
+class RenderInputs:
+    """What a chat template is rendered with: the keywords of `_native.ChatTemplates.apply`, typed."""
+
+    messages_json: str
+    tools_json: str = ""  # "": no tools
+    tool_choice: str = "auto"  # "auto", "required" or "none"
+    parallel_tool_calls: bool = False
+    json_schema: str = ""  # "": no structured output
+    add_generation_prompt: bool = True
+    template_kwargs: Mapping[str, str] = field(default_factory=dict)
+    enable_thinking: bool = True
+    reasoning_format: str = "auto"  # "none": thinking stays in the content
+
+    def keywords(self) -> dict[str, Any]:
+        """For `_native.ChatTemplates.apply(**...)`, which renders in this process."""
+        keywords = {f.name: getattr(self, f.name) for f in fields(self)}
+        keywords["template_kwargs"] = dict(self.template_kwargs)
+        return keywords
+
+
 class TemplateSandbox:
     """One model's chat template(s), rendered in a worker process. Thread-safe; fork-safe."""
 
@@ -62,30 +84,19 @@ class TemplateSandbox:
         self._failed: ValueError | None = None
         _live.add(self)
 
-    def apply(
-        self,
-        messages_json: str,
-        tools_json: str,
-        tool_choice: str,
-        parallel_tool_calls: bool,
-        json_schema: str,
-        add_generation_prompt: bool,
-        template_kwargs: dict[str, str],
-        enable_thinking: bool,
-        reasoning_format: str = "auto",
-    ) -> dict[str, Any]:
-        """Render messages; the same result as `_native.ChatTemplates.apply`."""
+    def apply(self, inputs: RenderInputs) -> dict[str, Any]:
+        """Render messages; the same result as `_native.ChatTemplates.apply(**inputs.keywords())`."""
         request = [
             "apply",
-            messages_json,
-            tools_json,
-            tool_choice,
-            "1" if parallel_tool_calls else "0",
-            json_schema,
-            "1" if add_generation_prompt else "0",
-            "1" if enable_thinking else "0",
-            reasoning_format,
-            *(part for kv in template_kwargs.items() for part in kv),
+            inputs.messages_json,
+            inputs.tools_json,
+            inputs.tool_choice,
+            "1" if inputs.parallel_tool_calls else "0",
+            inputs.json_schema,
+            "1" if inputs.add_generation_prompt else "0",
+            "1" if inputs.enable_thinking else "0",
+            inputs.reasoning_format,
+            *(part for kv in inputs.template_kwargs.items() for part in kv),
         ]
         with self._lock:
             self._start()

@@ -25,26 +25,18 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, PrivateAttr
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._request as _request
 import langchain_llamacpp._results as _results
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._base import LlamaCppBase
+from langchain_llamacpp._chat_request import CHAT_OPTIONS, chat_request, reply_parser, request_params
 from langchain_llamacpp._chat_stream import ChatStream
-from langchain_llamacpp._deadline import BlockingRequest
-from langchain_llamacpp._messages import (
-    MediaFiles,
-    convert_messages_to_llamacpp,
-    convert_tools_to_openai,
-    force_tool_call_grammar,
-    normalize_tool_choice,
-)
+from langchain_llamacpp._messages import convert_tools_to_openai, normalize_tool_choice
 from langchain_llamacpp._params import PathText
+from langchain_llamacpp._readers import AsyncRequest, BlockingRequest
 from langchain_llamacpp._templates import TemplateSandbox
-
-# Keyword arguments that shape the prompt rather than sampling.
-_CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "reasoning")
+from langchain_llamacpp._text import valid_text
 
 
 @dataclass
@@ -255,77 +247,29 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         if self._templates is None:
             config = _settings.model_config(self)
             self._templates = TemplateSandbox(
-                config.path, config.kv_overrides, _engine.valid_text(self.chat_template or "", "chat_template")
+                config.path, config.kv_overrides, valid_text(self.chat_template or "", "chat_template")
             )
         return self._templates
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
-        chat_kwargs = {k: kwargs.pop(k) for k in _CHAT_OPTIONS if k in kwargs}
+        chat_options = {k: kwargs.pop(k) for k in CHAT_OPTIONS if k in kwargs}
         engine = self.load()
         options = _request.call_options(self, kwargs)
-        tools: list[dict[str, Any]] = chat_kwargs.get("tools") or []
-        names = [t["function"]["name"] for t in tools]
-        choice, forced = normalize_tool_choice(chat_kwargs.get("tool_choice"), names) if tools else ("auto", None)
-        if forced is not None:
-            tools = [t for t in tools if t["function"]["name"] == forced]
-        json_schema = chat_kwargs.get("json_schema")
-        if json_schema is not None and tools and choice != "none":
-            raise ValueError("structured output (json_schema) cannot be combined with bound tools")
-        user_grammar = _settings.grammar_text(options["grammar"], options["grammar_path"])
-        if user_grammar and ((tools and choice != "none") or json_schema is not None):
-            raise ValueError("a custom grammar cannot be combined with tools or structured output")
-
-        reasoning = chat_kwargs.get("reasoning", self.reasoning)
-        if reasoning not in (True, False, None):
-            raise ValueError(f"reasoning must be True, False or None, not {reasoning!r}")
-        # None leaves thinking in the text; False still lets llama.cpp strip the empty thinking block
-        # that templates put in the prompt when thinking is off.
-        reasoning_format = "none" if reasoning is None else "auto"
-        media = MediaFiles(engine.media_marker)
-        rendered = self._chat_templates().apply(
-            _engine.json_text(convert_messages_to_llamacpp(messages, media), "messages"),
-            _engine.json_text(tools, "tools") if tools else "",
-            choice,
-            bool(chat_kwargs.get("parallel_tool_calls", False)),
-            _engine.json_text(json_schema, "json_schema") if json_schema is not None else "",
-            True,
-            {},
-            self.enable_thinking and reasoning is not False,
-            reasoning_format,
+        request = chat_request(
+            messages,
+            chat_options,
+            options,
+            reasoning=self.reasoning,
+            enable_thinking=self.enable_thinking,
+            media_marker=engine.media_marker,
         )
-        media_prompt = engine.tokenize_media(rendered["prompt"], media.files) if media.files else None
-        tokens = (
-            media_prompt.tokens
-            if media_prompt is not None
-            else engine.model.tokenize(rendered["prompt"], add_special=True, parse_special=True)
-        )
-        stops = _request.stop_list(self, stop) + [s for s in rendered["additional_stops"] if s not in (stop or [])]
-        template_grammar = rendered["grammar"]
-        if template_grammar and choice == "required":
-            template_grammar = force_tool_call_grammar(template_grammar)
-        grammar = {"grammar": template_grammar or user_grammar, "grammar_path": None}
-        params = _request.request_params(tokens, stops, {**options, **grammar})
-        params.media = media_prompt
-        s = params.sampling
-        if template_grammar:
-            s.grammar_is_tool_call = True
-            s.grammar_lazy = bool(rendered["grammar_lazy"])
-            triggers = []
-            for kind, value, token in rendered["grammar_triggers"]:
-                trigger = _native.GrammarTrigger()
-                trigger.type, trigger.value, trigger.token = kind, value, token
-                triggers.append(trigger)
-            s.grammar_triggers = triggers
-            s.generation_prompt = rendered["generation_prompt"]
-        s.preserved_tokens = list(rendered["preserved_tokens"])
-        parse_tools = bool(tools) and choice != "none"
-        parser = _native.ChatParser(
-            rendered["format"], rendered["parser"], rendered["generation_prompt"], parse_tools, reasoning_format
-        )
+        rendered = self._chat_templates().apply(request.render)
+        params = request_params(engine, request, rendered, _request.stop_list(self, stop), options)
+        parser, parse = reply_parser(request, rendered)
         stream = ChatStream(
             parser,
-            parse=parse_tools or bool(rendered["supports_thinking"]) or rendered["format"] != 0,
-            tool_names=[t["function"]["name"] for t in tools] if tools and choice == "auto" else [],
+            parse=parse,
+            tool_names=request.json_call_names,
             logprobs=options["logprobs"] is not None,
             model_name=self._model_name(),
             speculative=self._speculative,
@@ -393,7 +337,7 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        stream = _engine.AsyncRequest(call.engine, call.params, call.options["timeout"])
+        stream = AsyncRequest(call.engine, call.params, call.options["timeout"])
         try:
             async for batch in stream.batches():
                 for chunk in call.stream.chunks(batch):

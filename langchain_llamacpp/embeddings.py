@@ -11,14 +11,16 @@ from typing import Any, ClassVar, Literal
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._offloop as _offloop
+import langchain_llamacpp._registry as _registry
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._docs import DocumentedFields
-from langchain_llamacpp._lifecycle import NativeStateMixin
+from langchain_llamacpp._lifecycle import NativeStateMixin, quiet_at_exit
+from langchain_llamacpp._logs import flush_native_logs
 from langchain_llamacpp._params import PathText, check_files, model_as_path
 from langchain_llamacpp._pretrained import FromPretrainedMixin
+from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.native import Engine
 
 # llama.cpp's limit on sequences in one batch (LLAMA_MAX_SEQ); the engine asks for as many.
@@ -180,8 +182,8 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
 
     def load(self) -> Engine:
         """Load the model now (otherwise on first use)."""
-        if not _engine.is_live(self._loaded):  # None, or inherited through fork()
-            engine = _engine.get_engine(
+        if not _registry.is_live(self._loaded):  # None, or inherited through fork()
+            engine = _registry.get_engine(
                 _settings.model_config(self), _settings.engine_config(self), self.verbose, self.progress
             )
             self._prefixes = _model_prefixes(engine.model)
@@ -201,7 +203,7 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         return self._prefixes[1] if self.document_instruction is None else self.document_instruction
 
     def _tokens(self, model: _native.Model, text: str, prefix: str, index: int, limit: int) -> list[int]:
-        _engine.valid_text(text, f"text {index}" if index >= 0 else "the query")
+        valid_text(text, f"text {index}" if index >= 0 else "the query")
         tokens: list[int] = model.tokenize(prefix + text, add_special=True, parse_special=False)
         if len(tokens) <= limit:
             return tokens
@@ -240,11 +242,11 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         norm = 2 if self.normalize else -1
         vectors: list[list[float]] = []
         try:
-            with _engine.quiet_at_exit():
+            with quiet_at_exit():
                 for group in self._groups(texts, prefix, single):
                     vectors.extend(engine.embed(group, norm))
         finally:
-            _engine.flush_native_logs(self.verbose)
+            flush_native_logs(self.verbose)
         return vectors
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:

@@ -10,12 +10,12 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
-import langchain_llamacpp._engine as _engine
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._request as _request
 import langchain_llamacpp._results as _results
 from langchain_llamacpp._base import LlamaCppBase
-from langchain_llamacpp._deadline import BlockingRequest
+from langchain_llamacpp._readers import AsyncRequest, BlockingRequest
+from langchain_llamacpp._text import valid_text
 
 
 class LlamaCpp(LlamaCppBase, BaseLLM):
@@ -79,8 +79,8 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
 
     def _prompt_tokens(self, engine: _native.Engine, prompt: str, options: dict[str, Any]) -> list[int]:
         model = engine.model
-        _engine.valid_text(prompt, "prompt")
-        suffix = _engine.valid_text(options.get("suffix"), "suffix")
+        valid_text(prompt, "prompt")
+        suffix = valid_text(options.get("suffix"), "suffix")
         if not suffix:
             return list(model.tokenize(prompt, add_special=True, parse_special=True))
         pre, suf, mid = model.fim_tokens
@@ -144,7 +144,7 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
         self,
         prompt: str,
         options: dict[str, Any],
-        stream: _engine.AsyncRequest,
+        stream: AsyncRequest,
         run_manager: AsyncCallbackManagerForLLMRun | None,
     ) -> AsyncIterator[GenerationChunk]:
         """`_read` from the event loop."""
@@ -216,7 +216,7 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
     ) -> LLMResult:
         async def one(prompt: str) -> Generation:
             engine, params, options = self._submit(prompt, stop, kwargs)
-            stream = _engine.AsyncRequest(engine, params, options["timeout"])
+            stream = AsyncRequest(engine, params, options["timeout"])
             return self._generation([c async for c in self._aread(prompt, options, stream, run_manager)], options)
 
         return self._result(list(await asyncio.gather(*(one(p) for p in prompts))))
@@ -240,6 +240,6 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
         engine, params, options = self._submit(prompt, stop, kwargs)
-        stream = _engine.AsyncRequest(engine, params, options["timeout"])
+        stream = AsyncRequest(engine, params, options["timeout"])
         async for chunk in self._aread(prompt, options, stream, run_manager):
             yield chunk

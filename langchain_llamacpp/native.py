@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from langchain_llamacpp import _engine, _native
+from langchain_llamacpp import _native, _registry
 from langchain_llamacpp._native import (
     LLAMA_CPP_BUILD,
     ChatParser,
@@ -94,16 +94,16 @@ def load_model(
     `"bool:B"` or `"str:S"`), `rpc_servers` (``["host:port", ...]`` of llama.cpp ``rpc-server``
     processes that take the offloaded layers). `progress` shows a progress bar (default: when `verbose`).
     """
-    unknown = set(settings) - _engine.MODEL_FIELDS
+    unknown = set(settings) - _registry.MODEL_FIELDS
     if unknown:
-        raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_engine.MODEL_FIELDS))}")
+        raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_registry.MODEL_FIELDS))}")
     path = os.path.expanduser(os.fspath(path))  # a missing file: Model.load raises FileNotFoundError
     overrides = settings.pop("kv_overrides", None) or {}
     servers = tuple(settings.pop("rpc_servers", None) or ())
-    config = _engine.ModelConfig(
+    config = _registry.ModelConfig(
         path=path, kv_overrides=tuple(sorted(overrides.items())), rpc_servers=servers, **settings
     )
-    return _engine.load_model(config, verbose, progress)
+    return _registry.load_model(config, verbose, progress)
 
 
 def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> Engine:
@@ -114,11 +114,13 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
     `flash_attn`, `embeddings`, `pooling`, `lora_path`, `lora_scale`, `batch_invariant`, ... An
     engine with the same model and settings as an existing one is that engine.
     """
-    unknown = set(settings) - _engine.ENGINE_FIELDS
+    unknown = set(settings) - _registry.ENGINE_FIELDS
     if unknown:
-        raise TypeError(f"unknown engine settings {sorted(unknown)}; known: {', '.join(sorted(_engine.ENGINE_FIELDS))}")
+        raise TypeError(
+            f"unknown engine settings {sorted(unknown)}; known: {', '.join(sorted(_registry.ENGINE_FIELDS))}"
+        )
     params = model.params
-    config = _engine.ModelConfig(
+    config = _registry.ModelConfig(
         path=model.path,
         n_gpu_layers=params.n_gpu_layers,
         use_mmap=params.use_mmap,
@@ -129,7 +131,7 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
         kv_overrides=tuple(sorted(params.kv_overrides.items())),
         rpc_servers=tuple(params.rpc_servers),
     )
-    return _engine.get_engine(config, _engine.EngineConfig(**settings), verbose)
+    return _registry.get_engine(config, _registry.EngineConfig(**settings), verbose)
 
 
 def system_info() -> str:

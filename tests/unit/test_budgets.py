@@ -111,7 +111,7 @@ def test_real_templates_render_in_the_sandbox(tiny_model_path: str) -> None:
         deepest = max(deepest, native.check_chat_template(source))
         sandbox = _templates.TemplateSandbox(tiny_model_path, (), source)
         try:
-            rendered = sandbox.apply(messages, json.dumps([TOOL]), "auto", False, "", True, {}, True)
+            rendered = sandbox.apply(_templates.RenderInputs(messages, tools_json=json.dumps([TOOL])))
         finally:
             sandbox.close()
         assert "hello there" in rendered["prompt"], path.name
@@ -122,8 +122,10 @@ def test_real_templates_render_in_the_sandbox(tiny_model_path: str) -> None:
 def test_sandbox_renders_what_llama_cpp_renders_in_process(tiny_model_path: str) -> None:
     chat = _chat(tiny_model_path, "")
     model = chat.load().model
-    args = (json.dumps([{"role": "user", "content": "hi"}]), json.dumps([TOOL]), "auto", True, "", True, {}, True)
-    assert chat._chat_templates().apply(*args) == native.ChatTemplates(model, "").apply(*args)
+    inputs = _templates.RenderInputs(
+        json.dumps([{"role": "user", "content": "hi"}]), tools_json=json.dumps([TOOL]), parallel_tool_calls=True
+    )
+    assert chat._chat_templates().apply(inputs) == native.ChatTemplates(model, "").apply(**inputs.keywords())
 
 
 def test_worker_killed_from_outside_is_replaced(tiny_model_path: str) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, native
+from langchain_llamacpp._readers import AsyncRequest, BlockingRequest
 from tests import timing
 
 # Long enough to outlast any timeout below (the tiny model decodes a few hundred tokens a second on
@@ -123,6 +124,38 @@ async def test_ainvoke_and_astream_past_timeout(tiny_model_path: str) -> None:
     await asyncio.to_thread(_assert_stopped, llm)
     assert await llm.ainvoke("Hello there", timeout=60) == expected
     assert (await chat.ainvoke("Hello there", timeout=60)).content == expected_chat
+
+
+def _greedy_request(engine: native.Engine, prompt: str, max_tokens: int) -> native.RequestParams:
+    params = native.RequestParams()
+    params.prompt = engine.model.tokenize(prompt, add_special=True, parse_special=True)
+    params.max_tokens = max_tokens
+    params.sampling.temperature = 0.0
+    return params
+
+
+async def test_a_reply_finished_in_time_is_whole_however_late_it_is_read(tiny_model_path: str) -> None:
+    """The deadline passes after the reply finished but before its chunks were read (a slow consumer):
+    the reply, not a TimeoutError. Both readers keep one rule: a timeout is a request that had not
+    finished on its own by its deadline."""
+    llm = _llm(tiny_model_path)
+    engine = llm.load()
+    expected = llm.invoke("Hello there")
+    late = AsyncRequest(engine, _greedy_request(engine, "Hello there", 20), TIMEOUT)
+    while not late.request.finish_reason:  # finished; nothing read yet
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(TIMEOUT)  # and now past the deadline
+    assert late.request.finish_reason == "length"
+    assert "".join(c.text for batch in [b async for b in late.batches()] for c in batch) == expected
+
+    def read_blocking_late() -> str:
+        pending = BlockingRequest(engine, _greedy_request(engine, "Hello there", 20), TIMEOUT)
+        while not pending.request.finish_reason:
+            time.sleep(0.01)
+        time.sleep(TIMEOUT)
+        return "".join(c.text for c in pending)
+
+    assert await asyncio.to_thread(read_blocking_late) == expected
 
 
 def test_time_in_the_queue_counts(tiny_model_path: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings
-from langchain_llamacpp._engine import json_text, valid_text
+from langchain_llamacpp._text import json_text, valid_text
 
 SURROGATE = "\ud800"
 
