@@ -333,6 +333,39 @@ def _same(a: Any, b: Any) -> bool:
     return bool(_comparable(a) == _comparable(b))
 
 
+# Native fields with no row, on purpose, and what sets each instead. Any other native field without a
+# row fails the check at import: a field added natively gets a row, or a line here with the reason.
+INTERNAL: dict[str, dict[str, str]] = {
+    "model": {
+        "rpc_timeout_ms": "the bound on each RPC server's connection and handshake; its default (5 s) is not "
+        "a setting of the classes",
+    },
+    "engine": {},
+    "sampling": {
+        name: "set from the chat template's tool-call grammar (_chat_request.request_params)"
+        for name in (
+            "grammar_lazy",
+            "grammar_is_tool_call",
+            "grammar_triggers",
+            "preserved_tokens",
+            "generation_prompt",
+        )
+    },
+    "request": {
+        "prompt": "the call's tokens (_request.request_params)",
+        "stop": "the call's `stop` argument after the instance's stop strings (_request.stop_list)",
+        "media": "the images and audio in a chat's messages (_chat_request.request_params)",
+        "sampling": "the struct that the sampling rows fill",
+        "render_special": "the classes' text never shows special tokens; it is for the low-level API",
+    },
+}
+
+
+def _native_fields(struct: Any) -> set[str]:
+    """A native params struct's fields: the attributes its binding declares (properties of its class)."""
+    return {name for name, value in vars(type(struct)).items() if isinstance(value, property)}
+
+
 def _mismatches() -> list[str]:
     problems = []
     structs = {"model": _native.ModelParams(), "engine": _native.EngineParams()}
@@ -358,6 +391,25 @@ def _mismatches() -> list[str]:
                 problems.append(f"{row.name}: {keys[row.target].__name__} has no field {row.attr}")
         elif row.target != "python" and not hasattr(native_of[row.target], row.attr):
             problems.append(f"{row.name}: the native {row.target} params have no attribute {row.attr}")
+    return problems + _unlisted(native_of)
+
+
+def _unlisted(native_of: dict[str, Any]) -> list[str]:
+    """The other way round: each native field has a row or is listed in INTERNAL, not both, and only fields are."""
+    problems = []
+    for target, struct in native_of.items():
+        native_fields = _native_fields(struct)
+        declared = {row.attr for row in SETTINGS if row.target == target}
+        internal = set(INTERNAL[target])
+        problems += [
+            f"the native {target} params' {name} has no row (add one, or list it in INTERNAL with the reason)"
+            for name in sorted(native_fields - declared - internal)
+        ]
+        problems += [f"INTERNAL lists {target} {name}, which has a row" for name in sorted(internal & declared)]
+        problems += [
+            f"INTERNAL lists {target} {name}, not a field of the native params"
+            for name in sorted(internal - native_fields)
+        ]
     return problems
 
 
