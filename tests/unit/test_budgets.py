@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,11 @@ def _chat(path: str, template: str) -> ChatLlamaCpp:
     return ChatLlamaCpp(model_path=path, chat_template=template, max_tokens=2, temperature=0, verbose=False)
 
 
+def _completion(path: str, prompt: str) -> str:
+    """What `_chat` answers where its template renders the message's text as it is."""
+    return LlamaCpp(model_path=path, max_tokens=2, temperature=0, verbose=False).invoke(prompt)
+
+
 HOSTILE = {
     # Killed the process before the sandbox (SIGSEGV).
     "self-calling macro": ("{% macro f(x) %}{{ f(x) }}{% endmacro %}{{ f(1) }}", "crashed"),
@@ -76,8 +82,9 @@ def test_hostile_template_raises_within_its_budget(tiny_model_path: str, short_b
         # Init and render budgets (CPU time, so a busy machine stretches them), plus a worker's start.
         assert took < (2 * 2.0 * _templates.WALL_FACTOR + 5) * timing.SCALE, took
         assert "template" in str(caught.value)
-    # The process and other instances are unharmed.
-    assert _chat(tiny_model_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}").invoke("hi") is not None
+    # The process and other instances are unharmed: another template renders "hi" as it should.
+    reply = _chat(tiny_model_path, "{% for m in messages %}{{ m['content'] }}{% endfor %}").invoke("hi")
+    assert reply.content == _completion(tiny_model_path, "hi")
 
 
 def test_template_that_fails_to_load_fails_at_once_afterwards(tiny_model_path: str, short_budgets: None) -> None:
@@ -96,10 +103,10 @@ def test_template_hostile_only_for_some_messages(tiny_model_path: str, short_bud
         pytest.skip("a trial render allocates 10 GB: bad_alloc under the worker's RLIMIT_AS, which ASan cannot have")
     template = "{% if messages|length > 3 %}{{ 'a' * 10000000000 }}{% endif %}{{ messages[-1]['content'] }}"
     chat = _chat(tiny_model_path, template)
-    assert chat.invoke("hi") is not None
+    assert chat.invoke("hi").content == _completion(tiny_model_path, "hi")
     with pytest.raises(ValueError, match="template"):
         chat.invoke([("user", "a"), ("assistant", "b"), ("user", "c"), ("assistant", "d"), ("user", "e")])
-    assert chat.invoke("again") is not None  # a fresh worker took over
+    assert chat.invoke("again").content == _completion(tiny_model_path, "again")  # a fresh worker took over
 
 
 def test_real_templates_render_in_the_sandbox(tiny_model_path: str) -> None:
@@ -216,10 +223,10 @@ def test_real_grammars_are_inside_the_limits(tiny_model_path: str) -> None:
     ],
 )
 def test_hostile_grammar_is_refused(tiny_model_path: str, grammar: str, match: str) -> None:
-    llm = LlamaCpp(model_path=tiny_model_path, max_tokens=2, verbose=False)
+    llm = LlamaCpp(model_path=tiny_model_path, max_tokens=2, temperature=0, verbose=False)
     with pytest.raises(ValueError, match=match):
         llm.invoke("hi", grammar=grammar)
-    assert llm.invoke("hi") is not None
+    assert llm.invoke("hi") == _completion(tiny_model_path, "hi")  # the instance still generates
 
 
 def test_real_tool_call_grammars_pass_the_ambiguity_check(tiny_model_path: str) -> None:
@@ -242,14 +249,22 @@ def test_real_tool_call_grammars_pass_the_ambiguity_check(tiny_model_path: str) 
 
 
 def test_ambiguity_check_is_quick_and_remembered(tiny_model_path: str) -> None:
+    """The costliest check, the walk through the grammar that finds ambiguity without recursion, takes
+    ~0.1 s here; asking again about the same grammar costs a lookup (under a microsecond), not a walk."""
     model = LlamaCpp(model_path=tiny_model_path, verbose=False).load().model
-    grammar = 'root ::= "x" ws\nws ::= ([ \\t] ws*)?'
+    # The comment makes the text new to the remembered answers (test_hostile_grammar_is_refused checks it too).
+    grammar = "root ::= " + " ".join(["[a-z]*"] * 12) + f"\n# {uuid.uuid4()}"
     started = time.perf_counter()
     first = native.grammar_error(model, grammar)
     took = time.perf_counter() - started
-    started = time.perf_counter()
-    assert native.grammar_error(model, grammar) == first != ""
-    assert time.perf_counter() - started < took
+    assert first.startswith("the grammar is ambiguous")
+    assert took < 2.0 * timing.SCALE
+    again = []
+    for _ in range(5):
+        started = time.perf_counter()
+        assert native.grammar_error(model, grammar) == first
+        again.append(time.perf_counter() - started)
+    assert min(again) < took / 100
 
 
 def test_grammar_just_inside_the_limits_works(tiny_model_path: str) -> None:

@@ -161,6 +161,7 @@ async def test_a_reply_finished_in_time_is_whole_however_late_it_is_read(tiny_mo
 def test_time_in_the_queue_counts(tiny_model_path: str) -> None:
     """With one slot taken and a request queued before it, a call still times out on time."""
     llm = _llm(tiny_model_path)
+    expected = llm.invoke("Hello there")
     errors: list[BaseException] = []
 
     def occupy() -> None:
@@ -178,11 +179,12 @@ def test_time_in_the_queue_counts(tiny_model_path: str) -> None:
     for thread in threads:
         thread.join()
     assert all(isinstance(e, TimeoutError) for e in errors)  # (on a fast machine they may finish first)
-    assert llm.invoke("Hello there", timeout=60)
+    assert llm.invoke("Hello there", timeout=60) == expected
 
 
 async def test_time_in_the_queue_counts_async(tiny_model_path: str) -> None:
     llm = _llm(tiny_model_path)
+    expected = await llm.ainvoke("Hello there")
     occupying = [
         asyncio.create_task(llm.ainvoke("Once upon a time", timeout=TIMEOUT + SLACK + 2, **ENDLESS)) for _ in range(2)
     ]
@@ -193,7 +195,7 @@ async def test_time_in_the_queue_counts_async(tiny_model_path: str) -> None:
     assert time.monotonic() - start < TIMEOUT + SLACK
     results = await asyncio.gather(*occupying, return_exceptions=True)
     assert all(isinstance(r, (str, TimeoutError)) for r in results)
-    assert await llm.ainvoke("Hello there", timeout=60)
+    assert await llm.ainvoke("Hello there", timeout=60) == expected
 
 
 def test_a_call_within_its_timeout_is_unchanged(tiny_model_path: str) -> None:
@@ -293,11 +295,21 @@ def test_per_call_options_are_checked_like_fields(tiny_model_path: str, name: st
 
 def test_values_that_mean_something_still_work(tiny_model_path: str) -> None:
     """max_tokens=-1 (langchain_community: no limit), negative penalties, a -inf logit bias."""
-    llm = _llm(tiny_model_path, max_tokens=-1, frequency_penalty=-0.5, presence_penalty=-0.5, temperature=0)
-    assert llm.max_tokens == -1
+    unlimited = _llm(tiny_model_path, max_tokens=-1, ignore_eos=True, n_ctx=256)
+    assert unlimited.max_tokens == -1
+    info = unlimited.generate(["Hello there"]).generations[0][0].generation_info or {}
+    assert info["finish_reason"] == "length"  # the end of the context, not a limit of -1 tokens
+    assert info["usage"]["total_tokens"] == unlimited.load().n_ctx
     plain = _llm(tiny_model_path)
     first = plain.generate(["Hello there"], logprobs=0).generations[0][0]
     assert first.generation_info is not None
+    # A negative penalty is a bonus for tokens already seen: a large one repeats the prompt's tokens only.
+    prompt = {*plain.get_token_ids("Hello there"), plain.native_model.bos_token}
+    assert not set(first.generation_info["logprobs"]["token_ids"]) <= prompt
+    for penalty in ("frequency_penalty", "presence_penalty"):
+        echo = _llm(tiny_model_path, **{penalty: -0.5}).generate(["Hello there"], logprobs=0, **{penalty: -100.0})
+        assert echo.generations[0][0].generation_info is not None
+        assert set(echo.generations[0][0].generation_info["logprobs"]["token_ids"]) <= prompt, penalty
     banned = first.generation_info["logprobs"]["token_ids"][0]
     biased = plain.generate(["Hello there"], logprobs=0, logit_bias={banned: -math.inf}).generations[0][0]
     assert biased.generation_info is not None

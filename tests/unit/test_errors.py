@@ -147,7 +147,9 @@ def test_invalid_json_schema_for_structured_output(tiny_model_path: str) -> None
         "type": "object",
         "properties": {"x": {"$ref": "#/definitions/missing"}},
     }
-    with pytest.raises(ValueError):
+    with pytest.raises(
+        ValueError, match=r"JSON schema error at #/properties/x: cannot resolve \$ref #/definitions/missing"
+    ):
         chat.with_structured_output(schema).invoke("hi")
 
 

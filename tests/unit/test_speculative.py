@@ -68,13 +68,24 @@ def test_drafts_respect_max_tokens_stop_strings_and_the_context(tiny_model_path:
     common: dict[str, Any] = {"model_path": tiny_model_path, "temperature": 0, "ignore_eos": True, "n_ctx": 256}
     plain = LlamaCpp(**common)
     spec = LlamaCpp(draft_model_path=tiny_model_path, draft_min=8, draft_max=8, **common)
-    for kwargs in ({"max_tokens": 5}, {"max_tokens": 7}, {"max_tokens": None}):
+    # A stop string from inside the tenth token into the eleventh: the second draft of 8 runs past it.
+    full = plain.generate([PROMPT], max_tokens=16, logprobs=0).generations[0][0]
+    start = len("".join((full.generation_info or {})["logprobs"]["tokens"][:9])) + 1
+    stop = full.text[start : start + 4]
+    cases: list[dict[str, Any]] = [
+        {"max_tokens": 5},
+        {"max_tokens": 7},
+        {"max_tokens": None},  # until the context is full
+        {"max_tokens": 16, "stop": [stop]},
+    ]
+    for kwargs in cases:
         a = plain.generate([PROMPT], **kwargs).generations[0][0]
         b = spec.generate([PROMPT], **kwargs).generations[0][0]
-        assert (a.generation_info or {})["usage"]["completion_tokens"] == (b.generation_info or {})["usage"][
-            "completion_tokens"
-        ]
-        assert (b.generation_info or {})["finish_reason"] == "length"
+        assert b.text == a.text
+        a_info, b_info = a.generation_info or {}, b.generation_info or {}
+        assert b_info["usage"]["completion_tokens"] == a_info["usage"]["completion_tokens"]
+        assert b_info["finish_reason"] == a_info["finish_reason"] == ("stop" if "stop" in kwargs else "length")
+    assert b.text == full.text[: full.text.index(stop)]  # the text before the stop string, nothing drafted after it
     # The KV cache holds exactly what was accepted: the next call reuses it as plain decoding's would.
     follow = spec.generate([PROMPT + "x"], max_tokens=4).generations[0][0]
     assert (follow.generation_info or {})["usage"]["cached_tokens"] > 0

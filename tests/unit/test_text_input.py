@@ -42,6 +42,7 @@ def _llm(path: str, **kwargs: Any) -> LlamaCpp:
 
 def test_llm_entry_points(tiny_model_path: str) -> None:
     llm = _llm(tiny_model_path)
+    expected = llm.invoke("still works")
     cases: list[tuple[Any, str]] = [
         (lambda: llm.invoke("hi " + SURROGATE), _message("prompt", 3)),
         (lambda: llm.invoke(SURROGATE, suffix="x"), _message("prompt", 0)),
@@ -57,7 +58,7 @@ def test_llm_entry_points(tiny_model_path: str) -> None:
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
-    assert llm.invoke("still works")
+    assert llm.invoke("still works") == expected  # the refused calls left nothing behind
 
 
 async def test_llm_async_entry_points(tiny_model_path: str) -> None:
@@ -71,6 +72,7 @@ async def test_llm_async_entry_points(tiny_model_path: str) -> None:
 
 def test_chat_entry_points(tiny_model_path: str) -> None:
     chat = ChatLlamaCpp(model_path=tiny_model_path, temperature=0, max_tokens=4)
+    expected = chat.invoke("still works").content
     messages = [SystemMessage("be brief"), HumanMessage("hi"), AIMessage("hello"), HumanMessage("and " + SURROGATE)]
     with pytest.raises(ValueError, match=_message(r"messages\[3\]\['content'\]", 4)):
         chat.invoke(messages)
@@ -92,7 +94,7 @@ def test_chat_entry_points(tiny_model_path: str) -> None:
         ChatLlamaCpp(model_path=tiny_model_path, chat_template="{{" + SURROGATE + "}}").invoke("hi")
     with pytest.raises(ValueError, match=_message("text", 0)):
         chat.get_num_tokens(SURROGATE)
-    assert chat.invoke("still works").content is not None
+    assert chat.invoke("still works").content == expected  # the refused calls left nothing behind
 
 
 async def test_chat_async_entry_point(tiny_model_path: str) -> None:

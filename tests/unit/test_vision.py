@@ -86,9 +86,17 @@ def test_another_image_in_the_same_place_is_not_reused(tiny_vision: tuple[str, s
     chat = _chat(tiny_vision, max_tokens=4)
     chat.invoke([_ask(JPEG)])
     fresh = _chat(tiny_vision, max_tokens=4, n_seq=2)  # another engine: nothing cached
-    assert chat.invoke([_ask(png)]).content == fresh.invoke([_ask(png)]).content
-    reply = chat.invoke([_ask(png)])
+    other = chat.invoke([_ask(png)])
+    assert other.content == fresh.invoke([_ask(png)]).content
+    again = chat.invoke([_ask(png)])
+    # The text before the image is reused each time, the image only where it is the same one.
+    assert _cache_read(other) > 0
+    assert _cache_read(again) - _cache_read(other) >= N_IMAGE_TOKENS
+
+
+def _cache_read(reply: AIMessage) -> int:
     assert reply.usage_metadata is not None
+    return reply.usage_metadata.get("input_token_details", {}).get("cache_read", 0)
 
 
 def test_several_images_in_one_message(tiny_vision: tuple[str, str], png: Path) -> None:
