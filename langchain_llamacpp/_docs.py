@@ -14,6 +14,7 @@ import ast
 import copy
 import functools
 import inspect
+import itertools
 import linecache
 import re
 import textwrap
@@ -75,7 +76,7 @@ def _attribute_docstrings(cls: type) -> dict[str, str]:
     """The docstrings written under the annotated attributes of `cls`, by attribute name."""
     body = _class_body(cls)
     docs = {}
-    for node, after in zip(body, body[1:], strict=False):
+    for node, after in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)

@@ -3,11 +3,16 @@ template, tool calling and grammar-constrained structured output."""
 
 from __future__ import annotations
 
+import functools
+import sys
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
+from types import FrameType
 from typing import Any, ClassVar, Literal
 
+from langchain_core._api import warn_deprecated
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -23,9 +28,10 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 
 import langchain_llamacpp._native as _native
+import langchain_llamacpp._offloop as _offloop
 import langchain_llamacpp._request as _request
 import langchain_llamacpp._results as _results
 import langchain_llamacpp._settings as _settings
@@ -116,9 +122,10 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     `llm.invoke(..., reasoning=True)`.
     """
 
-    enable_thinking: bool = True
-    """For templates with a reasoning mode: let the model think before answering (`reasoning=False`
-    also turns it off)."""
+    enable_thinking: bool | None = Field(None, json_schema_extra={"deprecated": True})
+    """Deprecated: use `reasoning` (`reasoning=False` turns thinking off, as `enable_thinking=False`
+    did, through the template's own `enable_thinking` switch). Still works, with a
+    LangChainDeprecationWarning; `False` is taken as `reasoning=False`."""
 
     mmproj_path: PathText | None = None
     """The model's multimodal projector (an `mmproj-*.gguf` file, published beside vision models such as
@@ -128,6 +135,25 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
 
     _settings_class: ClassVar[str] = _settings.CHAT
     _templates: TemplateSandbox | None = PrivateAttr(default=None)
+    _said_no_thinking: bool = PrivateAttr(default=False)  # the warning that reasoning=True does nothing, given
+
+    @model_validator(mode="after")
+    def _one_thinking_switch(self) -> ChatLlamaCpp:
+        """`enable_thinking` (deprecated) as `reasoning`, the one field for thinking (ChatOllama's name)."""
+        if self.enable_thinking is None:
+            return self
+        warn_deprecated(
+            "0.1.0",
+            message="ChatLlamaCpp(enable_thinking=...) is deprecated: use reasoning=False to turn thinking off "
+            "(reasoning=True separates the thinking into reasoning_content; None, the default, leaves the model's "
+            "default)",
+            stacklevel=5,
+        )
+        if self.enable_thinking is False:
+            if self.reasoning is True:
+                raise ValueError("enable_thinking=False and reasoning=True contradict each other: give reasoning only")
+            self.reasoning = False
+        return self
 
     @classmethod
     def is_lc_serializable(cls) -> bool:
@@ -260,10 +286,12 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             chat_options,
             options,
             reasoning=self.reasoning,
-            enable_thinking=self.enable_thinking,
+            enable_thinking=self.enable_thinking is not False,
             media_marker=engine.media_marker,
         )
         rendered = self._chat_templates().apply(request.render)
+        if request.reasoning and not rendered["supports_thinking"]:
+            self._say_no_thinking()
         params = request_params(engine, request, rendered, _request.stop_list(self, stop), options)
         parser, parse = reply_parser(request, rendered)
         stream = ChatStream(
@@ -275,6 +303,17 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             speculative=self._speculative,
         )
         return _Call(engine, params, options, stream)
+
+    def _say_no_thinking(self) -> None:
+        """Warn (once per instance) that reasoning=True was asked of a template that has no thinking."""
+        if not self._said_no_thinking:
+            self._said_no_thinking = True
+            warnings.warn(
+                f"reasoning=True has no effect: the chat template of {self._model_name()} has no thinking "
+                "mode, so there is no reasoning to separate (additional_kwargs has no reasoning_content)",
+                UserWarning,
+                stacklevel=_caller_stacklevel(),
+            )
 
     # -- LangChain entry points ------------------------------------------------------------
 
@@ -336,8 +375,10 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        call = self._prepare(messages, stop, kwargs)
-        stream = AsyncRequest(call.engine, call.params, call.options["timeout"])
+        # Loading (the first call), the template worker's start, rendering, tokenizing and the grammar
+        # block for up to seconds: in a worker thread, so that the loop runs on meanwhile.
+        call = await _offloop.off_loop(functools.partial(self._prepare, messages, stop, kwargs))
+        stream = await AsyncRequest.submit(call.engine, call.params, call.options["timeout"])
         try:
             async for batch in stream.batches():
                 for chunk in call.stream.chunks(batch):
@@ -351,6 +392,21 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
                 yield chunk
         finally:
             stream.close()  # a stream left early
+
+
+def _caller_stacklevel() -> int:
+    """The `stacklevel` of the nearest frame outside this package, LangChain and asyncio: the user's call
+    (1, the warning's own line, where there is none: a call prepared in a worker thread)."""
+    frame: FrameType | None = sys._getframe(2)
+    level = 2
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").partition(".")[0] not in _LIBRARY_MODULES:
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+_LIBRARY_MODULES = ("langchain_llamacpp", "langchain_core", "asyncio", "concurrent", "threading", "contextvars")
 
 
 def _aggregate(chunks: list[ChatGenerationChunk]) -> ChatResult:

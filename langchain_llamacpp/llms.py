@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from langchain_core.language_models import BaseLLM, LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 
 import langchain_llamacpp._native as _native
+import langchain_llamacpp._offloop as _offloop
 import langchain_llamacpp._request as _request
 import langchain_llamacpp._results as _results
 from langchain_llamacpp._base import LlamaCppBase
@@ -98,6 +100,14 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
         options = _request.call_options(self, kwargs)
         tokens = self._prompt_tokens(engine, prompt, options)
         return engine, _request.request_params(tokens, _request.stop_list(self, stop), options), options
+
+    async def _asubmit(
+        self, prompt: str, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[AsyncRequest, dict[str, Any]]:
+        """`_submit` and the submission from worker threads: loading (the first call), tokenizing and
+        building the grammar block for up to seconds, which the event loop must not wait for."""
+        engine, params, options = await _offloop.off_loop(functools.partial(self._submit, prompt, stop, kwargs))
+        return await AsyncRequest.submit(engine, params, options["timeout"]), options
 
     # -- one request as chunks, and the generation they add up to ----------------------------
     #
@@ -215,8 +225,7 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
         **kwargs: Any,
     ) -> LLMResult:
         async def one(prompt: str) -> Generation:
-            engine, params, options = self._submit(prompt, stop, kwargs)
-            stream = AsyncRequest(engine, params, options["timeout"])
+            stream, options = await self._asubmit(prompt, stop, kwargs)
             return self._generation([c async for c in self._aread(prompt, options, stream, run_manager)], options)
 
         return self._result(list(await asyncio.gather(*(one(p) for p in prompts))))
@@ -239,7 +248,6 @@ class LlamaCpp(LlamaCppBase, BaseLLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[GenerationChunk]:
-        engine, params, options = self._submit(prompt, stop, kwargs)
-        stream = AsyncRequest(engine, params, options["timeout"])
+        stream, options = await self._asubmit(prompt, stop, kwargs)
         async for chunk in self._aread(prompt, options, stream, run_manager):
             yield chunk

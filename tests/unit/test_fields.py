@@ -1,13 +1,17 @@
-"""Every field explains itself to tools: a description in `model_fields`, in the JSON schema and in `help()`."""
+"""Every field explains itself to tools: a description in `model_fields`, in the JSON schema and in `help()`;
+`reasoning` is the one field for thinking (`enable_thinking` is deprecated)."""
 
 from __future__ import annotations
 
 import pydoc
+import warnings
 
 import pytest
+from langchain_core._api import LangChainDeprecationWarning
 from pydantic import BaseModel
 
 from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings
+from tests.tiny_model import CHATML
 
 CLASSES = (LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings)
 
@@ -45,3 +49,43 @@ def test_help_shows_the_fields() -> None:
     assert "n_ctx:" in text and "the model's trained length" in text
     assert "reasoning:" in text and "mmproj_path:" in text
     assert "Instantiate:" in text  # the class's own docstring is kept, the fields come after it
+
+
+def test_enable_thinking_is_deprecated_for_reasoning(tiny_model_path: str) -> None:
+    with pytest.warns(LangChainDeprecationWarning, match=r"reasoning=False"):
+        chat = ChatLlamaCpp(model_path=tiny_model_path, enable_thinking=False)
+    assert chat.reasoning is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LangChainDeprecationWarning)
+        ChatLlamaCpp(model_path=tiny_model_path, reasoning=False)  # the new spelling: no warning
+    with pytest.raises(ValueError, match="enable_thinking=False"), pytest.warns(LangChainDeprecationWarning):
+        ChatLlamaCpp(model_path=tiny_model_path, enable_thinking=False, reasoning=True)
+
+
+def _rendered_prompt(tiny_model_path: str, **fields: object) -> str:
+    """The prompt a chat model renders for "hi", as the engine cached it."""
+    template = "{% if not enable_thinking %}THINKING-OFF {% endif %}" + CHATML
+    chat = ChatLlamaCpp(model_path=tiny_model_path, chat_template=template, n_seq=1, max_tokens=1, **fields)
+    engine = chat.load()
+    engine.clear_cache()
+    chat.invoke("hi")
+    return str(engine.model.detokenize(engine.slot_tokens(0), True))
+
+
+def test_enable_thinking_false_still_turns_thinking_off(tiny_model_path: str) -> None:
+    assert "THINKING-OFF" not in _rendered_prompt(tiny_model_path)
+    assert "THINKING-OFF" in _rendered_prompt(tiny_model_path, reasoning=False)
+    with pytest.warns(LangChainDeprecationWarning):
+        assert "THINKING-OFF" in _rendered_prompt(tiny_model_path, enable_thinking=False)
+
+
+def test_reasoning_true_without_thinking_in_the_template_warns_once(tiny_model_path: str) -> None:
+    chat = ChatLlamaCpp(model_path=tiny_model_path, max_tokens=1, reasoning=True)  # ChatML: no thinking
+    with pytest.warns(UserWarning, match=r"reasoning=True has no effect") as caught:
+        chat.invoke("hi")
+        chat.invoke("hi again")
+    assert len([w for w in caught if "reasoning=True" in str(w.message)]) == 1
+    plain = ChatLlamaCpp(model_path=tiny_model_path, max_tokens=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.invoke("hi")  # reasoning not asked for: nothing to say

@@ -7,10 +7,12 @@ import asyncio
 import contextvars
 import threading
 import time
+from typing import Any
 
 import pytest
 
 import langchain_llamacpp._offloop as _offloop
+from langchain_llamacpp._readers import AsyncRequest
 
 CALLER = contextvars.ContextVar("caller", default="")
 
@@ -65,3 +67,38 @@ def test_a_result_is_handed_over_exactly_once(gives_up_first: bool) -> None:
     # Not given up: the caller has the result and nothing is abandoned.
     kept = _offloop._Handoff(lambda: 8, abandoned.append)
     assert kept.run() == 8 and abandoned == [7]
+
+
+class _SlowEngine:
+    """An engine whose `submit` takes a while (a large grammar being built)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+
+    def submit(self, params: object, notify_fd: int) -> Any:
+        time.sleep(0.3)
+        request = _FakeRequest()
+        self.requests.append(request)
+        return request
+
+
+class _FakeRequest:
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_request_submitted_after_its_caller_was_cancelled_is_cancelled() -> None:
+    engine = _SlowEngine()
+    task = asyncio.ensure_future(AsyncRequest.submit(engine, None, None))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if engine.requests:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    assert len(engine.requests) == 1 and engine.requests[0].cancelled
