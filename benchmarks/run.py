@@ -1,7 +1,7 @@
 """Speed of langchain-llamacpp as ratios against references measured in the same run.
 
     ./dev bench                 # everything
-    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long, gaps, invariant, embed
+    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long, gaps, invariant, embed, stall
 
 References: llama.cpp's own `llama-bench`, `llama-batched-bench` and `llama-embedding`, built from the vendored
 tree into the same build folder (same compiler flags, same ggml), and, for `batch` and `cache`, the same package
@@ -14,7 +14,7 @@ process per section) against the same reference, side by side.
 
 This file holds the command line and the sections in their order; the rest by job: common.py (rounds
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
-cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative).
+cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from benchmarks.engine import (  # noqa: E402
     section_prompt,
 )
 from benchmarks.serving import section_defaults, section_speculative  # noqa: E402
+from benchmarks.stall import section_stall  # noqa: E402
 from langchain_llamacpp import native  # noqa: E402
 
 SECTIONS = {
@@ -54,6 +55,7 @@ SECTIONS = {
     "embed": embed.section_embed,
     "defaults": section_defaults,
     "speculative": section_speculative,
+    "stall": section_stall,
 }
 
 
