@@ -61,7 +61,7 @@ def _describe_inherited(cls: type[BaseModel]) -> bool:
     for name, info in cls.model_fields.items():
         if info.description:
             continue
-        declaring = next((base for base in cls.__mro__ if name in vars(base).get("__annotations__", {})), None)
+        declaring = next((base for base in cls.__mro__ if name in inspect.get_annotations(base)), None)
         doc = _attribute_docstrings(declaring).get(name) if declaring is not None else None
         if doc:
             described = copy.copy(info)  # a copy: the base class's own field stays as it is
