@@ -96,7 +96,7 @@ def _class_body(cls: type) -> list[ast.stmt]:
     """
     try:
         lines = linecache.getlines(inspect.getsourcefile(cls) or "")
-    except TypeError:  # a built-in class
+    except (TypeError, OSError):  # a built-in class, or one defined where there is no file (a REPL)
         return []
     start = re.compile(rf"^(\s*)class\s+{re.escape(cls.__name__)}\b")
     for i, line in enumerate(lines):
