@@ -26,9 +26,10 @@ from langchain_llamacpp._messages import (
 )
 from langchain_llamacpp._templates import RenderInputs
 from langchain_llamacpp._text import json_text
+from langchain_llamacpp._tool_calls import ToolCallRules
 
 # Keyword arguments of a chat call that shape the prompt rather than sampling.
-CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "reasoning")
+CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "reasoning", "tool_call_recovery")
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,9 @@ class ChatRequest:
         """Whether the reply is read for tool calls."""
         return bool(self.tools) and self.tool_choice != "none"
 
-    @property
-    def json_call_names(self) -> list[str]:
-        """The tools a call written as JSON in the content may name: where the model may choose ("auto")."""
-        return [t["function"]["name"] for t in self.tools] if self.tool_choice == "auto" else []
+    def tool_call_rules(self, recover: bool) -> ToolCallRules:
+        """Which tool calls the reply may make, and whether calls written as JSON text count (`_tool_calls`)."""
+        return ToolCallRules.for_request(self.tools, self.tool_choice, recover)
 
 
 def chat_request(

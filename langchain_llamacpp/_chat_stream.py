@@ -1,6 +1,6 @@
 """The reply to one chat request, read by llama.cpp's chat parser for the model's template: content,
 reasoning and tool calls, streamed as message chunks that each carry what changed since the last,
-or parsed once into a message."""
+or parsed once into a message. Which tool calls the reply makes is decided by `_tool_calls`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from langchain_core.outputs import ChatGenerationChunk
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._results as _results
 from langchain_llamacpp._logs import logger
-from langchain_llamacpp._messages import extract_json_tool_calls, looks_like_json_call, new_call_id, parse_tool_calls
+from langchain_llamacpp._messages import new_call_id, parse_tool_calls
+from langchain_llamacpp._tool_calls import ToolCallRules
 
 
 class ChatStream:
@@ -32,15 +33,16 @@ class ChatStream:
         parser: _native.ChatParser,
         *,
         parse: bool,
-        tool_names: list[str],
+        tools: ToolCallRules | None,
         logprobs: bool,
         model_name: str,
         speculative: bool,
     ) -> None:
         self._parser = parser
         self._needs_parse = parse
-        # Tools the model may call ("auto"): a call written as JSON in the content counts as one.
-        self._tool_names = tool_names
+        # What the reply may call, and whether a call written as text counts (decided there, streaming or not).
+        self._tools = tools or ToolCallRules({}, recover=False)
+        self._recovered = False
         self._logprobs = logprobs
         self._model_name = model_name
         self._speculative = speculative
@@ -61,11 +63,14 @@ class ChatStream:
             if partial:
                 return None
             logger.warning("could not parse the model output as a message; returning it as text")
-            return {"content": text}
-        if not partial and self._tool_names and not parsed.get("tool_calls"):
-            fallback = extract_json_tool_calls(parsed.get("content") or "", self._tool_names)
-            if fallback:
-                parsed["tool_calls"], parsed["content"] = fallback, ""
+            parsed = {"content": text}
+        content = parsed.get("content") or ""
+        if partial:
+            parsed["content"] = self._tools.shown(content)  # not what may still become a tool call
+        else:
+            decision = self._tools.decide(content, parsed.get("tool_calls") or [])
+            parsed["content"], parsed["tool_calls"] = decision.content, decision.tool_calls
+            self._recovered = decision.recovered
         for i, raw in enumerate(parsed.get("tool_calls") or []):
             if i >= len(self._call_ids):
                 self._call_ids.append(raw.get("id") or new_call_id())
@@ -100,12 +105,11 @@ class ChatStream:
         if parsed is None:
             return None
         content = parsed.get("content") or ""
-        if partial and self._tool_names and looks_like_json_call(content):
-            content = self._content  # may be a tool call written as JSON: hold it until the end
         reasoning = parsed.get("reasoning_content") or ""
         new_content = _after(self._content, content)
         new_reasoning = _after(self._reasoning, reasoning)
-        self._content, self._reasoning = content, reasoning
+        self._content += new_content
+        self._reasoning += new_reasoning
         calls = self._call_deltas(parsed.get("tool_calls") or [])
         if not (new_content or new_reasoning or calls):
             return None
@@ -165,9 +169,13 @@ class ChatStream:
         )
 
     def _metadata(self, request: _native.Request, has_tool_calls: bool) -> dict[str, Any]:
-        return _results.response_metadata(request, self._model_name, self._speculative, has_tool_calls)
+        metadata = _results.response_metadata(request, self._model_name, self._speculative, has_tool_calls)
+        if self._recovered:
+            metadata["tool_calls_recovered"] = True  # written as text by the model, read by _tool_calls
+        return metadata
 
 
 def _after(sent: str, now: str) -> str:
-    """What `now` adds to `sent` ("" where the parse changed what was sent: it stays sent)."""
+    """What `now` adds to `sent` ("" where the parse changed or took back what was sent: it stays sent,
+    and only what goes beyond it is sent later)."""
     return now[len(sent) :] if now.startswith(sent) else ""

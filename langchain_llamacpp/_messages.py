@@ -195,60 +195,6 @@ def parse_tool_calls(
     return calls, invalid
 
 
-_FENCED = re.compile(r"^```[\w-]*\s*(.*?)\s*```$", re.S)
-
-
-def looks_like_json_call(text: str) -> bool:
-    """Whether streamed content may turn out to be a tool call written as plain JSON."""
-    s = text.lstrip()
-    return not s or s[0] in "{[`"
-
-
-def extract_json_tool_calls(text: str, tool_names: list[str]) -> list[dict[str, Any]] | None:
-    """Tool calls that a model wrote as plain JSON instead of its template's format.
-
-    Small models often answer a tool request with ``{"name": ..., "arguments": {...}}`` (in a
-    code fence, or a list of them). Only a reply that is nothing but such calls, naming bound
-    tools, counts; anything else stays content.
-    """
-    s = text.strip()
-    fenced = _FENCED.match(s)
-    if fenced:
-        s = fenced.group(1).strip()
-    if not s or s[0] not in "{[":
-        return None
-    try:
-        data = json.loads(s)
-    except ValueError:
-        return None
-    items = data if isinstance(data, list) else [data]
-    calls = []
-    for item in items:
-        if not isinstance(item, dict):
-            return None
-        nested = item.get("function")
-        function: dict[str, Any] = nested if isinstance(nested, dict) else item
-        name = function.get("name")
-        args = function.get("arguments", function.get("parameters", function.get("args", {})))
-        if name not in tool_names:
-            return None
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                return None
-        if not isinstance(args, dict):
-            return None
-        calls.append(
-            {
-                "id": "",
-                "type": "function",
-                "function": {"name": name, "arguments": json.dumps(args)},
-            }
-        )
-    return calls or None
-
-
 _ROOT_PREAMBLE = re.compile(r"^(root ::= .*?)\s*until-[\w-]+\?\s*(tool-calls?\b.*)$", re.M)
 
 

@@ -43,6 +43,7 @@ from langchain_llamacpp._params import PathText
 from langchain_llamacpp._readers import AsyncRequest, BlockingRequest
 from langchain_llamacpp._templates import TemplateSandbox
 from langchain_llamacpp._text import valid_text
+from langchain_llamacpp._tool_calls import tool_call_recovery
 
 
 @dataclass
@@ -132,6 +133,16 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     Gemma 3, SmolVLM, LLaVA, Pixtral or Mistral Small 3.1): with it, messages may carry images (and audio,
     for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained` finds it beside
     the model."""
+
+    tool_call_recovery: bool = True
+    """With tools bound and `tool_choice="auto"`: a reply that ends in a tool call written as plain JSON
+    (bare, in a ```json fence, or in the doubled braces Qwen's template shows, ``{{"name": ..., "arguments":
+    {...}}}``) instead of the template's format becomes a tool call, when it names a bound tool and its
+    arguments validate against that tool's schema; `response_metadata["tool_calls_recovered"]` is then True.
+    Small models often write calls that way after a tool result. Prose that mentions a tool, and JSON that
+    does not validate, stay text. While streaming, a reply that may be such a call is held back until it is
+    decided. `False` leaves the text as the model wrote it. Can also be given per call:
+    `llm.invoke(..., tool_call_recovery=False)`."""
 
     _settings_class: ClassVar[str] = _settings.CHAT
     _templates: TemplateSandbox | None = PrivateAttr(default=None)
@@ -297,7 +308,7 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         stream = ChatStream(
             parser,
             parse=parse,
-            tool_names=request.json_call_names,
+            tools=request.tool_call_rules(tool_call_recovery(chat_options, self.tool_call_recovery)),
             logprobs=options["logprobs"] is not None,
             model_name=self._model_name(),
             speculative=self._speculative,

@@ -52,7 +52,7 @@ def test_plain_messages() -> None:
     ]
     assert (request.render.tools_json, request.render.json_schema, request.render.tool_choice) == ("", "", "auto")
     assert request.render.add_generation_prompt
-    assert request.tools == [] and not request.parses_tool_calls and request.json_call_names == []
+    assert request.tools == [] and not request.parses_tool_calls and not request.tool_call_rules(True).recover
     assert request.media == [] and request.grammar is None
 
 
@@ -62,7 +62,9 @@ def test_tools_the_model_may_call() -> None:
     assert json.loads(request.render.tools_json) == TOOLS
     assert request.render.parallel_tool_calls
     assert request.parses_tool_calls
-    assert request.json_call_names == ["get_weather", "get_time"]  # a call written as JSON counts
+    rules = request.tool_call_rules(True)
+    assert rules.recover and list(rules.schemas) == ["get_weather", "get_time"]  # a call written as JSON counts
+    assert not request.tool_call_rules(False).recover  # unless turned off
 
 
 @pytest.mark.parametrize(
@@ -73,7 +75,7 @@ def test_a_forced_tool_is_the_only_one_shown(choice: Any) -> None:
     assert request.tool_choice == "required"
     assert [t["function"]["name"] for t in json.loads(request.render.tools_json)] == ["get_time"]
     assert request.parses_tool_calls
-    assert request.json_call_names == []  # the grammar makes the call: no JSON fallback
+    assert not request.tool_call_rules(True).recover  # the grammar makes the call: no JSON recovery
 
 
 def test_tool_choice_true_forces_the_only_tool_or_any() -> None:
@@ -86,7 +88,7 @@ def test_tool_choice_none_offers_the_tools_but_reads_no_calls() -> None:
     request = _request({"tools": TOOLS, "tool_choice": "none"})
     assert request.render.tool_choice == "none"
     assert request.render.tools_json  # the template still describes them
-    assert not request.parses_tool_calls and request.json_call_names == []
+    assert not request.parses_tool_calls and not request.tool_call_rules(True).recover
 
 
 def test_unknown_tool_choice_is_refused() -> None:
