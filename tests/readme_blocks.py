@@ -16,15 +16,18 @@ the reason for skipping it::
 The reasons in use: a GPU, the network (the Hugging Face Hub), a vision model, an rpc-server.
 
     python -m tests.readme_blocks            # run them all, print each one's time
-    python -m tests.readme_blocks README.md:120 chat_models.py   # those whose label starts so
+    python -m tests.readme_blocks --show README.md:120 chat_models.py   # those whose label starts so,
+                                                                       # with what they print
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import fnmatch
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -178,8 +181,16 @@ def link_models(script: Script, folder: Path) -> None:
         (folder / name).symlink_to(models.get(stand_in_for(name)))
 
 
-def run(script: Script, timeout: float = DEFAULT_TIMEOUT) -> str | None:
-    """Run a script in a fresh interpreter from a temporary folder; None if it exits with 0, else why not."""
+@dataclass(frozen=True)
+class Outcome:
+    failure: str | None  # None: the script exited with 0
+    stdout: str
+    cpu_seconds: float  # the script's CPU time (user + system), steadier than the clock on a busy machine
+
+
+def execute(script: Script, timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+    """Run a script in a fresh interpreter from a temporary folder."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryDirectory(prefix="readme-block-") as tmp:
         folder = Path(tmp)
         link_models(script, folder)
@@ -190,11 +201,18 @@ def run(script: Script, timeout: float = DEFAULT_TIMEOUT) -> str | None:
             done = subprocess.run(
                 [sys.executable, file.name], cwd=folder, env=env, capture_output=True, text=True, timeout=timeout
             )
+            failure = None if done.returncode == 0 else describe(script, f"exited with {done.returncode}", done.stderr)
+            stdout = done.stdout
         except subprocess.TimeoutExpired as e:
-            return describe(script, f"did not finish in {timeout:.0f} s", _text(e.stderr))
-        if done.returncode != 0:
-            return describe(script, f"exited with {done.returncode}", done.stderr)
-    return None
+            failure, stdout = describe(script, f"did not finish in {timeout:.0f} s", _text(e.stderr)), _text(e.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Outcome(failure, stdout, cpu)
+
+
+def run(script: Script, timeout: float = DEFAULT_TIMEOUT) -> str | None:
+    """Run a script; None if it exits with 0, else why not (see `describe`)."""
+    return execute(script, timeout).failure
 
 
 def _text(output: str | bytes | None) -> str:
@@ -211,19 +229,27 @@ def describe(script: Script, what: str, stderr: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--show", action="store_true", help="print what each script prints")
+    parser.add_argument("labels", nargs="*", help="only the scripts whose label starts so")
+    args = parser.parse_args(argv)
     failed = 0
     for script in all_scripts():
-        if argv and not any(script.label.startswith(prefix) for prefix in argv):
+        if args.labels and not any(script.label.startswith(prefix) for prefix in args.labels):
             continue
         if script.skip:
             print(f"{script.label}: skipped ({script.skip})", flush=True)
             continue
         started = time.monotonic()
-        failure = run(script)
-        print(f"{script.label}: {'FAILED' if failure else 'ok'} in {time.monotonic() - started:.1f} s", flush=True)
-        if failure:
+        outcome = execute(script)
+        status = "FAILED" if outcome.failure else "ok"
+        took = f"{time.monotonic() - started:.1f} s, {outcome.cpu_seconds:.1f} s of CPU"
+        print(f"{script.label}: {status} in {took}", flush=True)
+        if args.show:
+            print(textwrap.indent(outcome.stdout.rstrip(), "    | "), flush=True)
+        if outcome.failure:
             failed += 1
-            print(failure, file=sys.stderr)
+            print(outcome.failure, file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
