@@ -131,8 +131,8 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     mmproj_path: PathText | None = None
     """The model's multimodal projector (an `mmproj-*.gguf` file, published beside vision models such as
     Gemma 3, SmolVLM, LLaVA, Pixtral or Mistral Small 3.1): with it, messages may carry images (and audio,
-    for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained` finds it beside
-    the model."""
+    for audio models) as content blocks. Read by llama.cpp's libmtmd. `from_pretrained(..., mmproj=True)`
+    downloads the one beside the model and sets it."""
 
     tool_call_recovery: bool = True
     """With tools bound and `tool_choice="auto"`: a reply that ends in a tool call written as plain JSON
