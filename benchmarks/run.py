@@ -14,7 +14,8 @@ process per section) against the same reference, side by side.
 
 This file holds the command line and the sections in their order; the rest by job: common.py (rounds
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
-cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall).
+cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall),
+agents.py (agents: multi-step agent tasks, scored on the answer, not timed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import embed  # noqa: E402
+from benchmarks.agents import section_agents  # noqa: E402
 from benchmarks.common import Community  # noqa: E402
 from benchmarks.engine import (  # noqa: E402
     section_batch,
@@ -56,6 +58,7 @@ SECTIONS = {
     "defaults": section_defaults,
     "speculative": section_speculative,
     "stall": section_stall,
+    "agents": section_agents,
 }
 
 
