@@ -14,6 +14,52 @@
 
 namespace lcl {
 
+namespace {
+
+// batch_invariant's conditions; sets the flash attention and batch sizes it needs.
+void check_batch_invariant(const Model & model, EngineParams & params, bool recurrent) {
+    if (model.params().repack) {
+        throw std::invalid_argument("batch_invariant needs the model loaded without repacked weights (repack=False): "
+                                    "their kernels differ between one column and several");
+    }
+    if (params.flash_attn == 0) {
+        throw std::invalid_argument("batch_invariant needs flash attention (its reference path computes each row alone)");
+    }
+    if (params.kv_unified == 1) {
+        throw std::invalid_argument("batch_invariant needs a KV cache per slot (kv_unified=False): in a shared pool, "
+                                    "which cells a sequence gets changes the order of its sums");
+    }
+    if (recurrent) {
+        throw std::invalid_argument("batch_invariant is not supported for recurrent or hybrid models (their state "
+                                    "cannot take a filler token)");
+    }
+    params.flash_attn = 1;
+    params.n_ubatch = params.n_batch = std::max(params.n_batch, 4);
+}
+
+// Speculative decoding's conditions; caps draft_max to what a step's batch holds.
+void check_speculation(EngineParams & params, bool recurrent) {
+    if (params.embeddings) {
+        throw std::invalid_argument("speculative decoding (a draft model, prompt lookup) is for generation, not embeddings");
+    }
+    if (recurrent) {
+        throw std::invalid_argument("speculative decoding needs a KV cache that can drop the drafts the model "
+                                    "refuses; a recurrent or hybrid model's state cannot");
+    }
+    if (params.draft_max < 1 || params.draft_min < 0 || params.draft_min > params.draft_max) {
+        throw std::invalid_argument("speculative decoding needs 1 <= draft_max and 0 <= draft_min <= draft_max, got "
+                                    "draft_max=" + std::to_string(params.draft_max) +
+                                    ", draft_min=" + std::to_string(params.draft_min));
+    }
+    if (!(params.draft_p_min >= 0.0f && params.draft_p_min <= 1.0f)) {
+        throw std::invalid_argument("draft_p_min must be between 0 and 1");
+    }
+    // A step holds every slot's next token and drafts: the batch must hold them.
+    params.draft_max = std::min(params.draft_max, SpecCost::kMaxBatch - 1);
+}
+
+}  // namespace
+
 ContextPlan plan_context(const Model & model, const EngineParams & params_in, bool has_draft) {
     if (model.params().vocab_only) {
         throw std::invalid_argument("the model was loaded with vocab_only=True: it can tokenize but not generate");
@@ -40,23 +86,7 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     }
     plan.recurrent = llama_model_is_recurrent(model.get()) || llama_model_is_hybrid(model.get());
     if (params.batch_invariant) {
-        if (model.params().repack) {
-            throw std::invalid_argument("batch_invariant needs the model loaded without repacked weights (repack=False): "
-                                        "their kernels differ between one column and several");
-        }
-        if (params.flash_attn == 0) {
-            throw std::invalid_argument("batch_invariant needs flash attention (its reference path computes each row alone)");
-        }
-        if (params.kv_unified == 1) {
-            throw std::invalid_argument("batch_invariant needs a KV cache per slot (kv_unified=False): in a shared pool, "
-                                        "which cells a sequence gets changes the order of its sums");
-        }
-        if (plan.recurrent) {
-            throw std::invalid_argument("batch_invariant is not supported for recurrent or hybrid models (their state "
-                                        "cannot take a filler token)");
-        }
-        params.flash_attn = 1;
-        params.n_ubatch = params.n_batch = std::max(params.n_batch, 4);
+        check_batch_invariant(model, params, plan.recurrent);
     }
     // Every generating slot decodes a token in each step, so a step may hold n_seq tokens even where
     // the prompt chunk (n_batch) is smaller; llama_decode aborts the process beyond its n_batch.
@@ -76,23 +106,7 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     params.kv_unified = unified ? 1 : 0;
     plan.fill_gaps = !plan.recurrent && !unified;
     if (has_draft || params.prompt_lookup) {
-        if (params.embeddings) {
-            throw std::invalid_argument("speculative decoding (a draft model, prompt lookup) is for generation, not embeddings");
-        }
-        if (plan.recurrent) {
-            throw std::invalid_argument("speculative decoding needs a KV cache that can drop the drafts the model "
-                                        "refuses; a recurrent or hybrid model's state cannot");
-        }
-        if (params.draft_max < 1 || params.draft_min < 0 || params.draft_min > params.draft_max) {
-            throw std::invalid_argument("speculative decoding needs 1 <= draft_max and 0 <= draft_min <= draft_max, got "
-                                        "draft_max=" + std::to_string(params.draft_max) +
-                                        ", draft_min=" + std::to_string(params.draft_min));
-        }
-        if (!(params.draft_p_min >= 0.0f && params.draft_p_min <= 1.0f)) {
-            throw std::invalid_argument("draft_p_min must be between 0 and 1");
-        }
-        // A step holds every slot's next token and drafts: the batch must hold them.
-        params.draft_max = std::min(params.draft_max, SpecCost::kMaxBatch - 1);
+        check_speculation(params, plan.recurrent);
     }
     return plan;
 }

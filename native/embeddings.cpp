@@ -78,7 +78,7 @@ std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & i
                 common_embd_normalize(e, out.data() + (first + s) * n_embd, n_embd, normalize);
             }
             {
-                std::lock_guard<std::mutex> lock(mutex_);
+                std::lock_guard<std::mutex> lock(stats_mutex_);
                 stats_.steps += 1;
                 stats_.prompt_tokens_evaluated += batch_.n_tokens;
                 stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens);

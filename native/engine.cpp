@@ -11,11 +11,6 @@
 
 namespace lcl {
 
-struct Engine::Task {
-    std::function<void()> fn;
-    std::promise<void> done;
-};
-
 namespace {
 
 std::mutex g_engines_mutex;
@@ -57,9 +52,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     engine->rules_ = std::make_unique<TokenRules>(engine->model_->vocab());
     engine->batch_ = llama_batch_init(p.n_batch, 0, 1);
     for (int i = 0; i < p.n_seq; ++i) {
-        auto slot = std::make_unique<Slot>();
-        slot->id = i;
-        engine->slots_.push_back(std::move(slot));
+        engine->slots_.push_back(std::make_unique<Slot>(ctx, i));
     }
     engine->thread_ = std::thread([raw = engine.get()] { raw->loop(); });
     {
@@ -79,14 +72,7 @@ Engine::~Engine() {
 llama_context * Engine::ctx() const { return context_->get(); }
 
 void Engine::shutdown() {
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_ && !thread_.joinable()) {
-            return;
-        }
-        stopping_ = true;
-    }
-    cv_.notify_all();
+    queue_.stop();
     if (thread_.joinable()) {
         if (thread_.get_id() == std::this_thread::get_id()) {
             thread_.detach();
@@ -96,14 +82,14 @@ void Engine::shutdown() {
     }
 }
 
-void Engine::wake() { cv_.notify_all(); }
+void Engine::wake() { queue_.wake(); }
 
 int Engine::n_ctx_total() const { return static_cast<int>(llama_n_ctx(ctx())); }
 
 int Engine::pooling() const { return static_cast<int>(llama_pooling_type(ctx())); }
 
 Engine::Stats Engine::stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(stats_mutex_);
     return stats_;
 }
 
@@ -167,14 +153,7 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     pending->request = request;
     pending->params = std::move(params);
     pending->t_submit = now_ms();
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) {
-            throw std::runtime_error("the engine has been shut down");
-        }
-        pending_.push_back(std::move(pending));
-    }
-    cv_.notify_all();
+    queue_.push(std::move(pending));
     return std::make_unique<Request>(request, shared_from_this());
 }
 
@@ -186,27 +165,15 @@ std::shared_ptr<MediaPrompt> Engine::tokenize_media(const std::string & text, co
 }
 
 void Engine::run_on_thread(std::function<void()> fn) {
-    auto task = std::make_shared<Task>();
+    auto task = std::make_shared<EngineTask>();
     task->fn = std::move(fn);
     auto future = task->done.get_future();
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        if (stopping_) {
-            throw std::runtime_error("the engine has been shut down");
-        }
-        tasks_.push_back(task);
-    }
-    cv_.notify_all();
+    queue_.push(std::move(task));
     future.get();  // rethrows
 }
 
 void Engine::run_tasks() {
-    std::deque<std::shared_ptr<Task>> tasks;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        tasks.swap(tasks_);
-    }
-    for (auto & task : tasks) {
+    for (auto & task : queue_.take_tasks()) {
         try {
             task->fn();
             task->done.set_value();
@@ -217,15 +184,11 @@ void Engine::run_tasks() {
 }
 
 void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
-    llama_memory_t mem = llama_get_memory(ctx());
-    if (!llama_memory_seq_rm(mem, slot.id, static_cast<llama_pos>(n_keep), -1)) {
-        llama_memory_seq_rm(mem, slot.id, -1, -1);  // this memory cannot cut a sequence: start over
-        n_keep = 0;
-    }
+    n_keep = slot.kv.truncate(n_keep);
     const size_t reserve = unified_ ? reservation(pending.params) : 0;
     slot.begin(std::move(pending), n_keep, reserve);
     slot.sampler->prime(slot.params.prompt);
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.prompt_tokens_reused += static_cast<long long>(n_keep);
 }
 
@@ -275,7 +238,7 @@ void Engine::emit_token(Slot & slot, llama_token token, int batch_index) {
         finish_slot(slot, "stop");
     } else if (slot.params.max_tokens >= 0 && slot.n_decoded >= slot.params.max_tokens) {
         finish_slot(slot, "length");
-    } else if (static_cast<int>(slot.cache.size()) + 1 >= n_ctx_seq_) {
+    } else if (static_cast<int>(slot.kv.size()) + 1 >= n_ctx_seq_) {
         finish_slot(slot, "length");  // the context is full
     } else {
         slot.next_token = token;
@@ -291,24 +254,10 @@ void Engine::reap_cancelled() {
 }
 
 void Engine::loop() {
-    while (true) {
-        {
-            std::unique_lock<std::mutex> lock(mutex_);
-            cv_.wait(lock, [&] {
-                if (stopping_ || !pending_.empty() || !tasks_.empty()) {
-                    return true;
-                }
-                for (const auto & slot : slots_) {
-                    if (slot->active()) {
-                        return true;
-                    }
-                }
-                return false;
-            });
-            if (stopping_) {
-                break;
-            }
-        }
+    const auto any_active = [&] {
+        return std::any_of(slots_.begin(), slots_.end(), [](const auto & slot) { return slot->active(); });
+    };
+    while (queue_.wait(any_active)) {
         run_tasks();
         // Cancelled requests leave first, so that a request sent right after cancelling another
         // (a regenerated answer) finds that slot's cache free instead of taking an empty slot.
@@ -331,12 +280,8 @@ void Engine::loop() {
         }
     }
     std::deque<std::unique_ptr<Pending>> pending;
-    std::deque<std::shared_ptr<Task>> tasks;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        pending.swap(pending_);
-        tasks.swap(tasks_);
-    }
+    std::deque<std::shared_ptr<EngineTask>> tasks;
+    queue_.drain(pending, tasks);
     for (auto & p : pending) {
         p->request->finish("cancelled", "the engine was shut down");
     }

@@ -3,14 +3,14 @@
 // from any Python thread are queued to it and their output is handed back through RequestState.
 //
 // Where each job lives (one file each): engine.cpp (creation, submit, the loop, a slot's tokens going out),
-// scheduler.cpp (slot choice, prefix reuse, the unified pool, batch planning, fillers, batch-invariant rows),
-// decode.cpp (one llama_decode of a run of slots, then sampling; media), drafts.cpp (speculative decoding's
-// planning and acceptance), sequences.cpp (the low-level sequence API), embeddings.cpp, context.cpp (settings
-// and context setup), sampler.cpp (one request's sampling), request.cpp (the channel to the caller).
+// request_queue.cpp (the requests and tasks waiting for the engine thread), scheduler.cpp (slot choice,
+// prefix reuse, the unified pool, batch planning, fillers, batch-invariant rows), decode.cpp (one
+// llama_decode of a run of slots, then sampling; media), drafts.cpp (speculative decoding's planning and
+// acceptance), kv_sequence.cpp (each slot's KV cells and what they hold), sequences.cpp (the low-level
+// sequence API), embeddings.cpp, context.cpp (settings and context setup), sampler.cpp (one request's
+// sampling), request.cpp (the channel to the caller).
 #pragma once
 
-#include <condition_variable>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -22,14 +22,15 @@
 #include "model.h"
 #include "params.h"
 #include "request.h"
+#include "request_queue.h"
 #include "sampler.h"
 #include "speculative.h"
+#include "step_plan.h"
 
 namespace lcl {
 
 class EngineContext;
 struct Slot;
-struct Pending;
 
 class Engine : public std::enable_shared_from_this<Engine> {
 public:
@@ -82,14 +83,14 @@ public:
         long long max_batch = 0;
         long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
         long long draft_tokens = 0;     // speculative decoding: tokens drafted and checked
-        long long drafts_accepted = 0;  // drafted tokens that were right (batch_invariant: second rows too)
+        long long drafts_accepted = 0;  // drafted tokens that were right
+        long long guesses_accepted = 0;  // batch_invariant: tail rows whose guess was right (a second token)
         double media_ms = 0;            // encoding and decoding images and audio
     };
     Stats stats();
 
 private:
     Engine(std::shared_ptr<Model> model, const EngineParams & params);
-    struct Task;  // work other than generation, run on the engine thread
 
     llama_context * ctx() const;
 
@@ -102,35 +103,64 @@ private:
     void run_tasks();
     void run_on_thread(std::function<void()> fn);
 
-    // scheduler.cpp
+    // scheduler.cpp: builds the views, asks step_plan.h's pure planners, carries the plans out.
+    std::vector<SlotView> slot_views(const RequestParams * placing) const;  // placing: fills SlotView::prefix
     bool assign_pending();  // returns true if a slot was assigned
     size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
-    // The unified pool: the cells a request may come to hold, those held or reserved now, and room made
-    // by dropping the caches of idle slots (least recently used first) other than `keep` and `protect`.
-    size_t reservation(const RequestParams & request) const;
-    size_t cells_in_use() const;
-    bool make_room(size_t cells, const Slot * keep, const Slot * protect = nullptr);
-    void evict(Slot & slot);
+    size_t reservation(const RequestParams & request) const;  // the cells a request may come to hold
+    // Unified pool: room for `cells` more, made by evicting idle slots other than `keep`.
+    bool make_room(size_t cells, const Slot & keep);
     void step();
+    int take_generating();     // next tokens and drafts of this step; returns their count
+    bool decode_next_media();  // a media chunk where a prompt stands, decoded alone
+    BatchLimits batch_limits(size_t filler_slack) const;
+    void apply(const BatchPlan & plan);  // each slot's n_take and filler
+    int generating_run_end(int lo) const;
     void step_invariant();
-    size_t invariant_chunk(size_t left) const;       // prompt tokens for the next batch-invariant call
-    int mark_fillers(int lo, int hi, size_t slack);  // flags idle slots in [lo, hi] for a filler
+    size_t invariant_chunk(size_t left) const;  // prompt tokens for the next batch-invariant call
     // Whether a batch-invariant decode needs a second output row after its `n_tokens` tokens of which
     // `n_outputs` are outputs, at position `next` (room permitting: a full context has none).
     bool needs_tail_row(int n_tokens, int n_outputs, llama_pos next) const;
-    llama_token draft_token(const Slot & slot) const;
+    // A guess at the token after the slot's next one, for its tail row (batch_invariant).
+    llama_token guess_next_token(Slot & slot) const;
+    // The slot's cached tokens and its next token, in Slot::continued: the text a draft or guess continues.
+    const std::vector<llama_token> & continued_text(Slot & slot) const;
 
-    // decode.cpp: one llama_decode of slots [lo, hi], then sampling; tail_filler: a slot that gets a second
-    // output row after its tokens, holding `draft` (a guess at its next token) if not null.
-    void decode_slots(int lo, int hi, int tail_filler, llama_token draft = LLAMA_TOKEN_NULL);
+    // decode.cpp: one llama_decode of slots [lo, hi], then sampling; tail_row: a slot that gets a second
+    // output row after its tokens, holding `guess` (at the token after its next one) if not null.
+    void decode_slots(int lo, int hi, int tail_row, llama_token guess = LLAMA_TOKEN_NULL);
+    struct BatchCounts {
+        long long prompt = 0;  // prompt tokens
+        int fill = 0;          // fillers and tail rows: not counted as decoded
+    };
+    BatchCounts add_rows(int lo, int hi, int tail_row, llama_token guess);
+    void add_prompt_rows(Slot & slot);
+    void add_generation_rows(Slot & slot);
+    void count_decode(const BatchCounts & counts);
+    void fail_decode(int lo, int hi, int rc, const std::string & details);
+    void drop_fillers(int lo, int hi);
+    void sample_slot(Slot & slot, bool tail_row, llama_token guess);
+    // The tail row's guess was right: keeps it and returns the row of the token after it.
+    int keep_guess(Slot & slot, llama_token guess, int idx);
     bool decode_media(Slot & slot);  // the media chunk where the slot's prompt stands, if any
 
     // drafts.cpp: speculative decoding. The drafts of each generating slot for this step (Slot::draft),
     // within `budget` tokens of the batch; returns the tokens drafted.
     int plan_drafts(int budget);
     bool speculating() const { return params_.prompt_lookup || drafter_ != nullptr; }
+    struct StepShape {
+        int batch = 0;       // tokens in the step so far
+        int generating = 0;  // generating slots in it
+        int budget = 0;      // rows left for drafts
+    };
+    int draft_cap(const Slot & slot, int budget) const;  // the longest draft the slot may have now
+    void draft_by_lookup(Slot & slot, int k_cap, const StepShape & shape);
+    int model_draft_length(Slot & slot, int k_cap, const StepShape & shape);  // 0: no draft model this step
+    int draft_with_model(std::vector<Drafter::Job> & jobs, const std::vector<Slot *> & job_slots, StepShape & shape);
+    void take_draft(Slot & slot, StepShape & shape);  // Slot::draft, cut to the budget, joins the step
     // `token` was sampled from row idx, where the slot's next token stood; its draft's rows follow.
     void accept_drafts(Slot & slot, llama_token token, int idx);
+    void record_acceptance(Slot & slot, int accepted, int drafted);
 
     std::shared_ptr<Model> model_;
     EngineParams params_;  // as planned by plan_context(), batch sizes as llama.cpp chose
@@ -150,11 +180,8 @@ private:
     std::vector<std::unique_ptr<Slot>> slots_;
     llama_batch batch_{};
 
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    std::deque<std::unique_ptr<Pending>> pending_;
-    std::deque<std::shared_ptr<Task>> tasks_;
-    bool stopping_ = false;
+    RequestQueue queue_;
+    std::mutex stats_mutex_;
     Stats stats_;
     std::thread thread_;
 };

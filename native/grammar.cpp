@@ -387,104 +387,149 @@ std::string ambiguity_error(const llama_vocab * vocab, const llama_grammar_parse
 
 }  // namespace
 
+namespace {
+
+// A structural pass that mirrors what the parser will build: nesting depth, rule count and the number
+// of elements once repetitions x{m,n} are expanded (llama.cpp copies the repeated part). Each step reads
+// one item at p and returns an error message, or "".
+class GrammarShape {
+public:
+    GrammarShape(const char * p, const char * end) : p_(p), end_(end) {}
+
+    std::string scan() {
+        while (p_ < end_) {
+            std::string error = step();
+            if (error.empty() && (elements_ + stack_.front().total > kMaxGrammarElements ||
+                                  stack_.back().total > kMaxGrammarElements)) {
+                error = "the grammar expands to more than " + std::to_string(static_cast<long>(kMaxGrammarElements)) +
+                        " elements (check repetition counts x{m,n})";
+            }
+            if (!error.empty()) {
+                return error;
+            }
+        }
+        return {};
+    }
+
+private:
+    struct Level {
+        double total = 0;  // elements in this group so far
+        double last = 0;   // elements in the last item (what a repetition applies to)
+    };
+
+    std::string step() {
+        const char c = *p_;
+        if (c == '#') {
+            while (p_ < end_ && *p_ != '\n' && *p_ != '\r') {
+                p_++;
+            }
+        } else if (c == '"' || c == '[') {
+            p_ = skip_quoted(p_, end_);
+            item(1);
+        } else if (c == ':' && end_ - p_ >= 3 && p_[1] == ':' && p_[2] == '=') {
+            return rule();
+        } else if (c == '|') {
+            p_++;
+            if (++alternatives_ > kMaxGrammarAlternatives) {
+                return "a rule of the grammar has more than " + std::to_string(kMaxGrammarAlternatives) +
+                       " alternatives (llama.cpp checks each one for every token)";
+            }
+        } else if (c == '(' || c == ')') {
+            return group(c);
+        } else if (c == '{') {
+            return repetition();
+        } else if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') {
+            name(c);
+        } else {
+            p_++;
+        }
+        return {};
+    }
+
+    void item(double n) {
+        stack_.back().total += n;
+        stack_.back().last = n;
+    }
+
+    std::string rule() {
+        p_ += 3;
+        if (++rules_ > kMaxGrammarRules) {
+            return "the grammar has more than " + std::to_string(kMaxGrammarRules) + " rules";
+        }
+        for (const auto & level : stack_) {
+            elements_ += level.total;
+        }
+        stack_.assign(1, Level{});
+        alternatives_ = 0;
+        return {};
+    }
+
+    std::string group(char c) {
+        p_++;
+        if (c == '(') {
+            stack_.emplace_back();
+            if (stack_.size() > kMaxGrammarNesting) {
+                return "the grammar nests groups more than " + std::to_string(kMaxGrammarNesting) + " deep";
+            }
+        } else if (stack_.size() > 1) {
+            const double inner = stack_.back().total;
+            stack_.pop_back();
+            item(inner);
+        }
+        return {};
+    }
+
+    std::string repetition() {
+        // {m}, {m,}, {m,n}: the item is copied max(m, n) times (m + 1 for an open bound).
+        double m = 0;
+        double n = -1;
+        bool comma = false;
+        for (p_++; p_ < end_ && *p_ != '}'; p_++) {
+            if (*p_ >= '0' && *p_ <= '9') {
+                double & v = comma ? n : m;
+                v = (v < 0 ? 0 : v) * 10 + (*p_ - '0');
+                v = std::min(v, 1e15);
+            } else if (*p_ == ',') {
+                comma = true;
+            }
+        }
+        p_ = p_ < end_ ? p_ + 1 : end_;
+        if (comma && n >= 0 && n < m) {
+            return "a repetition x{m,n} has n < m (llama.cpp would expand it without end)";
+        }
+        const double copies = std::max(1.0, comma ? (n < 0 ? m + 1 : std::max(m, n)) : m);
+        Level & level = stack_.back();
+        level.total += level.last * (copies - 1);
+        level.last *= copies;
+        return {};
+    }
+
+    void name(char c) {
+        while (p_ < end_ && (std::isalnum(static_cast<unsigned char>(*p_)) || *p_ == '-' || *p_ == '_')) {
+            p_++;
+        }
+        if (c == '.') {
+            p_++;
+        }
+        item(1);
+    }
+
+    const char * p_;
+    const char * end_;
+    std::vector<Level> stack_ = std::vector<Level>(1);
+    double elements_ = 0;
+    size_t rules_ = 0;
+    size_t alternatives_ = 0;  // in the current rule
+};
+
+}  // namespace
+
 std::string grammar_limits_error(const std::string & grammar) {
     if (grammar.size() > kMaxGrammarBytes) {
         return "the grammar is " + std::to_string(grammar.size()) + " bytes, over the limit of " +
                std::to_string(kMaxGrammarBytes);
     }
-    // A structural pass that mirrors what the parser will build: nesting depth, rule count and the
-    // number of elements once repetitions x{m,n} are expanded (llama.cpp copies the repeated part).
-    struct Level {
-        double total = 0;  // elements in this group so far
-        double last = 0;   // elements in the last item (what a repetition applies to)
-    };
-    std::vector<Level> stack(1);
-    double elements = 0;
-    size_t rules = 0;
-    size_t alternatives = 0;  // in the current rule
-    const char * p = grammar.c_str();
-    const char * end = p + grammar.size();
-    auto item = [&](double n) {
-        stack.back().total += n;
-        stack.back().last = n;
-    };
-    while (p < end) {
-        const char c = *p;
-        if (c == '#') {
-            while (p < end && *p != '\n' && *p != '\r') {
-                p++;
-            }
-        } else if (c == '"' || c == '[') {
-            p = skip_quoted(p, end);
-            item(1);
-        } else if (c == ':' && end - p >= 3 && p[1] == ':' && p[2] == '=') {
-            if (++rules > kMaxGrammarRules) {
-                return "the grammar has more than " + std::to_string(kMaxGrammarRules) + " rules";
-            }
-            for (const auto & level : stack) {
-                elements += level.total;
-            }
-            stack.assign(1, Level{});
-            alternatives = 0;
-            p += 3;
-        } else if (c == '|') {
-            if (++alternatives > kMaxGrammarAlternatives) {
-                return "a rule of the grammar has more than " + std::to_string(kMaxGrammarAlternatives) +
-                       " alternatives (llama.cpp checks each one for every token)";
-            }
-            p++;
-        } else if (c == '(') {
-            stack.emplace_back();
-            if (stack.size() > kMaxGrammarNesting) {
-                return "the grammar nests groups more than " + std::to_string(kMaxGrammarNesting) + " deep";
-            }
-            p++;
-        } else if (c == ')') {
-            if (stack.size() > 1) {
-                const double inner = stack.back().total;
-                stack.pop_back();
-                item(inner);
-            }
-            p++;
-        } else if (c == '{') {
-            // {m}, {m,}, {m,n}: the item is copied max(m, n) times (m + 1 for an open bound).
-            double m = 0;
-            double n = -1;
-            bool comma = false;
-            for (p++; p < end && *p != '}'; p++) {
-                if (*p >= '0' && *p <= '9') {
-                    double & v = comma ? n : m;
-                    v = (v < 0 ? 0 : v) * 10 + (*p - '0');
-                    v = std::min(v, 1e15);
-                } else if (*p == ',') {
-                    comma = true;
-                }
-            }
-            p = p < end ? p + 1 : end;
-            if (comma && n >= 0 && n < m) {
-                return "a repetition x{m,n} has n < m (llama.cpp would expand it without end)";
-            }
-            const double copies = std::max(1.0, comma ? (n < 0 ? m + 1 : std::max(m, n)) : m);
-            Level & level = stack.back();
-            level.total += level.last * (copies - 1);
-            level.last *= copies;
-        } else if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') {
-            while (p < end && (std::isalnum(static_cast<unsigned char>(*p)) || *p == '-' || *p == '_')) {
-                p++;
-            }
-            if (c == '.') {
-                p++;
-            }
-            item(1);
-        } else {
-            p++;
-        }
-        if (elements + stack.front().total > kMaxGrammarElements || stack.back().total > kMaxGrammarElements) {
-            return "the grammar expands to more than " + std::to_string(static_cast<long>(kMaxGrammarElements)) +
-                   " elements (check repetition counts x{m,n})";
-        }
-    }
-    return {};
+    return GrammarShape(grammar.c_str(), grammar.c_str() + grammar.size()).scan();
 }
 
 namespace {

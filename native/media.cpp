@@ -91,6 +91,34 @@ const char * Vision::marker() const { return mtmd_get_marker(ctx_); }
 bool Vision::supports_images() const { return mtmd_support_vision(ctx_); }
 bool Vision::supports_audio() const { return mtmd_support_audio(ctx_); }
 
+namespace {
+
+// One media file's bytes, decoded by libmtmd (images, audio) after the size checks; `which` names it.
+std::unique_ptr<mtmd_bitmap, BitmapFree> load_bitmap(mtmd_context * ctx, const std::string & file, const std::string & which) {
+    const auto * bytes = reinterpret_cast<const unsigned char *>(file.data());
+    int nx = 0, ny = 0, nc = 0;
+    if (stbi_info_from_memory(bytes, static_cast<int>(file.size()), &nx, &ny, &nc) &&
+        static_cast<long long>(nx) * ny > kMaxImagePixels) {
+        throw std::invalid_argument(which + " is an image of " + std::to_string(nx) + "x" + std::to_string(ny) +
+                                    " pixels, over the limit of " + std::to_string(kMaxImagePixels));
+    }
+    ErrorCapture capture;
+    auto wrapper = mtmd_helper_bitmap_init_from_buf(ctx, bytes, file.size(), false, mtmd_helper_init_opt_default());
+    if (wrapper.bitmap == nullptr) {
+        throw std::invalid_argument(which + " could not be decoded: " +
+                                    capture.message("not an image (JPEG, PNG, BMP, GIF, TGA, PSD, HDR, PNM) "
+                                                    "or audio file (WAV, MP3, FLAC) this model reads"));
+    }
+    std::unique_ptr<mtmd_bitmap, BitmapFree> bitmap(wrapper.bitmap);
+    if (mtmd_bitmap_is_audio(bitmap.get()) ? !mtmd_support_audio(ctx) : !mtmd_support_vision(ctx)) {
+        throw std::invalid_argument(which + " is " + (mtmd_bitmap_is_audio(bitmap.get()) ? "audio" : "an image") +
+                                    ", which this projector does not take");
+    }
+    return bitmap;
+}
+
+}  // namespace
+
 std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const std::vector<std::string> & files) const {
     std::vector<std::unique_ptr<mtmd_bitmap, BitmapFree>> bitmaps;
     for (size_t i = 0; i < files.size(); ++i) {
@@ -103,26 +131,7 @@ std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const st
             throw std::invalid_argument(which + " is " + std::to_string(file.size()) + " bytes, over the limit of " +
                                         std::to_string(kMaxMediaBytes));
         }
-        const auto * bytes = reinterpret_cast<const unsigned char *>(file.data());
-        int nx = 0, ny = 0, nc = 0;
-        if (stbi_info_from_memory(bytes, static_cast<int>(file.size()), &nx, &ny, &nc) &&
-            static_cast<long long>(nx) * ny > kMaxImagePixels) {
-            throw std::invalid_argument(which + " is an image of " + std::to_string(nx) + "x" + std::to_string(ny) +
-                                        " pixels, over the limit of " + std::to_string(kMaxImagePixels));
-        }
-        ErrorCapture capture;
-        auto wrapper = mtmd_helper_bitmap_init_from_buf(ctx_, bytes, file.size(), false, mtmd_helper_init_opt_default());
-        if (wrapper.bitmap == nullptr) {
-            throw std::invalid_argument(which + " could not be decoded: " +
-                                        capture.message("not an image (JPEG, PNG, BMP, GIF, TGA, PSD, HDR, PNM) "
-                                                        "or audio file (WAV, MP3, FLAC) this model reads"));
-        }
-        std::unique_ptr<mtmd_bitmap, BitmapFree> bitmap(wrapper.bitmap);
-        if (mtmd_bitmap_is_audio(bitmap.get()) ? !mtmd_support_audio(ctx_) : !mtmd_support_vision(ctx_)) {
-            throw std::invalid_argument(which + " is " + (mtmd_bitmap_is_audio(bitmap.get()) ? "audio" : "an image") +
-                                        ", which this projector does not take");
-        }
-        bitmaps.push_back(std::move(bitmap));
+        bitmaps.push_back(load_bitmap(ctx_, file, which));
     }
     std::vector<const mtmd_bitmap *> raw;
     for (const auto & b : bitmaps) {

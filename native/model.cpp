@@ -26,6 +26,21 @@ void init_backend() {
     });
 }
 
+// The integer value of key i, of whichever width; false where it is not an integer.
+bool gguf_integer(const gguf_context * g, int64_t i, int64_t & out) {
+    switch (gguf_get_kv_type(g, i)) {
+        case GGUF_TYPE_UINT8: out = gguf_get_val_u8(g, i); return true;
+        case GGUF_TYPE_INT8: out = gguf_get_val_i8(g, i); return true;
+        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, i); return true;
+        case GGUF_TYPE_INT16: out = gguf_get_val_i16(g, i); return true;
+        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, i); return true;
+        case GGUF_TYPE_INT32: out = gguf_get_val_i32(g, i); return true;
+        case GGUF_TYPE_UINT64: out = static_cast<int64_t>(std::min<uint64_t>(gguf_get_val_u64(g, i), INT64_MAX)); return true;
+        case GGUF_TYPE_INT64: out = gguf_get_val_i64(g, i); return true;
+        default: return false;
+    }
+}
+
 // Metadata values that llama.cpp trusts and then asserts on (GGML_ASSERT aborts the process) or
 // divides by, found by the fuzz suite: refuse them with the key's name before llama.cpp reads them.
 void check_metadata(const std::string & path) {
@@ -34,19 +49,7 @@ void check_metadata(const std::string & path) {
     if (!g) {
         return;  // not readable as GGUF: llama.cpp's own load reports why
     }
-    auto integer = [&](int64_t i, int64_t & out) {
-        switch (gguf_get_kv_type(g.get(), i)) {
-            case GGUF_TYPE_UINT8: out = gguf_get_val_u8(g.get(), i); return true;
-            case GGUF_TYPE_INT8: out = gguf_get_val_i8(g.get(), i); return true;
-            case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g.get(), i); return true;
-            case GGUF_TYPE_INT16: out = gguf_get_val_i16(g.get(), i); return true;
-            case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g.get(), i); return true;
-            case GGUF_TYPE_INT32: out = gguf_get_val_i32(g.get(), i); return true;
-            case GGUF_TYPE_UINT64: out = static_cast<int64_t>(std::min<uint64_t>(gguf_get_val_u64(g.get(), i), INT64_MAX)); return true;
-            case GGUF_TYPE_INT64: out = gguf_get_val_i64(g.get(), i); return true;
-            default: return false;
-        }
-    };
+    const auto integer = [&](int64_t i, int64_t & out) { return gguf_integer(g.get(), i, out); };
     const int64_t arch_id = gguf_find_key(g.get(), "general.architecture");
     const std::string arch = arch_id >= 0 && gguf_get_kv_type(g.get(), arch_id) == GGUF_TYPE_STRING
                                  ? gguf_get_val_str(g.get(), arch_id)
@@ -138,6 +141,50 @@ bool has_gguf_magic(const std::string & path) {
     return n == 4 && std::memcmp(magic, "GGUF", 4) == 0;
 }
 
+void check_model_file(const std::string & path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (path.empty() || !fs::exists(path, ec)) {
+        throw FileNotFound("model file not found: " + path);
+    }
+    if (fs::is_directory(path, ec)) {
+        throw std::invalid_argument("model path is a directory, not a GGUF file: " + path);
+    }
+    if (!has_gguf_magic(path)) {
+        throw std::invalid_argument("not a GGUF file (bad magic bytes): " + path);
+    }
+}
+
+// llama.cpp's parameters for `params`; `devices` and `overrides` hold what they point at.
+llama_model_params model_params(const ModelParams & params, std::vector<ggml_backend_dev_t> & devices,
+                                std::vector<llama_model_kv_override> & overrides) {
+    auto mparams = llama_model_default_params();
+    mparams.n_gpu_layers = params.n_gpu_layers;
+    if (params.use_mmap) {
+        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
+    } else {
+        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE;
+    }
+    mparams.vocab_only = params.vocab_only;
+    mparams.check_tensors = params.check_tensors;
+    mparams.use_extra_bufts = params.repack;
+    // Devices are named explicitly once RPC servers are known to this process: a model uses its own
+    // servers and no other model's (llama.cpp's default is every registered device).
+    if (!params.rpc_servers.empty() || rpc_in_use()) {
+        devices = model_devices(rpc_devices(params.rpc_servers, params.rpc_timeout_ms));
+        mparams.devices = devices.data();
+    }
+    for (const auto & [k, v] : params.kv_overrides) {
+        overrides.push_back(parse_override(k, v));
+    }
+    if (!overrides.empty()) {
+        overrides.emplace_back();
+        overrides.back().key[0] = 0;
+        mparams.kv_overrides = overrides.data();
+    }
+    return mparams;
+}
+
 }  // namespace
 
 Model::Model(ModelParams params, llama_model_ptr model, double load_ms)
@@ -148,15 +195,7 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     init_backend();
     namespace fs = std::filesystem;
     std::error_code ec;
-    if (params.path.empty() || !fs::exists(params.path, ec)) {
-        throw FileNotFound("model file not found: " + params.path);
-    }
-    if (fs::is_directory(params.path, ec)) {
-        throw std::invalid_argument("model path is a directory, not a GGUF file: " + params.path);
-    }
-    if (!has_gguf_magic(params.path)) {
-        throw std::invalid_argument("not a GGUF file (bad magic bytes): " + params.path);
-    }
+    check_model_file(params.path);
     const std::string canonical = fs::canonical(params.path, ec).string();
     const std::string key = registry_key(params, ec ? params.path : canonical);
 
@@ -170,32 +209,9 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
 
     check_metadata(params.path);
 
-    auto mparams = llama_model_default_params();
-    mparams.n_gpu_layers = params.n_gpu_layers;
-    if (params.use_mmap) {
-        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
-    } else {
-        mparams.load_mode = params.use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE;
-    }
-    mparams.vocab_only = params.vocab_only;
-    mparams.check_tensors = params.check_tensors;
-    mparams.use_extra_bufts = params.repack;
-    // Devices are named explicitly once RPC servers are known to this process: a model uses its own
-    // servers and no other model's (llama.cpp's default is every registered device).
     std::vector<ggml_backend_dev_t> devices;
-    if (!params.rpc_servers.empty() || rpc_in_use()) {
-        devices = model_devices(rpc_devices(params.rpc_servers, params.rpc_timeout_ms));
-        mparams.devices = devices.data();
-    }
     std::vector<llama_model_kv_override> overrides;
-    for (const auto & [k, v] : params.kv_overrides) {
-        overrides.push_back(parse_override(k, v));
-    }
-    if (!overrides.empty()) {
-        overrides.emplace_back();
-        overrides.back().key[0] = 0;
-        mparams.kv_overrides = overrides.data();
-    }
+    llama_model_params mparams = model_params(params, devices, overrides);
     struct ProgressState {
         const ProgressCallback * cb;
         bool cancelled = false;

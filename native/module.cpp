@@ -18,6 +18,7 @@
 #include "logging.h"
 #include "model.h"
 #include "rpc.h"
+#include "step_plan.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -346,10 +347,42 @@ void register_engine(nb::module_ & m) {
                 d["fillers"] = s.fillers;
                 d["draft_tokens"] = s.draft_tokens;
                 d["drafts_accepted"] = s.drafts_accepted;
+                d["guesses_accepted"] = s.guesses_accepted;
                 d["media_ms"] = s.media_ms;
                 return d;
             },
             "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");
+}
+
+// The scheduler's pure planners (step_plan.h), private: for tests that check plans with made-up slots.
+void register_planner(nb::module_ & m) {
+    nb::class_<lcl::SlotView>(m, "_SlotView")
+        .def(nb::init<>())
+        .def_rw("active", &lcl::SlotView::active)
+        .def_rw("generating", &lcl::SlotView::generating)
+        .def_rw("cached", &lcl::SlotView::cached)
+        .def_rw("reserved", &lcl::SlotView::reserved)
+        .def_rw("last_used", &lcl::SlotView::last_used)
+        .def_rw("prefix", &lcl::SlotView::prefix)
+        .def_rw("n_next", &lcl::SlotView::n_next)
+        .def_rw("prompt_left", &lcl::SlotView::prompt_left);
+    nb::class_<lcl::PlacementPlan>(m, "_PlacementPlan")
+        .def_ro("slot", &lcl::PlacementPlan::slot)
+        .def_ro("prefix", &lcl::PlacementPlan::prefix)
+        .def_ro("donor", &lcl::PlacementPlan::donor)
+        .def_ro("evict", &lcl::PlacementPlan::evict);
+    nb::class_<lcl::BatchPlan>(m, "_BatchPlan")
+        .def_ro("take", &lcl::BatchPlan::take)
+        .def_ro("filler", &lcl::BatchPlan::filler)
+        .def_ro("lo", &lcl::BatchPlan::lo)
+        .def_ro("hi", &lcl::BatchPlan::hi);
+    m.def("_plan_placement", &lcl::plan_placement, "slots"_a, "prompt"_a, "reserve"_a, "unified"_a, "pool"_a);
+    m.def(
+        "_plan_batch",
+        [](const std::vector<lcl::SlotView> & slots, int n_batch, int n_ctx_seq, bool fill_gaps) {
+            return lcl::plan_batch(slots, {n_batch, n_ctx_seq, fill_gaps, lcl::kFillerSlack});
+        },
+        "slots"_a, "n_batch"_a, "n_ctx_seq"_a, "fill_gaps"_a = true);
 }
 
 }  // namespace
@@ -402,6 +435,7 @@ NB_MODULE(_native, m) {
     lcl::install_log_callback();
     register_model(m);
     register_engine(m);
+    register_planner(m);
     lcl::register_chat(m);
 
     m.def(

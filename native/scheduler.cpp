@@ -11,98 +11,46 @@
 
 namespace lcl {
 
-namespace {
-
-size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
-    const size_t n = std::min(a.size(), b.size());
-    size_t i = 0;
-    while (i < n && a[i] == b[i]) {
-        ++i;
+std::vector<SlotView> Engine::slot_views(const RequestParams * placing) const {
+    std::vector<SlotView> views(slots_.size());
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        const Slot & slot = *slots_[i];
+        SlotView & v = views[i];
+        v.active = slot.active();
+        v.generating = slot.generating();
+        v.cached = slot.kv.size();
+        v.reserved = slot.reserved;
+        v.last_used = slot.last_used;
+        v.prefix = placing != nullptr ? reusable_prefix(slot, *placing) : 0;
+        v.n_next = slot.generating() ? slot.n_take : 0;
+        if (v.active && !v.generating) {
+            const auto & media = slot.params.media;
+            const size_t end = media ? media->next_start(slot.n_prompt_done) : slot.params.prompt.size();
+            v.prompt_left = end - slot.n_prompt_done;
+        }
     }
-    return i;
+    return views;
 }
 
-}  // namespace
-
 bool Engine::assign_pending() {
-    std::unique_lock<std::mutex> lock(mutex_);
     bool assigned = false;
-    while (!pending_.empty()) {
-        // Drop requests cancelled while queued.
-        if (pending_.front()->request->cancelled) {
-            pending_.front()->request->finish("cancelled");
-            pending_.pop_front();
-            continue;
+    // The queue's lock is held only to look and to take: planning and evicting run without it.
+    while (const Pending * pending = queue_.front()) {
+        const RequestParams & request = pending->params;
+        const PlacementPlan plan =
+            plan_placement(slot_views(&request), request.prompt.size(), reservation(request), unified_, pool_);
+        for (const int victim : plan.evict) {
+            slots_[victim]->kv.evict();
         }
-        // The slot that costs least: prompt tokens still to evaluate plus cached tokens thrown
-        // away (another conversation may come back for them). A follow-up turn lands on its own
-        // conversation's slot; an unrelated prompt takes an empty or least recently used one.
-        // In the unified pool a prefix cached in any slot can be shared (llama.cpp's seq_cp tags the same
-        // cells with a second sequence: no copy, no memory): a repeated or regenerated prompt reuses it
-        // without taking the slot, and the tail, of the conversation that holds it.
-        const auto & request = pending_.front()->params;
-        const auto & prompt = request.prompt;
-        Slot * donor = nullptr;
-        size_t donor_prefix = 0;
-        if (unified_) {
-            for (auto & slot : slots_) {
-                const size_t prefix = reusable_prefix(*slot, request);
-                if (prefix > donor_prefix) {
-                    donor = slot.get();
-                    donor_prefix = prefix;
-                }
-            }
+        if (plan.slot < 0) {
+            break;  // it waits for a slot, or for room
         }
-        Slot * best = nullptr;
-        size_t best_cost = 0;
-        size_t best_prefix = 0;
-        for (auto & slot : slots_) {
-            if (slot->active()) {
-                continue;
-            }
-            const size_t prefix = reusable_prefix(*slot, request);
-            const size_t cost = (prompt.size() - std::max(prefix, donor_prefix)) + (slot->cache.size() - prefix);
-            if (best == nullptr || cost < best_cost ||
-                (cost == best_cost && (prefix > best_prefix || (prefix == best_prefix && slot->last_used < best->last_used)))) {
-                best = slot.get();
-                best_cost = cost;
-                best_prefix = prefix;
-            }
+        Slot & slot = *slots_[plan.slot];
+        if (plan.donor >= 0) {
+            slot.kv.share(slots_[plan.donor]->kv, plan.prefix);
         }
-        if (best == nullptr) {
-            break;
-        }
-        bool share = donor != nullptr && donor_prefix > best_prefix;
-        if (unified_) {
-            const size_t cells = reservation(request);
-            if (share && !make_room(cells - donor_prefix, best, donor)) {
-                // No room beside the conversation that holds the prefix: where it is idle, the request takes
-                // its slot (its tail gives way) rather than evicting it whole.
-                share = false;
-                if (!donor->active()) {
-                    best = donor;
-                    best_prefix = donor_prefix;
-                }
-            }
-            if (!share && !make_room(cells, best)) {
-                break;  // the running requests hold the pool: this one waits for one of them to end
-            }
-        }
-        if (share) {
-            llama_memory_t mem = llama_get_memory(ctx());
-            llama_memory_seq_rm(mem, best->id, -1, -1);
-            llama_memory_seq_cp(mem, donor->id, best->id, 0, static_cast<llama_pos>(donor_prefix));
-            best->cache.assign(donor->cache.begin(), donor->cache.begin() + static_cast<long>(donor_prefix));
-            best->cached_media = donor->cached_media;
-            forget_media_after(best->cached_media, donor_prefix);
-            best_prefix = donor_prefix;
-        }
-        std::unique_ptr<Pending> pending = std::move(pending_.front());
-        pending_.pop_front();
-        lock.unlock();
-        start_slot(*best, std::move(*pending), best_prefix);
+        start_slot(slot, std::move(*queue_.pop()), plan.prefix);
         assigned = true;
-        lock.lock();
     }
     return assigned;
 }
@@ -113,80 +61,25 @@ size_t Engine::reservation(const RequestParams & request) const {
     return request.max_tokens < 0 ? most : std::min(most, n + static_cast<size_t>(request.max_tokens));
 }
 
-size_t Engine::cells_in_use() const {
-    size_t used = 0;
-    for (const auto & slot : slots_) {
-        used += slot->active() ? std::max(slot->reserved, slot->cache.size()) : slot->cache.size();
+bool Engine::make_room(size_t cells, const Slot & keep) {
+    std::vector<SlotView> views = slot_views(nullptr);
+    std::vector<int> evict;
+    const bool fits = plan_room(views, cells, keep.id, -1, pool_, evict);
+    for (const int victim : evict) {
+        slots_[victim]->kv.evict();
     }
-    return used;
-}
-
-void Engine::evict(Slot & slot) {
-    llama_memory_seq_rm(llama_get_memory(ctx()), slot.id, -1, -1);
-    slot.cache.clear();
-    slot.cached_media.clear();
-}
-
-bool Engine::make_room(size_t cells, const Slot * keep, const Slot * protect) {
-    // `keep`'s own cache gives way to the request that takes it; `protect`'s is needed (a shared prefix).
-    size_t used = cells_in_use() - (keep != nullptr && !keep->active() ? keep->cache.size() : 0);
-    while (used + cells > pool_) {
-        Slot * victim = nullptr;
-        for (auto & slot : slots_) {
-            if (!slot->active() && slot.get() != keep && slot.get() != protect && !slot->cache.empty() &&
-                (victim == nullptr || slot->last_used < victim->last_used)) {
-                victim = slot.get();
-            }
-        }
-        if (victim == nullptr) {
-            return false;
-        }
-        used -= victim->cache.size();
-        evict(*victim);
-    }
-    return true;
+    return fits;
 }
 
 size_t Engine::reusable_prefix(const Slot & slot, const RequestParams & request) const {
-    const auto & prompt = request.prompt;
-    size_t n = common_prefix(slot.cache, prompt);
-    // A media position counts only as a whole chunk, cached from the same file as the prompt's.
-    for (size_t i = 0; i < n; ++i) {
-        if (slot.cache[i] >= 0) {
-            continue;
-        }
-        const MediaChunk * wanted = request.media ? request.media->starting_at(i) : nullptr;
-        const auto cached = std::find_if(slot.cached_media.begin(), slot.cached_media.end(),
-                                         [&](const CachedMedia & m) { return m.offset == i; });
-        if (wanted == nullptr || cached == slot.cached_media.end() || cached->id != wanted->id ||
-            cached->n_tokens != wanted->n_tokens || i + wanted->n_tokens > n) {
-            n = i;
-            break;
-        }
-        i += wanted->n_tokens - 1;
-    }
-    if (n >= prompt.size()) {
-        n = prompt.size() - 1;  // the last prompt token is evaluated again for its logits
-    }
-    if (n > 0 && n_swa_ > 0) {
-        // A sliding-window cache drops positions that fell out of every window. The token after
-        // the prefix attends to the n_swa positions before it: they must all still be there.
-        const llama_pos pos_min = llama_memory_seq_pos_min(llama_get_memory(ctx()), slot.id);
-        if (pos_min > std::max(0, static_cast<int>(n) - n_swa_)) {
-            n = 0;
-        }
-    }
-    return n;
+    return slot.kv.reusable_prefix(request.prompt, request.media.get(), n_swa_);
 }
 
-constexpr size_t kFillerSlack = 512;  // cells; see step()
-void Engine::step() {
-    // How many tokens each slot contributes: generating slots one, and prompts share what is left
-    // of n_batch, in slot order, so running streams keep flowing.
+int Engine::take_generating() {
     int n_gen = 0;
     for (auto & slot : slots_) {
         slot->clear_step();
-        if (slot->active() && slot->generating() && slot->next_token != LLAMA_TOKEN_NULL) {
+        if (slot->generating() && slot->next_token != LLAMA_TOKEN_NULL) {
             slot->n_take = 1;
             n_gen++;
         }
@@ -195,37 +88,30 @@ void Engine::step() {
         plan_drafts(params_.n_batch - n_gen);
         n_gen = 0;
         for (auto & slot : slots_) {
-            n_gen += slot->n_take > 0 ? slot->n_take : 0;
+            n_gen += slot->n_take;
         }
     }
+    return n_gen;
+}
+
+bool Engine::decode_next_media() {
+    // Media are decoded on their own (embeddings, not tokens), one chunk per slot and step.
+    for (auto & slot : slots_) {
+        if (slot->active() && !slot->generating() && slot->params.media && decode_media(*slot)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+void Engine::step() {
+    // Generating slots take their next token (and its draft); prompts share what is left (plan_batch).
+    take_generating();
     if (batch_invariant_) {
         step_invariant();
         return;
     }
-    // Media are decoded on their own (embeddings, not tokens), one chunk per slot and step.
-    if (vision_) {
-        for (auto & slot : slots_) {
-            if (slot->active() && !slot->generating() && slot->params.media && decode_media(*slot)) {
-                return;
-            }
-        }
-    }
-    int budget = params_.n_batch - n_gen;
-    int lo = -1, hi = -1;
-    for (auto & slot : slots_) {
-        if (slot->active() && !slot->generating() && budget > 0) {
-            const size_t end = slot->params.media ? slot->params.media->next_start(slot->n_prompt_done)
-                                                  : slot->params.prompt.size();
-            const size_t left = end - slot->n_prompt_done;
-            slot->n_take = static_cast<int>(std::min<size_t>(left, static_cast<size_t>(budget)));
-            budget -= slot->n_take;
-        }
-        if (slot->n_take > 0) {
-            lo = lo < 0 ? slot->id : lo;
-            hi = slot->id;
-        }
-    }
-    if (lo < 0) {
+    if (vision_ && decode_next_media()) {
         return;
     }
     // llama.cpp splits a batch that spans several KV streams (one per slot) into micro-batches of
@@ -236,43 +122,44 @@ void Engine::step() {
     // A filler is not worth it where its sequence is much longer than the longest in the step:
     // every stream in a micro-batch attends over as many cells as the longest one holds (padded
     // to 256), and a few hundred cells cost less than another pass over the weights.
-    const int n_fill = mark_fillers(lo, hi, kFillerSlack);
-    // Fillers must fit in n_batch too: prompts give way, from the last slot, down to one token.
-    int over = n_fill - budget;
-    for (int i = hi; i >= lo && over > 0; --i) {
-        Slot & slot = *slots_[i];
-        if (slot.active() && !slot.generating() && slot.n_take > 1) {
-            const int cut = std::min(over, slot.n_take - 1);
-            slot.n_take -= cut;
-            over -= cut;
-        }
+    const BatchPlan plan = plan_batch(slot_views(nullptr), batch_limits(kFillerSlack));
+    if (plan.lo < 0) {
+        return;
     }
-    decode_slots(lo, hi, -1);
+    apply(plan);
+    decode_slots(plan.lo, plan.hi, -1);
 }
 
-int Engine::mark_fillers(int lo, int hi, size_t slack) {
-    if (!fill_gaps_) {
-        return 0;
+BatchLimits Engine::batch_limits(size_t filler_slack) const {
+    return {params_.n_batch, n_ctx_seq_, fill_gaps_, filler_slack};
+}
+
+void Engine::apply(const BatchPlan & plan) {
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        slots_[i]->n_take = plan.take[i];
+        slots_[i]->filler = plan.filler[i];
     }
-    size_t end = 0;
-    for (int i = lo; i <= hi; ++i) {
-        end = std::max(end, slots_[i]->cache.size() + static_cast<size_t>(slots_[i]->n_take));
+}
+
+int Engine::generating_run_end(int lo) const {
+    // A run of generating slots from lo, bridged by fillers wherever one fits.
+    const int n_slots = static_cast<int>(slots_.size());
+    int hi = lo;
+    for (int j = lo + 1; j < n_slots; ++j) {
+        if (slots_[j]->n_take > 0) {
+            hi = j;
+        } else if (static_cast<int>(slots_[j]->kv.size()) >= n_ctx_seq_) {
+            break;  // no cell left for a filler: the run ends here
+        }
     }
-    int n_fill = 0;
-    for (int i = lo; i <= hi; ++i) {
-        Slot & slot = *slots_[i];
-        const bool near = slot.cache.size() < end || slot.cache.size() - end < slack;
-        slot.filler = slot.n_take == 0 && near && static_cast<int>(slot.cache.size()) < n_ctx_seq_;
-        n_fill += slot.filler;
-    }
-    return n_fill;
+    return hi;
 }
 
 void Engine::step_invariant() {
     // Every row of every matrix product goes through the same kernel whatever else is decoded:
     // llama.cpp's CPU matmul switches kernels between one column and several (llamafile's
     // tinyBLAS), so every micro-batch here has at least two tokens and, where it computes logits,
-    // at least two outputs; a tail filler (the slot's next position, removed after) makes up the
+    // at least two outputs; a tail row (the slot's next position, removed after) makes up the
     // second. Generating slots decode together, one token each; each prompt chunk goes alone, so
     // that llama.cpp never splits a call into micro-batches of its own choosing.
     // A slot with a draft decodes alone: its next token and draft make the two rows (or more) by themselves.
@@ -283,30 +170,29 @@ void Engine::step_invariant() {
         }
     }
     const int n_slots = static_cast<int>(slots_.size());
-    for (int lo = 0; lo < n_slots;) {
+    for (int lo = 0; lo < n_slots; ++lo) {
         if (slots_[lo]->n_take == 0) {
-            ++lo;
             continue;
         }
-        // A run of generating slots, bridged by fillers wherever one fits.
-        int hi = lo;
-        for (int j = lo + 1; j < n_slots; ++j) {
-            if (slots_[j]->n_take > 0) {
-                hi = j;
-            } else if (static_cast<int>(slots_[j]->cache.size()) >= n_ctx_seq_) {
-                break;  // no cell left for a filler: the run ends here
-            }
+        const int hi = generating_run_end(lo);
+        BatchPlan run;
+        run.lo = lo;
+        run.hi = hi;
+        for (const auto & slot : slots_) {
+            run.take.push_back(slot->n_take);
         }
-        mark_fillers(lo, hi, std::numeric_limits<size_t>::max());
+        run.filler.assign(slots_.size(), false);
+        plan_fillers(slot_views(nullptr), run, batch_limits(std::numeric_limits<size_t>::max()));
+        apply(run);
         int n_real = 0;
         for (int i = lo; i <= hi; ++i) {
             n_real += slots_[i]->n_take;
         }
         // One output: add a second, and make it a guess at the token after this one (see
         // decode_slots: where the guess is right, two tokens come out of one pass, exactly).
-        const bool tail = needs_tail_row(n_real, n_real, static_cast<llama_pos>(slots_[lo]->cache.size() + 1));
-        decode_slots(lo, hi, tail ? lo : -1, tail ? draft_token(*slots_[lo]) : LLAMA_TOKEN_NULL);
-        lo = hi + 1;
+        const bool tail = needs_tail_row(n_real, n_real, slots_[lo]->kv.next_pos() + 1);
+        decode_slots(lo, hi, tail ? lo : -1, tail ? guess_next_token(*slots_[lo]) : LLAMA_TOKEN_NULL);
+        lo = hi;
     }
     for (auto & slot : slots_) {
         if (!slot->active() || slot->generating()) {
@@ -316,7 +202,7 @@ void Engine::step_invariant() {
         const size_t take = invariant_chunk(left);
         slot->n_take = static_cast<int>(take);
         const bool tail = needs_tail_row(static_cast<int>(take), take == left ? 1 : 0,
-                                         static_cast<llama_pos>(slot->cache.size() + take));
+                                         slot->kv.next_pos() + static_cast<llama_pos>(take));
         decode_slots(slot->id, slot->id, tail ? slot->id : -1);
     }
 }
@@ -328,33 +214,30 @@ bool Engine::needs_tail_row(int n_tokens, int n_outputs, llama_pos next) const {
 }
 
 size_t Engine::invariant_chunk(size_t left) const {
-    // One micro-batch per call: the last chunk has room for its tail filler, and a chunk before it
+    // One micro-batch per call: the last chunk has room for its tail row, and a chunk before it
     // has at least two tokens (n_ubatch >= 4).
     const auto cap = static_cast<size_t>(params_.n_ubatch);
     return left + 1 <= cap ? left : std::min(left - 1, cap);
 }
 
-llama_token Engine::draft_token(const Slot & slot) const {
-    // Prompt lookup: the token that followed the last earlier occurrence of the final two tokens
-    // (the one about to be decoded included), else of the final one, within the last 2048. Text
-    // that quotes or repeats its context (code edits, extraction, lists) guesses right often.
-    const auto & c = slot.cache;
-    const size_t n = c.size() + 1;  // with next_token
-    if (slot.next_token == LLAMA_TOKEN_NULL || c.empty() || static_cast<int>(n) + 2 >= n_ctx_seq_) {
+llama_token Engine::guess_next_token(Slot & slot) const {
+    // The tail row is paid for anyway: it holds prompt lookup's guess at the token after next_token
+    // (text that quotes or repeats its context guesses right often), with n-grams down to one token,
+    // since a weak guess beats none here. Room is left for the guess to be kept: "context full" comes
+    // as it would.
+    const int n = static_cast<int>(slot.kv.size()) + 1;  // with next_token
+    if (slot.next_token == LLAMA_TOKEN_NULL || slot.kv.empty() || n + 2 >= n_ctx_seq_) {
         return LLAMA_TOKEN_NULL;
     }
-    const llama_token a = c.back(), b = slot.next_token;
-    const size_t stop = n > 2048 ? n - 2048 : 0;
-    llama_token after_b = LLAMA_TOKEN_NULL;  // the row is paid for anyway: a weaker guess beats none
-    for (size_t i = c.size() - 1; i-- > stop;) {  // c[i], c[i + 1] == a, b and c[i + 2] exists
-        if (c[i + 1] == b && i + 2 < c.size()) {
-            if (c[i] == a) {
-                return c[i + 2];
-            }
-            after_b = after_b == LLAMA_TOKEN_NULL ? c[i + 2] : after_b;
-        }
-    }
-    return after_b;
+    const std::vector<llama_token> & text = continued_text(slot);
+    const auto guess = prompt_lookup(text, 1, kGuessLookup);
+    return guess.empty() ? LLAMA_TOKEN_NULL : guess[0];
+}
+
+const std::vector<llama_token> & Engine::continued_text(Slot & slot) const {
+    slot.continued.assign(slot.kv.tokens().begin(), slot.kv.tokens().end());
+    slot.continued.push_back(slot.next_token);
+    return slot.continued;
 }
 
 }  // namespace lcl

@@ -16,7 +16,7 @@ std::vector<std::vector<llama_token>> Engine::cached_prompts() {
     std::vector<std::vector<llama_token>> out;
     run_on_thread([&] {
         for (const auto & slot : slots_) {
-            out.push_back(slot->cache);
+            out.push_back(slot->kv.tokens());
         }
     });
     return out;
@@ -26,9 +26,7 @@ void Engine::clear_cache() {
     run_on_thread([&] {
         for (auto & slot : slots_) {
             if (!slot->active()) {
-                llama_memory_seq_rm(llama_get_memory(ctx()), slot->id, -1, -1);
-                slot->cache.clear();
-                slot->cached_media.clear();
+                slot->kv.evict();
             }
         }
     });
@@ -60,11 +58,11 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
         if (slot.active()) {
             throw std::runtime_error("slot " + std::to_string(slot_id) + " is busy with a request");
         }
-        if (static_cast<int>(slot.cache.size() + tokens.size()) > n_ctx_seq_) {
+        if (static_cast<int>(slot.kv.size() + tokens.size()) > n_ctx_seq_) {
             throw std::invalid_argument("evaluating " + std::to_string(tokens.size()) + " more tokens would exceed n_ctx (" +
                                         std::to_string(n_ctx_seq_) + ")");
         }
-        if (unified_ && !make_room(slot.cache.size() + tokens.size(), &slot)) {
+        if (unified_ && !make_room(slot.kv.size() + tokens.size(), slot)) {
             throw std::runtime_error("the KV pool is held by running requests: evaluate when they are done");
         }
         size_t done = 0;
@@ -75,10 +73,10 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
             int n_outputs = 0;
             for (size_t i = done; i < end; ++i) {
                 const bool output = all_logits || i + 1 == tokens.size();
-                batch_add(batch_, tokens[i], static_cast<llama_pos>(slot.cache.size() + (i - done)), slot.id, output);
+                batch_add(batch_, tokens[i], slot.kv.next_pos() + static_cast<llama_pos>(i - done), slot.id, output);
                 n_outputs += output;
             }
-            const auto next = static_cast<llama_pos>(slot.cache.size() + (end - done));
+            const auto next = slot.kv.next_pos() + static_cast<llama_pos>(end - done);
             const bool tail = needs_tail_row(batch_.n_tokens, n_outputs, next);
             if (tail) {
                 batch_add(batch_, 0, next, slot.id, true);
@@ -86,9 +84,10 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
             ErrorCapture capture;
             const int rc = llama_decode(ctx(), batch_);
             if (tail) {
-                llama_memory_seq_rm(llama_get_memory(ctx()), slot.id, next, -1);
                 batch_.n_tokens--;
             }
+            slot.kv.append(tokens.data() + done, tokens.data() + (rc == 0 ? end : done));
+            slot.kv.drop_uncommitted();  // the tail row, or what a failed decode left
             if (rc != 0) {
                 throw std::runtime_error("llama_decode failed (code " + std::to_string(rc) + "): " + capture.message("no details"));
             }
@@ -98,7 +97,6 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
                     out.emplace_back(row, row + n_vocab);
                 }
             }
-            slot.cache.insert(slot.cache.end(), tokens.begin() + static_cast<long>(done), tokens.begin() + static_cast<long>(end));
             done = end;
         }
         slot.last_used = ++uses_;
@@ -113,22 +111,10 @@ void Engine::kv_remove(int slot_id, int p0, int p1) {
         if (slot.active()) {
             throw std::runtime_error("slot " + std::to_string(slot_id) + " is busy with a request");
         }
-        const int size = static_cast<int>(slot.cache.size());
+        const int size = static_cast<int>(slot.kv.size());
         const int from = std::clamp(p0, 0, size);
         const int to = p1 < 0 ? size : std::clamp(p1, from, size);
-        if (from == to) {
-            return;
-        }
-        if (!llama_memory_seq_rm(llama_get_memory(ctx()), slot.id, from, to)) {
-            throw std::runtime_error("this model's memory cannot remove a part of a sequence");
-        }
-        if (to < size) {
-            // Later tokens move down so that positions stay contiguous.
-            llama_memory_seq_add(llama_get_memory(ctx()), slot.id, to, -1, from - to);
-        }
-        slot.cache.erase(slot.cache.begin() + from, slot.cache.begin() + to);
-        // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
-        forget_media_after(slot.cached_media, static_cast<size_t>(from));
+        slot.kv.erase(static_cast<size_t>(from), static_cast<size_t>(to));
     });
 }
 
@@ -142,18 +128,14 @@ void Engine::kv_copy(int src, int dst) {
         if (slots_[src]->active() || slots_[dst]->active()) {
             throw std::runtime_error("both slots must be idle to copy");
         }
-        llama_memory_t mem = llama_get_memory(ctx());
-        llama_memory_seq_rm(mem, dst, -1, -1);
-        llama_memory_seq_cp(mem, src, dst, -1, -1);
-        slots_[dst]->cache = slots_[src]->cache;
-        slots_[dst]->cached_media = slots_[src]->cached_media;
+        slots_[dst]->kv.share(slots_[src]->kv, slots_[src]->kv.size());
     });
 }
 
 std::vector<llama_token> Engine::slot_tokens(int slot_id) {
     check_slot_index(slot_id, slots_.size());
     std::vector<llama_token> out;
-    run_on_thread([&] { out = slots_[slot_id]->cache; });
+    run_on_thread([&] { out = slots_[slot_id]->kv.tokens(); });
     return out;
 }
 

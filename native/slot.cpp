@@ -1,21 +1,11 @@
 #include "slot.h"
 
-#include <algorithm>
-
 #include "batch.h"
 
 namespace lcl {
 
-void forget_media_after(std::vector<CachedMedia> & media, size_t end) {
-    media.erase(std::remove_if(media.begin(), media.end(),
-                               [&](const CachedMedia & m) { return m.offset + m.n_tokens > end; }),
-                media.end());
-}
-
 void Slot::begin(Pending && pending, size_t n_keep, size_t reserve) {
     state = SlotState::prompt;
-    cache.resize(n_keep);
-    forget_media_after(cached_media, n_keep);
     request = std::move(pending.request);
     params = std::move(pending.params);
     sampler = std::move(pending.sampler);

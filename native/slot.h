@@ -1,35 +1,20 @@
-// A sequence slot of the engine (private to native/): the tokens its KV sequence holds, kept between
-// requests for prefix reuse, and the request it serves, in a named state as llama-server's slots.
+// A sequence slot of the engine (private to native/): its KV sequence, kept between requests for prefix
+// reuse, and the request it serves, in a named state as llama-server's slots.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kv_sequence.h"
 #include "params.h"
 #include "request.h"
+#include "request_queue.h"
 #include "sampler.h"
 #include "speculative.h"
 #include "text.h"
 
 namespace lcl {
-
-struct CachedMedia {
-    size_t offset = 0;
-    size_t n_tokens = 0;
-    std::string id;
-};
-
-// Drops the media that reach past `end` (their KV is gone).
-void forget_media_after(std::vector<CachedMedia> & media, size_t end);
-
-// A request accepted by submit() and waiting for a slot.
-struct Pending {
-    RequestParams params;
-    std::unique_ptr<RequestSampler> sampler;
-    std::shared_ptr<RequestState> request;
-    double t_submit = 0;
-};
 
 enum class SlotState {
     idle,        // no request; its cache stays for the next one that shares a prefix
@@ -38,13 +23,14 @@ enum class SlotState {
 };
 
 struct Slot {
+    Slot(llama_context * ctx, int slot_id) : id(slot_id), kv(ctx, slot_id) {}
+
     int id = 0;
     SlotState state = SlotState::idle;
 
     // Kept between requests.
-    std::vector<llama_token> cache;         // tokens whose KV is in this sequence, in position order
-    std::vector<CachedMedia> cached_media;  // media in it (their positions hold placeholders), by offset
-    long long last_used = 0;                // orders the slots for eviction
+    KvSequence kv;           // the cells of sequence `id` and the tokens and media they hold
+    long long last_used = 0;  // orders the slots for eviction
 
     // The request being served (begin() sets every field, end() lets go).
     std::shared_ptr<RequestState> request;
@@ -60,6 +46,7 @@ struct Slot {
     // Speculative decoding: this step's draft (decoded after next_token), where it came from, this
     // request's acceptance of each source, and when to try the draft model again after it stopped paying.
     std::vector<llama_token> draft;
+    std::vector<llama_token> continued;  // the cached tokens and next_token: the text a draft continues
     bool draft_from_model = false;
     llama_token shadow = LLAMA_TOKEN_NULL;  // a lookup draft's first token not used: checked for free
     Acceptance lookup_acceptance, model_acceptance;
@@ -72,7 +59,7 @@ struct Slot {
 
     bool active() const { return state != SlotState::idle; }
     bool generating() const { return state == SlotState::generating; }
-    // Takes a request whose first n_keep prompt tokens are cached here already.
+    // Takes a request whose first n_keep prompt tokens are cached here already (kv holds just those).
     void begin(Pending && pending, size_t n_keep, size_t reserve);
     // Back to idle; the cache stays.
     void end(long long use);

@@ -12,15 +12,14 @@
 
 namespace lcl {
 
-std::vector<llama_token> prompt_lookup(const std::vector<llama_token> & tokens, int n_max, int ngram_min,
-                                       int ngram_max, size_t window) {
+std::vector<llama_token> prompt_lookup(const std::vector<llama_token> & tokens, int n_max, const LookupParams & lookup) {
     std::vector<llama_token> out;
     const size_t n = tokens.size();
     if (n_max <= 0 || n < 2) {
         return out;
     }
-    const size_t stop = n > window ? n - window : 0;
-    for (int g = std::min<int>(ngram_max, static_cast<int>(n) - 1); g >= std::max(1, ngram_min); --g) {
+    const size_t stop = n > lookup.window ? n - lookup.window : 0;
+    for (int g = std::min<int>(lookup.ngram_max, static_cast<int>(n) - 1); g >= std::max(1, lookup.ngram_min); --g) {
         const auto len = static_cast<size_t>(g);
         const llama_token * tail = tokens.data() + n - len;
         // The last earlier occurrence: the text being written most likely continues as it did most recently.
@@ -195,19 +194,17 @@ Drafter::Drafter(std::shared_ptr<Model> draft, const Model & target, int n_ctx_s
     }
     n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(ctx_.get()));
     n_batch_ = static_cast<int>(llama_n_batch(ctx_.get()));
+    unified_ = unified;
     batch_ = llama_batch_init(n_batch_, 0, 1);
-    cache_.resize(static_cast<size_t>(n_seq));
+    for (int s = 0; s < n_seq; ++s) {
+        seqs_.emplace_back(ctx_.get(), s);
+    }
 }
 
 Drafter::~Drafter() {
     if (batch_.token != nullptr) {
         llama_batch_free(batch_);
     }
-}
-
-void Drafter::forget(int seq) {
-    llama_memory_seq_rm(llama_get_memory(ctx_.get()), seq, -1, -1);
-    cache_[static_cast<size_t>(seq)].clear();
 }
 
 namespace {
@@ -231,126 +228,121 @@ std::pair<llama_token, float> top_token(const float * logits, int n_vocab, bool 
 
 }  // namespace
 
-int Drafter::draft(std::vector<Job> & jobs, float p_min) {
-    llama_memory_t mem = llama_get_memory(ctx_.get());
-    const int n_vocab = llama_vocab_n_tokens(model_->vocab());
-    int decoded = 0;
-    struct Catchup {
-        Job * job;
-        size_t next;  // the first token of job->tokens not yet in the draft context
-        bool live;    // still drafting
-    };
-    std::vector<Catchup> work;
+std::vector<Drafter::Work> Drafter::start(std::vector<Job> & jobs) {
+    std::vector<Work> work;
     for (auto & job : jobs) {
         job.draft.clear();
         const auto & t = *job.tokens;
-        auto & c = cache_[static_cast<size_t>(job.seq)];
         job.n_max = std::min(job.n_max, n_ctx_seq_ - static_cast<int>(t.size()) - 1);
         if (job.n_max <= 0 || t.empty()) {
             continue;
         }
+        KvSequence & seq = seqs_[static_cast<size_t>(job.seq)];
+        const auto & c = seq.tokens();
         size_t keep = 0;
         while (keep < c.size() && keep < t.size() && c[keep] == t[keep]) {
             ++keep;
         }
-        keep = std::min(keep, t.size() - 1);  // the last token is decoded again: its logits are the draft's start
-        if (keep < c.size() && !llama_memory_seq_rm(mem, job.seq, static_cast<llama_pos>(keep), -1)) {
-            llama_memory_seq_rm(mem, job.seq, -1, -1);
-            keep = 0;
-        }
-        c.resize(keep);
-        work.push_back({&job, keep, true});
+        // The last token is decoded again: its logits are the draft's start.
+        seq.truncate(std::min(keep, t.size() - 1));
+        work.push_back({&job, true});
     }
-    // In a unified pool the idle sequences' tokens take cells too: they go first when the pool is short.
-    if (llama_n_seq_max(ctx_.get()) > 1 && static_cast<int>(llama_n_ctx(ctx_.get())) == n_ctx_seq_) {
-        size_t held = 0, needed = 0;
-        for (const auto & c : cache_) {
-            held += c.size();
-        }
-        for (const auto & w : work) {
-            needed += w.job->tokens->size() - w.next + static_cast<size_t>(w.job->n_max);
-        }
-        if (held + needed > static_cast<size_t>(n_ctx_seq_)) {
-            std::vector<bool> busy(cache_.size(), false);
-            for (const auto & w : work) {
-                busy[static_cast<size_t>(w.job->seq)] = true;
-            }
-            for (size_t s = 0; s < cache_.size(); ++s) {
-                if (!busy[s] && !cache_[s].empty()) {
-                    forget(static_cast<int>(s));
-                }
-            }
+    return work;
+}
+
+void Drafter::free_idle(const std::vector<Work> & work) {
+    if (!unified_ || seqs_.size() < 2) {
+        return;
+    }
+    size_t held = 0, needed = 0;
+    for (const auto & seq : seqs_) {
+        held += seq.size();
+    }
+    std::vector<bool> busy(seqs_.size(), false);
+    for (const auto & w : work) {
+        needed += w.job->tokens->size() - seqs_[static_cast<size_t>(w.job->seq)].size() + static_cast<size_t>(w.job->n_max);
+        busy[static_cast<size_t>(w.job->seq)] = true;
+    }
+    if (held + needed <= static_cast<size_t>(n_ctx_seq_)) {
+        return;
+    }
+    for (size_t s = 0; s < seqs_.size(); ++s) {
+        if (!busy[s] && !seqs_[s].empty()) {
+            seqs_[s].evict();
         }
     }
-    // A failed decode (no room) leaves the draft context's contents unknown: start over next time.
-    const auto fail = [&] {
-        llama_memory_clear(llama_get_memory(ctx_.get()), true);
-        for (auto & c : cache_) {
-            c.clear();
+}
+
+bool Drafter::pick(Job & job, int row, float p_min) {
+    const float * logits = llama_get_logits_ith(ctx_.get(), row);
+    if (logits == nullptr) {
+        return false;
+    }
+    const int n_vocab = llama_vocab_n_tokens(model_->vocab());
+    const bool need_p = p_min > 0 && static_cast<int>(job.draft.size()) >= job.n_min;
+    const auto [token, p] = top_token(logits, n_vocab, need_p);
+    if (p < p_min && static_cast<int>(job.draft.size()) >= job.n_min) {
+        return false;
+    }
+    if (token < 0 || token >= n_vocab || model_->is_eog(token)) {
+        return false;  // the end of the answer: the target decides that on its own
+    }
+    job.draft.push_back(token);
+    return static_cast<int>(job.draft.size()) < job.n_max;
+}
+
+int Drafter::decode_and_pick(Rows & rows, float p_min) {
+    if (batch_.n_tokens == 0) {
+        return 0;
+    }
+    if (llama_decode(ctx_.get(), batch_) != 0) {
+        // A failed decode (no room) leaves the draft context's contents unknown: start over next time.
+        for (auto & seq : seqs_) {
+            seq.evict();
         }
-        for (auto & job : jobs) {
-            job.draft.clear();
-        }
-    };
-    const auto pick = [&](Job & job, int row) {
-        const float * logits = llama_get_logits_ith(ctx_.get(), row);
-        if (logits == nullptr) {
-            return false;
-        }
-        const bool need_p = p_min > 0 && static_cast<int>(job.draft.size()) >= job.n_min;
-        const auto [token, p] = top_token(logits, n_vocab, need_p);
-        if (p < p_min && static_cast<int>(job.draft.size()) >= job.n_min) {
-            return false;
-        }
-        if (token < 0 || token >= llama_vocab_n_tokens(model_->vocab()) || model_->is_eog(token)) {
-            return false;  // the end of the answer: the target decides that on its own
-        }
-        job.draft.push_back(token);
-        return static_cast<int>(job.draft.size()) < job.n_max;
-    };
-    // One pass of the draft model over the batch built, then each sequence's next draft token from its
-    // row: 1 decoded, 0 nothing to decode, -1 failed.
-    std::vector<std::pair<Catchup *, int>> rows;
-    const auto decode_and_pick = [&]() -> int {
-        if (batch_.n_tokens == 0) {
-            return 0;
-        }
-        if (llama_decode(ctx_.get(), batch_) != 0) {
-            fail();
-            return -1;
-        }
-        decoded += batch_.n_tokens;
-        for (auto & [w, row] : rows) {
-            w->live = pick(*w->job, row);
-        }
-        return 1;
-    };
-    // Catching up with what the target holds (the whole prompt the first time), many sequences per batch;
-    // each one's first draft token comes from the row of its last token.
+        return -1;
+    }
+    for (auto & [w, row] : rows) {
+        w->live = pick(*w->job, row, p_min);
+    }
+    return batch_.n_tokens;
+}
+
+int Drafter::catch_up(std::vector<Work> & work, float p_min) {
+    // What the target holds (the whole prompt the first time), many sequences per batch; each one's
+    // first draft token comes from the row of its last token.
+    int decoded = 0;
+    Rows rows;
     while (true) {
         batch_.n_tokens = 0;
         rows.clear();
         for (auto & w : work) {
             const auto & t = *w.job->tokens;
-            auto & c = cache_[static_cast<size_t>(w.job->seq)];
-            while (w.next < t.size() && batch_.n_tokens < n_batch_) {
-                const bool last = w.next + 1 == t.size();
-                batch_add(batch_, t[w.next], static_cast<llama_pos>(w.next), w.job->seq, last);
-                c.push_back(t[w.next]);
-                ++w.next;
+            KvSequence & seq = seqs_[static_cast<size_t>(w.job->seq)];
+            while (seq.size() < t.size() && batch_.n_tokens < n_batch_) {
+                const bool last = seq.size() + 1 == t.size();
+                batch_add(batch_, t[seq.size()], seq.next_pos(), seq.id(), last);
+                seq.append(t[seq.size()]);
                 if (last) {
                     rows.emplace_back(&w, batch_.n_tokens - 1);
                 }
             }
         }
-        if (const int done = decode_and_pick(); done <= 0) {
-            if (done < 0) {
-                return decoded;
-            }
-            break;
+        const int n = decode_and_pick(rows, p_min);
+        if (n < 0) {
+            abandon(work);
         }
+        if (n <= 0) {
+            return decoded;
+        }
+        decoded += n;
     }
-    // Then one token per sequence and pass, each the last one drafted.
+}
+
+int Drafter::extend(std::vector<Work> & work, float p_min) {
+    // One token per sequence and pass, each the last one drafted.
+    int decoded = 0;
+    Rows rows;
     while (true) {
         batch_.n_tokens = 0;
         rows.clear();
@@ -358,17 +350,36 @@ int Drafter::draft(std::vector<Job> & jobs, float p_min) {
             if (!w.live) {
                 continue;
             }
-            auto & c = cache_[static_cast<size_t>(w.job->seq)];
+            KvSequence & seq = seqs_[static_cast<size_t>(w.job->seq)];
             const llama_token last = w.job->draft.back();
-            batch_add(batch_, last, static_cast<llama_pos>(c.size()), w.job->seq, true);
-            c.push_back(last);
+            batch_add(batch_, last, seq.next_pos(), seq.id(), true);
+            seq.append(last);
             rows.emplace_back(&w, batch_.n_tokens - 1);
         }
-        if (decode_and_pick() <= 0) {
-            break;
+        const int n = decode_and_pick(rows, p_min);
+        if (n < 0) {
+            abandon(work);
         }
+        if (n <= 0) {
+            return decoded;
+        }
+        decoded += n;
     }
-    return decoded;
+}
+
+void Drafter::abandon(std::vector<Work> & work) {
+    for (auto & w : work) {
+        w.job->draft.clear();
+        w.live = false;
+    }
+}
+
+int Drafter::draft(std::vector<Job> & jobs, float p_min) {
+    std::vector<Work> work = start(jobs);
+    // In a unified pool the idle sequences' tokens take cells too: they go first when the pool is short.
+    free_idle(work);
+    const int caught_up = catch_up(work, p_min);
+    return caught_up + extend(work, p_min);  // nothing left to extend where catching up failed
 }
 
 }  // namespace lcl

@@ -15,24 +15,25 @@
 #include <memory>
 #include <vector>
 
+#include "kv_sequence.h"
 #include "llama-cpp.h"
 #include "model.h"
 
 namespace lcl {
 
-struct SpecParams {
-    int draft_max = 16;       // tokens drafted at most per step (llama-server's --draft-max)
-    int draft_min = 0;        // at least this many where a draft exists, whatever the cost model says
-    float draft_p_min = 0.75f;  // the draft model stops where its top token is less likely than this
-    bool prompt_lookup = false;
-    int ngram_min = 2;        // prompt lookup matches the final n tokens, n from ngram_max down to this
+// Prompt lookup's n-grams and window. The draft settings' defaults live in params.h (ENGINE_PARAMS).
+struct LookupParams {
+    int ngram_min = 2;  // the final n tokens are matched, n from ngram_max down to ngram_min
     int ngram_max = 4;
+    size_t window = 8192;  // within the last this many tokens
 };
+constexpr LookupParams kPromptLookup{};
+// batch_invariant's guess in the row it pays for anyway: a weak guess (one token matched) beats none.
+constexpr LookupParams kGuessLookup{1, kPromptLookup.ngram_max, kPromptLookup.window};
 
 // Tokens that may follow `tokens`, copied from after the last earlier occurrence of their final n-gram
-// (longest n first, within the last `window` tokens); at most n_max.
-std::vector<llama_token> prompt_lookup(const std::vector<llama_token> & tokens, int n_max, int ngram_min,
-                                       int ngram_max, size_t window = 8192);
+// (longest n first); at most n_max.
+std::vector<llama_token> prompt_lookup(const std::vector<llama_token> & tokens, int n_max, const LookupParams & lookup);
 
 // What speculation costs and gains, measured as it runs (engine thread only).
 class SpecCost {
@@ -85,18 +86,32 @@ public:
     };
     // Drafts for every job together; returns the tokens decoded by the draft model.
     int draft(std::vector<Job> & jobs, float p_min);
-    void forget(int seq);  // the sequence's tokens are no longer known (its target cache was edited)
+    void forget(int seq) { seqs_[static_cast<size_t>(seq)].evict(); }  // its target cache was edited
     int n_ctx_seq() const { return n_ctx_seq_; }
     void attach_threadpool(ggml_threadpool * gen, ggml_threadpool * batch) { llama_attach_threadpool(ctx_.get(), gen, batch); }
     const Model & model() const { return *model_; }
 
 private:
+    struct Work {
+        Job * job;
+        bool live;  // still drafting
+    };
+    using Rows = std::vector<std::pair<Work *, int>>;  // the batch row each sequence's next token comes from
+    std::vector<Work> start(std::vector<Job> & jobs);  // keeps what each sequence still shares with its job
+    void free_idle(const std::vector<Work> & work);     // unified pool: idle sequences give way
+    int catch_up(std::vector<Work> & work, float p_min);
+    int extend(std::vector<Work> & work, float p_min);
+    int decode_and_pick(Rows & rows, float p_min);  // tokens decoded; -1: failed, the context cleared
+    void abandon(std::vector<Work> & work);         // after a failure: no drafts this step
+    bool pick(Job & job, int row, float p_min);     // appends the draft's next token; false: it stops
+
     std::shared_ptr<Model> model_;
     llama_context_ptr ctx_;
     llama_batch batch_{};
     int n_batch_ = 0;
     int n_ctx_seq_ = 0;
-    std::vector<std::vector<llama_token>> cache_;  // per sequence, tokens whose KV is in the draft context
+    bool unified_ = false;
+    std::vector<KvSequence> seqs_;  // one per engine slot: the draft context's cells and their tokens
 };
 
 }  // namespace lcl

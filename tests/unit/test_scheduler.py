@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from langchain_llamacpp import native
+from langchain_llamacpp import _native, native
 from tests.concurrency import call_from_threads, text_and_logprobs
 from tests.tiny_model import greedy_llm
 
@@ -217,3 +217,111 @@ def test_a_cached_prefix_is_shared_with_another_slot(tiny_model_path: str) -> No
     tight.generate([prompt])  # fills the pool
     reused = tight.generate([prompt], max_tokens=4).generations[0][0]
     assert (reused.generation_info or {})["usage"]["cached_tokens"] == n_prompt - 1
+
+
+# The step plan itself (native/step_plan.h): given these slots and this request, this plan. No model.
+
+
+def _slots(*views: dict[str, Any]) -> list[_native._SlotView]:
+    out = []
+    for fields in views:
+        view = _native._SlotView()
+        for name, value in fields.items():
+            setattr(view, name, value)
+        out.append(view)
+    return out
+
+
+def test_plan_a_follow_up_lands_on_its_own_conversation() -> None:
+    slots = _slots(
+        {"cached": 100, "prefix": 0, "last_used": 1},
+        {"cached": 80, "prefix": 79, "last_used": 2},  # this conversation, 79 tokens in common
+        {"cached": 0},
+    )
+    plan = _native._plan_placement(slots, prompt=120, reserve=200, unified=False, pool=0)
+    assert (plan.slot, plan.prefix, plan.donor, plan.evict) == (1, 79, -1, [])
+
+
+def test_plan_an_unrelated_prompt_takes_an_empty_slot_then_the_least_recently_used() -> None:
+    cached = _slots({"cached": 50, "last_used": 3}, {"cached": 0}, {"cached": 50, "last_used": 2})
+    assert _native._plan_placement(cached, prompt=10, reserve=20, unified=False, pool=0).slot == 1
+    full = _slots({"cached": 50, "last_used": 3}, {"cached": 50, "last_used": 1}, {"cached": 50, "last_used": 2})
+    assert _native._plan_placement(full, prompt=10, reserve=20, unified=False, pool=0).slot == 1
+
+
+def test_plan_waits_while_every_slot_is_busy() -> None:
+    slots = _slots({"active": True, "cached": 10}, {"active": True, "cached": 10})
+    plan = _native._plan_placement(slots, prompt=10, reserve=20, unified=False, pool=0)
+    assert (plan.slot, plan.evict) == (-1, [])
+
+
+def test_plan_shares_a_prefix_held_by_a_busy_slot() -> None:
+    # A regenerated answer: slot 0 (busy) holds the prompt; the request shares its cells in slot 1.
+    slots = _slots({"active": True, "cached": 60, "reserved": 100, "prefix": 39}, {"cached": 0})
+    plan = _native._plan_placement(slots, prompt=40, reserve=100, unified=True, pool=512)
+    assert (plan.slot, plan.prefix, plan.donor, plan.evict) == (1, 39, 0, [])
+    # With a cache per slot there is nothing to share: it starts from scratch.
+    plan = _native._plan_placement(slots, prompt=40, reserve=100, unified=False, pool=512)
+    assert (plan.slot, plan.prefix, plan.donor) == (1, 0, -1)
+
+
+def test_plan_without_room_beside_an_idle_donor_takes_its_slot() -> None:
+    slots = _slots({"cached": 200, "prefix": 39, "last_used": 5}, {"cached": 0})
+    plan = _native._plan_placement(slots, prompt=40, reserve=100, unified=True, pool=256)
+    assert (plan.slot, plan.prefix, plan.donor, plan.evict) == (0, 39, -1, [])
+
+
+def test_plan_evicts_idle_caches_least_recently_used_first_and_only_as_needed() -> None:
+    slots = _slots(
+        {"cached": 100, "last_used": 2},
+        {"cached": 100, "last_used": 1},
+        {"active": True, "cached": 20, "reserved": 50},
+        {"cached": 0},
+    )
+    plan = _native._plan_placement(slots, prompt=30, reserve=120, unified=True, pool=300)
+    assert (plan.slot, plan.evict) == (3, [1])  # 250 held + 120 > 300: the older cache goes, not both
+    plan = _native._plan_placement(slots, prompt=30, reserve=240, unified=True, pool=300)
+    assert (plan.slot, plan.evict) == (3, [1, 0])
+    # Running requests hold the pool: idle caches give way, and still the request waits.
+    plan = _native._plan_placement(slots, prompt=30, reserve=290, unified=True, pool=300)
+    assert (plan.slot, plan.evict) == (-1, [1, 0])
+
+
+def test_plan_batch_generating_slots_first_then_prompts_in_slot_order() -> None:
+    slots = _slots(
+        {"active": True, "prompt_left": 50},
+        {"active": True, "generating": True, "n_next": 1, "cached": 30},
+        {"active": True, "generating": True, "n_next": 4, "cached": 30},  # its next token and a 3-token draft
+        {"active": True, "prompt_left": 50},
+    )
+    plan = _native._plan_batch(slots, n_batch=64, n_ctx_seq=512)
+    assert (plan.take, plan.lo, plan.hi) == ([50, 1, 4, 9], 0, 3)
+    assert plan.filler == [False] * 4
+
+
+def test_plan_batch_bridges_an_idle_slot_with_a_filler_unless_it_is_far_longer() -> None:
+    near = _slots(
+        {"active": True, "generating": True, "n_next": 1, "cached": 40},
+        {"cached": 30},
+        {"active": True, "generating": True, "n_next": 1, "cached": 40},
+    )
+    plan = _native._plan_batch(near, n_batch=64, n_ctx_seq=2048)
+    assert (plan.take, plan.filler) == ([1, 0, 1], [False, True, False])
+    assert _native._plan_batch(near, n_batch=64, n_ctx_seq=2048, fill_gaps=False).filler == [False] * 3
+    far = _slots(
+        {"active": True, "generating": True, "n_next": 1, "cached": 40},
+        {"cached": 1000},  # attending over 1000 cells in every stream costs more than a second pass
+        {"active": True, "generating": True, "n_next": 1, "cached": 40},
+    )
+    assert _native._plan_batch(far, n_batch=64, n_ctx_seq=2048).filler == [False] * 3
+
+
+def test_plan_batch_fillers_fit_in_n_batch_by_shortening_the_last_prompt() -> None:
+    slots = _slots({"active": True, "prompt_left": 100}, {"cached": 10}, {"active": True, "prompt_left": 100})
+    plan = _native._plan_batch(slots, n_batch=8, n_ctx_seq=256)
+    assert (plan.take, plan.filler) == ([8, 0, 0], [False, False, False])  # slot 2 waits: no filler needed
+    slots = _slots(
+        {"active": True, "prompt_left": 4}, {"cached": 10}, {"active": True, "prompt_left": 100}, {"cached": 0}
+    )
+    plan = _native._plan_batch(slots, n_batch=8, n_ctx_seq=256)
+    assert (plan.take, plan.filler, plan.hi) == ([4, 0, 3, 0], [False, True, False, False], 2)

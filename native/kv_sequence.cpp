@@ -1,0 +1,100 @@
+#include "kv_sequence.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace lcl {
+
+namespace {
+
+size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
+    const size_t n = std::min(a.size(), b.size());
+    size_t i = 0;
+    while (i < n && a[i] == b[i]) {
+        ++i;
+    }
+    return i;
+}
+
+}  // namespace
+
+size_t KvSequence::reusable_prefix(const std::vector<llama_token> & prompt, const MediaPrompt * media, int n_swa) const {
+    size_t n = common_prefix(tokens_, prompt);
+    for (size_t i = 0; i < n; ++i) {
+        if (tokens_[i] >= 0) {
+            continue;
+        }
+        const MediaChunk * wanted = media ? media->starting_at(i) : nullptr;
+        const auto cached = std::find_if(media_.begin(), media_.end(), [&](const CachedMedia & m) { return m.offset == i; });
+        if (wanted == nullptr || cached == media_.end() || cached->id != wanted->id ||
+            cached->n_tokens != wanted->n_tokens || i + wanted->n_tokens > n) {
+            n = i;
+            break;
+        }
+        i += wanted->n_tokens - 1;
+    }
+    if (n >= prompt.size()) {
+        n = prompt.size() - 1;
+    }
+    if (n > 0 && n_swa > 0) {
+        // A sliding-window cache drops positions that fell out of every window. The token after
+        // the prefix attends to the n_swa positions before it: they must all still be there.
+        const llama_pos pos_min = llama_memory_seq_pos_min(memory(), id_);
+        if (pos_min > std::max(0, static_cast<int>(n) - n_swa)) {
+            n = 0;
+        }
+    }
+    return n;
+}
+
+void KvSequence::append_media(const MediaChunk & chunk, const std::vector<llama_token> & prompt) {
+    const auto begin = prompt.begin() + static_cast<long>(chunk.offset);
+    tokens_.insert(tokens_.end(), begin, begin + static_cast<long>(chunk.n_tokens));
+    media_.push_back({chunk.offset, chunk.n_tokens, chunk.id});
+}
+
+size_t KvSequence::truncate(size_t n) {
+    n = std::min(n, tokens_.size());
+    if (n == 0 || !llama_memory_seq_rm(memory(), id_, static_cast<llama_pos>(n), -1)) {
+        llama_memory_seq_rm(memory(), id_, -1, -1);  // all, or a memory that cannot cut a sequence: start over
+        n = 0;
+    }
+    tokens_.resize(n);
+    forget_media_after(n);
+    return n;
+}
+
+void KvSequence::share(const KvSequence & donor, size_t n) {
+    n = std::min(n, donor.size());
+    llama_memory_seq_rm(memory(), id_, -1, -1);
+    llama_memory_seq_cp(memory(), donor.id_, id_, 0, static_cast<llama_pos>(n));
+    tokens_.assign(donor.tokens_.begin(), donor.tokens_.begin() + static_cast<long>(n));
+    media_ = donor.media_;
+    forget_media_after(n);
+}
+
+void KvSequence::drop_uncommitted() { llama_memory_seq_rm(memory(), id_, next_pos(), -1); }
+
+void KvSequence::erase(size_t from, size_t to) {
+    to = std::min(to, tokens_.size());
+    if (from >= to) {
+        return;
+    }
+    if (!llama_memory_seq_rm(memory(), id_, static_cast<llama_pos>(from), static_cast<llama_pos>(to))) {
+        throw std::runtime_error("this model's memory cannot remove a part of a sequence");
+    }
+    if (to < tokens_.size()) {
+        // Later tokens move down so that positions stay contiguous.
+        llama_memory_seq_add(memory(), id_, static_cast<llama_pos>(to), -1, static_cast<llama_pos>(from) - static_cast<llama_pos>(to));
+    }
+    tokens_.erase(tokens_.begin() + static_cast<long>(from), tokens_.begin() + static_cast<long>(to));
+    // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
+    forget_media_after(from);
+}
+
+void KvSequence::forget_media_after(size_t end) {
+    media_.erase(std::remove_if(media_.begin(), media_.end(), [&](const CachedMedia & m) { return m.offset + m.n_tokens > end; }),
+                 media_.end());
+}
+
+}  // namespace lcl
