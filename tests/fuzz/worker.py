@@ -108,7 +108,9 @@ class Targets:
         if case["via"] == "chat":
             from langchain_core.messages import convert_to_messages
 
-            chat = self.chat(chat_template=case["text"], enable_thinking=case.get("enable_thinking", True))
+            # Thinking off is `reasoning=False` (enable_thinking is deprecated, and its warning is output).
+            reasoning = None if case.get("enable_thinking", True) else False
+            chat = self.chat(chat_template=case["text"], reasoning=reasoning)
             runnable = chat.bind_tools(TOOLS) if case.get("tools") else chat
             return runnable.invoke(convert_to_messages(messages)).content
         templates = native.ChatTemplates(self.vocab_model(), case["text"])
