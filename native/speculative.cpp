@@ -291,7 +291,7 @@ bool Drafter::pick(Job & job, int row, float p_min) {
     return static_cast<int>(job.draft.size()) < job.n_max;
 }
 
-int Drafter::decode_and_pick(Rows & rows, float p_min) {
+int Drafter::decode_and_pick(std::vector<Work> & work, Rows & rows, float p_min) {
     if (batch_.n_tokens == 0) {
         return 0;
     }
@@ -300,7 +300,8 @@ int Drafter::decode_and_pick(Rows & rows, float p_min) {
         for (auto & seq : seqs_) {
             seq.evict();
         }
-        return -1;
+        abandon(work);
+        return 0;
     }
     for (auto & [w, row] : rows) {
         w->live = pick(*w->job, row, p_min);
@@ -328,11 +329,8 @@ int Drafter::catch_up(std::vector<Work> & work, float p_min) {
                 }
             }
         }
-        const int n = decode_and_pick(rows, p_min);
-        if (n < 0) {
-            abandon(work);
-        }
-        if (n <= 0) {
+        const int n = decode_and_pick(work, rows, p_min);
+        if (n == 0) {
             return decoded;
         }
         decoded += n;
@@ -356,11 +354,8 @@ int Drafter::extend(std::vector<Work> & work, float p_min) {
             seq.append(last);
             rows.emplace_back(&w, batch_.n_tokens - 1);
         }
-        const int n = decode_and_pick(rows, p_min);
-        if (n < 0) {
-            abandon(work);
-        }
-        if (n <= 0) {
+        const int n = decode_and_pick(work, rows, p_min);
+        if (n == 0) {
             return decoded;
         }
         decoded += n;

@@ -101,7 +101,8 @@ private:
     void free_idle(const std::vector<Work> & work);     // unified pool: idle sequences give way
     int catch_up(std::vector<Work> & work, float p_min);
     int extend(std::vector<Work> & work, float p_min);
-    int decode_and_pick(Rows & rows, float p_min);  // tokens decoded; -1: failed, the context cleared
+    // Tokens decoded; 0: nothing to decode, or a failed decode (context cleared, no drafts this step).
+    int decode_and_pick(std::vector<Work> & work, Rows & rows, float p_min);
     void abandon(std::vector<Work> & work);         // after a failure: no drafts this step
     bool pick(Job & job, int row, float p_min);     // appends the draft's next token; false: it stops
 
