@@ -146,7 +146,7 @@ void register_model(nb::module_ & m) {
             "All GGUF metadata as strings.");
 }
 
-void register_engine(nb::module_ & m) {
+void register_params(nb::module_ & m) {
     // Each settings struct is bound from its table (params.h): a field added there is in Python too.
     auto engine_params =
         nb::class_<lcl::EngineParams>(m, "EngineParams", "Context and scheduling settings of an engine.").def(nb::init<>());
@@ -188,6 +188,13 @@ void register_engine(nb::module_ & m) {
                                       "A MediaPrompt; when set, its tokens are the prompt.");
 #define LCL_BIND(type, name, value, doc) request_params.def_rw(#name, &lcl::RequestParams::name, doc);
     LCL_REQUEST_PARAMS(LCL_BIND)
+#undef LCL_BIND
+}
+
+void register_request(nb::module_ & m) {
+    auto usage = nb::class_<lcl::Usage>(m, "Usage", "A request's token counts and timings (Request.usage).");
+#define LCL_BIND(type, name, doc) usage.def_ro(#name, &lcl::Usage::name, doc);
+    LCL_USAGE_FIELDS(LCL_BIND)
 #undef LCL_BIND
 
     nb::class_<lcl::TopLogprob>(m, "TopLogprob", "One of the most likely tokens at a position, with its logprob.")
@@ -242,19 +249,12 @@ void register_engine(nb::module_ & m) {
                      [](lcl::Request & self) {
                          auto st = self.state();
                          std::lock_guard<std::mutex> lock(st->mutex);
-                         nb::dict d;
-                         d["prompt_tokens"] = st->prompt_tokens;
-                         d["cached_tokens"] = st->cached_tokens;
-                         d["completion_tokens"] = st->completion_tokens;
-                         d["draft_n"] = st->draft_n;
-                         d["draft_n_accepted"] = st->draft_n_accepted;
-                         d["queued_ms"] = st->t_queued_ms;
-                         d["prompt_ms"] = st->t_prompt_ms;
-                         d["generation_ms"] = st->t_gen_ms;
-                         return d;
+                         return st->usage;
                      },
-                     "Token counts and timings (prompt_tokens, cached_tokens, completion_tokens, *_ms).");
+                     "Token counts and timings so far (a copy).");
+}
 
+void register_engine(nb::module_ & m) {
     nb::class_<lcl::Engine>(m, "Engine", "A context with sequence slots and one decoding thread.",
                             nb::is_weak_referenceable())
         .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, "draft"_a.none() = nb::none(),
@@ -334,24 +334,12 @@ void register_engine(nb::module_ & m) {
         .def_prop_ro("n_seq", &lcl::Engine::n_seq)
         .def_prop_ro("n_batch", &lcl::Engine::n_batch)
         .def_prop_ro("n_threads", &lcl::Engine::n_threads)
-        .def(
-            "stats",
-            [](lcl::Engine & self) {
-                const auto s = self.stats();
-                nb::dict d;
-                d["steps"] = s.steps;
-                d["tokens_decoded"] = s.tokens_decoded;
-                d["prompt_tokens_evaluated"] = s.prompt_tokens_evaluated;
-                d["prompt_tokens_reused"] = s.prompt_tokens_reused;
-                d["max_batch"] = s.max_batch;
-                d["fillers"] = s.fillers;
-                d["draft_tokens"] = s.draft_tokens;
-                d["drafts_accepted"] = s.drafts_accepted;
-                d["guesses_accepted"] = s.guesses_accepted;
-                d["media_ms"] = s.media_ms;
-                return d;
-            },
-            "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");
+        .def("stats", &lcl::Engine::stats, "Counters since creation (a copy).");
+
+    auto stats = nb::class_<lcl::EngineStats>(m, "EngineStats", "An engine's counters since creation (Engine.stats).");
+#define LCL_BIND(type, name, doc) stats.def_ro(#name, &lcl::EngineStats::name, doc);
+    LCL_ENGINE_STATS(LCL_BIND)
+#undef LCL_BIND
 }
 
 // The scheduler's pure planners (step_plan.h), private: for tests that check plans with made-up slots.
@@ -434,6 +422,8 @@ NB_MODULE(_native, m) {
 
     lcl::install_log_callback();
     register_model(m);
+    register_params(m);
+    register_request(m);
     register_engine(m);
     register_planner(m);
     lcl::register_chat(m);
