@@ -324,6 +324,7 @@ void register_engine(nb::module_ & m) {
             "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
             "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
         .def_prop_ro("embed_max_tokens", &lcl::Engine::embed_max_tokens, "The longest text one embedding batch holds.")
+        .def_prop_ro("embed_max_texts", &lcl::Engine::embed_max_texts, "The most texts one embedding batch holds.")
         .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors.")
         .def_prop_ro("pooling", [](lcl::Engine & self) { return self.pooling(); },
                      "The pooling in use (llama_pooling_type: 1 mean, 2 cls, 3 last).")
@@ -445,4 +446,11 @@ NB_MODULE(_native, m) {
         "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
+
+    // Limits enforced here, for Python to read rather than restate.
+    m.attr("MAX_SEQUENCES") = static_cast<int>(llama_max_parallel_sequences());  // n_seq (plan_context)
+    m.attr("MAX_DRAFT_TOKENS") = lcl::kMaxDraft;                                // draft_max (check_draft_lengths)
+    m.attr("MAX_MEDIA_BYTES") = lcl::kMaxMediaBytes;                           // one image or audio file
+    m.def("check_draft_lengths", &lcl::check_draft_lengths, "draft_max"_a, "draft_min"_a,
+          "ValueError unless 1 <= draft_max <= MAX_DRAFT_TOKENS and 0 <= draft_min <= draft_max.");
 }

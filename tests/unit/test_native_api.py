@@ -56,6 +56,9 @@ def test_unknown_settings_and_missing_files(tiny_model_path: str, tmp_path: obje
 def test_public_names_are_pinned() -> None:
     assert native.__all__ == [
         "LLAMA_CPP_BUILD",
+        "MAX_DRAFT_TOKENS",
+        "MAX_MEDIA_BYTES",
+        "MAX_SEQUENCES",
         "ChatParser",
         "ChatTemplates",
         "Chunk",
@@ -200,3 +203,15 @@ def test_render_result_decode_names_a_missing_unknown_or_malformed_field() -> No
     with pytest.raises(ValueError, match="malformed render result"):
         native.RenderResult.decode(b"\x01")
 
+
+def test_limits_are_the_engines(tiny_model_path: str) -> None:
+    # The classes' ranges are the native limits, read from the module: one number, enforced natively.
+    model = native.load_model(tiny_model_path)
+    params = native.EngineParams()
+    params.n_seq = native.MAX_SEQUENCES + 1
+    with pytest.raises(ValueError, match=f"n_seq must be between 1 and {native.MAX_SEQUENCES}"):
+        native.Engine.create(model, params)
+    with pytest.raises(ValueError, match=f"less than or equal to {native.MAX_SEQUENCES}"):
+        LlamaCpp(model_path=tiny_model_path, n_seq=native.MAX_SEQUENCES + 1)
+    with pytest.raises(ValueError, match=f"less than or equal to {native.MAX_DRAFT_TOKENS}"):
+        LlamaCpp(model_path=tiny_model_path, draft_max=native.MAX_DRAFT_TOKENS + 1)
