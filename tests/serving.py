@@ -34,3 +34,16 @@ def serving(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+API_KEY = "test-key"
+
+
+def model_settings(smollm_path: str, qwen_path: str, nomic_path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server's models in the tests: SmolLM2 (the default, fast chat), Qwen2.5-Coder-0.5B (tools and
+    structured output, with the settings of tests/integration/test_standard.py) and nomic-embed-text."""
+    models = {
+        "smollm2": {"model_path": smollm_path, "n_ctx": 4096, "n_seq": 8, "temperature": 0, "max_tokens": 64},
+        "qwen": {"model_path": qwen_path, "n_ctx": 4096, "n_seq": 4, "seed": 7, "temperature": 0, "max_tokens": 256},
+    }
+    return models, {"nomic": {"model_path": nomic_path}}
