@@ -127,11 +127,14 @@ def _generation(body: Mapping[str, Any]) -> dict[str, Any]:
     if stop is not None and (len(stop) > MAX_STOPS or not all(isinstance(s, str) and s for s in stop)):
         raise BadRequest(f"stop must be at most {MAX_STOPS} non-empty strings", param="stop")
     options = {option: _option(name, option, body[name]) for name, option in _SAMPLING.items() if name in body}
+    seed = options.get("seed")
+    if seed is not None and not -1 <= seed < 2**63:
+        raise BadRequest("seed must be -1 (random) or a 63-bit non-negative integer", param="seed")
     for name in ("max_completion_tokens", "max_tokens"):
         value = _get(body, name, (int,), "an integer")
         if value is not None:
-            if value < 1:
-                raise BadRequest(f"{name} must be at least 1, not {value}", param=name)
+            if not 1 <= value < 2**31:
+                raise BadRequest(f"{name} must be between 1 and 2**31 - 1, not {value}", param=name)
             options["max_tokens"] = value
             break
     return {

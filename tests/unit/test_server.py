@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from langchain_llamacpp.server import BadRequest, HTTPSettings, OpenAIAPI, _cli, _requests, create_app
+from langchain_llamacpp.server import APIError, BadRequest, HTTPSettings, OpenAIAPI, _cli, _requests, create_app
 from tests.serving import serving
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
@@ -38,6 +38,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({**CHAT, "temperature": -1}, "temperature"),
         ({**CHAT, "top_p": True}, "top_p"),
         ({**CHAT, "max_tokens": 0}, "max_tokens"),
+        ({**CHAT, "max_tokens": 2**40}, "max_tokens"),
+        ({**CHAT, "seed": 2**70}, "seed"),
         ({**CHAT, "max_completion_tokens": "9"}, "max_completion_tokens"),
         ({**CHAT, "n": 0}, "n"),
         ({**CHAT, "n": 99}, "n"),
@@ -318,3 +320,49 @@ def test_the_in_process_api_returns_the_same_shapes(api: OpenAIAPI) -> None:
     assert chunks[0]["choices"][0]["text"] == "a" and chunks[-1]["choices"][0]["finish_reason"] is not None
     with pytest.raises(BadRequest):
         api.create_chat_completion(messages=[])
+
+
+def _deep_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        _schema({"type": 5}),
+        _schema(_deep_schema(200)),
+        _schema({"$ref": "#/nowhere"}),
+        {"grammar": "root ::= [a-"},
+        {"logit_bias": {"99999999": 1}},
+        {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"function": {"name": "g"}}},
+        {"messages": [{"role": "user", "content": "\ud800"}]},
+        {"messages": [{"role": "tool", "content": "a result for no call"}]},
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}
+            ]
+        },
+    ],
+    ids=[
+        "schema-type",
+        "deep-schema",
+        "bad-ref",
+        "grammar",
+        "token-id",
+        "tool-choice",
+        "surrogate",
+        "tool-message",
+        "image",
+    ],
+)
+def test_what_the_engine_refuses_is_a_400(api: OpenAIAPI, fields: dict[str, Any]) -> None:
+    with pytest.raises(APIError) as caught:
+        api.create_chat_completion({**CHAT, **fields})
+    assert caught.value.status == 400, caught.value.message
