@@ -58,6 +58,28 @@ void wait_interruptibly(lcl::Request & self, bool until_done) {
     }
 }
 
+// Engine.embed: lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
+nb::list embed_as_lists(lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
+    std::vector<float> flat;
+    {
+        lcl::ReleaseGil release;
+        flat = self.embed(inputs, normalize);
+    }
+    const size_t n_embd = static_cast<size_t>(self.n_embd_out());
+    nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
+        if (row == nullptr) {
+            throw nb::python_error();
+        }
+        for (size_t j = 0; j < n_embd; ++j) {
+            PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
+        }
+        PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
+    }
+    return out;
+}
+
 void register_model(nb::module_ & m) {
     auto model_params = nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.").def(nb::init<>());
 #define LCL_BIND(type, name, value, doc) model_params.def_rw(#name, &lcl::ModelParams::name, doc);
@@ -196,6 +218,11 @@ void register_request(nb::module_ & m) {
 #define LCL_BIND(type, name, doc) usage.def_ro(#name, &lcl::Usage::name, doc);
     LCL_USAGE_FIELDS(LCL_BIND)
 #undef LCL_BIND
+    nb::list usage_fields;
+#define LCL_NAME(type, name, doc) usage_fields.append(#name);
+    LCL_USAGE_FIELDS(LCL_NAME)
+#undef LCL_NAME
+    usage.attr("FIELDS") = nb::tuple(usage_fields);
 
     nb::class_<lcl::TopLogprob>(m, "TopLogprob", "One of the most likely tokens at a position, with its logprob.")
         .def_ro("token", &lcl::TopLogprob::token)
@@ -297,32 +324,10 @@ void register_engine(nb::module_ & m) {
              "Make slot dst a copy of slot src (shared prefix for branching).")
         .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<lcl::ReleaseGil>(),
              "The tokens cached in a slot.")
-        .def(
-            "embed",
-            [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
-                std::vector<float> flat;
-                {
-                    lcl::ReleaseGil release;
-                    flat = self.embed(inputs, normalize);
-                }
-                // Lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
-                const size_t n_embd = static_cast<size_t>(self.n_embd_out());
-                nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
-                for (size_t i = 0; i < inputs.size(); ++i) {
-                    PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
-                    if (row == nullptr) {
-                        throw nb::python_error();
-                    }
-                    for (size_t j = 0; j < n_embd; ++j) {
-                        PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
-                    }
-                    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
-                }
-                return out;
-            },
-            "inputs"_a, "normalize"_a = 2,
-            "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
-            "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
+        .def("embed", &embed_as_lists,
+             "inputs"_a, "normalize"_a = 2,
+             "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
+             "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
         .def_prop_ro("embed_max_tokens", &lcl::Engine::embed_max_tokens, "The longest text one embedding batch holds.")
         .def_prop_ro("embed_max_texts", &lcl::Engine::embed_max_texts, "The most texts one embedding batch holds.")
         .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors.")
@@ -341,6 +346,11 @@ void register_engine(nb::module_ & m) {
 #define LCL_BIND(type, name, doc) stats.def_ro(#name, &lcl::EngineStats::name, doc);
     LCL_ENGINE_STATS(LCL_BIND)
 #undef LCL_BIND
+    nb::list stats_fields;
+#define LCL_NAME(type, name, doc) stats_fields.append(#name);
+    LCL_ENGINE_STATS(LCL_NAME)
+#undef LCL_NAME
+    stats.attr("FIELDS") = nb::tuple(stats_fields);  // for a reader that lists them all (the server's /metrics)
 }
 
 // The scheduler's pure planners (step_plan.h), private: for tests that check plans with made-up slots.

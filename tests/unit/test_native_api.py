@@ -176,6 +176,12 @@ def test_render_result_round_trips_every_field() -> None:
     assert again == result and again != native.RenderResult()
 
 
+def test_counters_list_their_fields() -> None:
+    # Usage and EngineStats are made from one table each; FIELDS lists them all for readers that take every one.
+    for cls in (native.Usage, native.EngineStats):
+        assert {name for name in dir(cls) if not name.startswith("_")} - {"FIELDS"} == set(cls.FIELDS), cls
+
+
 def _unpack(data: bytes) -> list[bytes]:
     (count,), pos, items = struct.unpack_from("<I", data), 4, []
     for _ in range(count):
