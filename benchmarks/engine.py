@@ -72,7 +72,7 @@ def prompt_rate(engine: native.Engine, n_prompt: int) -> float:
     params.sampling.temperature = 0
     request = engine.submit(params)
     request.wait()
-    return n_prompt / (request.usage["prompt_ms"] / 1000)
+    return n_prompt / (request.usage.prompt_ms / 1000)
 
 
 def section_prompt(threads: int, lines: list[str]) -> None:
@@ -231,11 +231,11 @@ def section_gaps(threads: int, lines: list[str]) -> None:
         llm.batch([stories[i] + " there" for i in slots])
         return len(slots) * 64 / (time.perf_counter() - t0)
 
-    fillers = engine.stats()["fillers"]
+    fillers = engine.stats().fillers
     _, m = interleave(3, lambda: rate([0, 1, 2, 3]), apart=lambda: rate([0, 2, 4, 6]))
     lines.append("| measure | tok/s | ratio to slots 0-3 (range over rounds) |\n|---|---|---|")
     lines.append(f"| slots 0, 2, 4, 6 | {m['apart'].value()} | {m['apart'].ratio()} |")
-    lines.append(f"filler tokens: {engine.stats()['fillers'] - fillers} (without them, each pass splits in four)")
+    lines.append(f"filler tokens: {engine.stats().fillers - fillers} (without them, each pass splits in four)")
     print("\n".join(lines[-4:]), flush=True)
 
 

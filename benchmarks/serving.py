@@ -196,10 +196,10 @@ def section_speculative(threads: int, lines: list[str]) -> None:
         request = engine.submit(params)
         text = "".join(c.text for c in request.wait())
         u = request.usage
-        rate = (u["completion_tokens"] - 1) / (u["generation_ms"] / 1000)
+        rate = (u.completion_tokens - 1) / (u.generation_ms / 1000)
         # Steps that drafted, per generated token: prompt lookup drafts only where the text repeats itself.
-        rounds = u["draft_n"] / SPEC_K / max(u["completion_tokens"], 1)
-        return rate, u["draft_n_accepted"] / max(u["draft_n"], 1), rounds, text
+        rounds = u.draft_n / SPEC_K / max(u.completion_tokens, 1)
+        return rate, u.draft_n_accepted / max(u.draft_n, 1), rounds, text
 
     for llm in setups.values():
         run(llm, chatml("Hi"))  # load, warm up

@@ -114,21 +114,21 @@ def _reasoning(value: Any) -> bool | None:
 def request_params(
     engine: _native.Engine,
     request: ChatRequest,
-    rendered: dict[str, Any],
+    rendered: _native.RenderResult,
     stop: list[str],
     options: dict[str, Any],
 ) -> _native.RequestParams:
     """The native request: the rendered prompt tokenized (with its media), the stop strings (`stop`,
     then the template's own), and the grammar: the template's for tool calls, or the caller's."""
-    prompt = rendered["prompt"]
+    prompt = rendered.prompt
     media_prompt = engine.tokenize_media(prompt, request.media) if request.media else None
     tokens = (
         media_prompt.tokens
         if media_prompt is not None
         else engine.model.tokenize(prompt, add_special=True, parse_special=True)
     )
-    stops = stop + [s for s in rendered["additional_stops"] if s not in stop]
-    template_grammar = rendered["grammar"]
+    stops = stop + [s for s in rendered.additional_stops if s not in stop]
+    template_grammar = rendered.grammar
     if template_grammar and request.tool_choice == "required":
         template_grammar = force_tool_call_grammar(template_grammar)
     grammar = {"grammar": template_grammar or request.grammar, "grammar_path": None}
@@ -137,28 +137,22 @@ def request_params(
     sampling = params.sampling
     if template_grammar:
         sampling.grammar_is_tool_call = True
-        sampling.grammar_lazy = bool(rendered["grammar_lazy"])
-        sampling.grammar_triggers = [_trigger(*trigger) for trigger in rendered["grammar_triggers"]]
-        sampling.generation_prompt = rendered["generation_prompt"]
-    sampling.preserved_tokens = list(rendered["preserved_tokens"])
+        sampling.grammar_lazy = rendered.grammar_lazy
+        sampling.grammar_triggers = rendered.grammar_triggers
+        sampling.generation_prompt = rendered.generation_prompt
+    sampling.preserved_tokens = rendered.preserved_tokens
     return params
 
 
-def _trigger(kind: int, value: str, token: int) -> _native.GrammarTrigger:
-    trigger = _native.GrammarTrigger()
-    trigger.type, trigger.value, trigger.token = kind, value, token
-    return trigger
-
-
-def reply_parser(request: ChatRequest, rendered: dict[str, Any]) -> tuple[_native.ChatParser, bool]:
+def reply_parser(request: ChatRequest, rendered: _native.RenderResult) -> tuple[_native.ChatParser, bool]:
     """llama.cpp's chat parser for the template's format, and whether the reply needs it at all
     (tool calls, thinking, or a format other than plain content)."""
     parser = _native.ChatParser(
-        rendered["format"],
-        rendered["parser"],
-        rendered["generation_prompt"],
+        rendered.format,
+        rendered.parser,
+        rendered.generation_prompt,
         request.parses_tool_calls,
         request.render.reasoning_format,
     )
-    needed = request.parses_tool_calls or bool(rendered["supports_thinking"]) or rendered["format"] != 0
+    needed = request.parses_tool_calls or rendered.supports_thinking or rendered.format != 0
     return parser, needed

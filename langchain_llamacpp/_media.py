@@ -8,8 +8,10 @@ import os
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-# Also checked natively (kMaxMediaBytes); here before a download or a file read goes further.
-MAX_MEDIA_BYTES = 64 << 20
+import langchain_llamacpp._native as _native
+
+# The native limit (kMaxMediaBytes), checked here too before a download or a file read goes further.
+MAX_MEDIA_BYTES = _native.MAX_MEDIA_BYTES
 FETCH_TIMEOUT_S = 30.0
 
 MEDIA_BLOCK_TYPES = frozenset({"image", "image_url", "audio", "input_audio", "file"})

@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+import langchain_llamacpp._native as _native
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._docs import DocumentedFields
 from langchain_llamacpp._lifecycle import NativeStateMixin
@@ -144,7 +145,7 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     n_ubatch: int | None = Field(None, ge=1)
     """Physical batch size. None: `n_batch`."""
 
-    n_seq: int | None = Field(None, ge=1, le=256)
+    n_seq: int | None = Field(None, ge=1, le=_native.MAX_SEQUENCES)
     """Sequence slots: up to this many requests are decoded together in one batch, and this many
     conversations keep their prompt cache warm. None: 8 (1 with `batch_invariant`). The slots share
     one KV pool of `n_ctx` cells (llama.cpp's unified KV cache, as its server uses), so memory does not
@@ -180,10 +181,10 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     where the answer repeats its context (editing code, quoting documents, extracting fields). Used
     first where both are on; adjusted as it runs, like `draft_model_path`."""
 
-    draft_max: int = Field(16, ge=1, le=63)
+    draft_max: int = Field(16, ge=1, le=_native.MAX_DRAFT_TOKENS)
     """Tokens drafted at most per step (llama-server's ``--draft-max``)."""
 
-    draft_min: int = Field(0, ge=0, le=63)
+    draft_min: int = Field(0, ge=0, le=_native.MAX_DRAFT_TOKENS)
     """Tokens drafted at least where a draft exists, whatever the measured costs say (0: as they say)."""
 
     draft_p_min: float = Field(0.75, ge=0, le=1, allow_inf_nan=False)
@@ -348,8 +349,7 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     @model_validator(mode="after")
     def _check(self) -> LlamaCppParams:
         check_files(self)
-        if self.draft_min > self.draft_max:  # also natively, but only once speculation is on
-            raise ValueError(f"draft_min ({self.draft_min}) is more than draft_max ({self.draft_max})")
+        _native.check_draft_lengths(self.draft_max, self.draft_min)  # at once, not only where it speculates
         _settings.one_grammar(self.grammar, self.grammar_path)
         if self.grammar_path is not None:
             self.grammar_path = resolve_grammar_path(self.grammar_path)

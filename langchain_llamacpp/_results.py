@@ -16,10 +16,10 @@ def usage(request: _native.Request) -> dict[str, int]:
     """Token counts, OpenAI's names (the engine's counters, `cached_tokens` from the prompt cache)."""
     u = request.usage
     return {
-        "prompt_tokens": int(u["prompt_tokens"]),
-        "completion_tokens": int(u["completion_tokens"]),
-        "total_tokens": int(u["prompt_tokens"] + u["completion_tokens"]),
-        "cached_tokens": int(u["cached_tokens"]),
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "cached_tokens": u.cached_tokens,
     }
 
 
@@ -41,7 +41,7 @@ def draft_counts(request: _native.Request, speculative: bool) -> dict[str, int]:
     if not speculative:
         return {}
     u = request.usage
-    return {"draft_n": int(u["draft_n"]), "draft_n_accepted": int(u["draft_n_accepted"])}
+    return {"draft_n": u.draft_n, "draft_n_accepted": u.draft_n_accepted}
 
 
 def _ending(request: _native.Request) -> dict[str, str]:
@@ -113,13 +113,13 @@ def report(request: _native.Request, verbose: bool) -> None:
     if not verbose:
         return
     u = request.usage
-    evaluated = u["prompt_tokens"] - u["cached_tokens"]
-    pp = evaluated / (u["prompt_ms"] / 1000) if u["prompt_ms"] > 0 else 0.0
-    gen = max(u["completion_tokens"] - 1, 0)
-    tg = gen / (u["generation_ms"] / 1000) if u["generation_ms"] > 0 else 0.0
+    evaluated = u.prompt_tokens - u.cached_tokens
+    pp = evaluated / (u.prompt_ms / 1000) if u.prompt_ms > 0 else 0.0
+    gen = max(u.completion_tokens - 1, 0)
+    tg = gen / (u.generation_ms / 1000) if u.generation_ms > 0 else 0.0
     print(
-        f"llama_perf: prompt eval = {u['prompt_ms']:.1f} ms / {evaluated} tokens ({pp:.1f} tok/s, "
-        f"{u['cached_tokens']} cached) | eval = {u['generation_ms']:.1f} ms / {u['completion_tokens']} "
-        f"tokens ({tg:.1f} tok/s) | queued = {u['queued_ms']:.1f} ms | finish = {request.finish_reason}",
+        f"llama_perf: prompt eval = {u.prompt_ms:.1f} ms / {evaluated} tokens ({pp:.1f} tok/s, "
+        f"{u.cached_tokens} cached) | eval = {u.generation_ms:.1f} ms / {u.completion_tokens} "
+        f"tokens ({tg:.1f} tok/s) | queued = {u.queued_ms:.1f} ms | finish = {request.finish_reason}",
         file=sys.stderr,
     )

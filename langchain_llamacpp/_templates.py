@@ -84,7 +84,7 @@ class TemplateSandbox:
         self._failed: ValueError | None = None
         _live.add(self)
 
-    def apply(self, inputs: RenderInputs) -> dict[str, Any]:
+    def apply(self, inputs: RenderInputs) -> _native.RenderResult:
         """Render messages; the same result as `_native.ChatTemplates.apply(**inputs.keywords())`."""
         request = [
             "apply",
@@ -100,7 +100,8 @@ class TemplateSandbox:
         ]
         with self._lock:
             self._start()
-            return _decode_rendered(self._exchange(request, RENDER_TIMEOUT_S, "rendering"))
+            reply = self._exchange(request, RENDER_TIMEOUT_S, "rendering")
+        return _native.RenderResult.decode(reply[1])  # by field name, the code that encoded it
 
     def close(self) -> None:
         """Stop the worker (a later call starts another)."""
@@ -247,31 +248,6 @@ def _read_message(fd: int, timeout: float, pid: int) -> list[bytes]:
         fields.append(bytes(buf[pos : pos + size]))
         pos += size
     return fields
-
-
-def _decode_rendered(f: list[bytes]) -> dict[str, Any]:
-    def text(i: int) -> str:
-        return f[i].decode("utf-8", "replace")
-
-    out: dict[str, Any] = {
-        "prompt": text(1),
-        "format": int(f[2]),
-        "format_name": text(3),
-        "grammar": text(4),
-        "grammar_lazy": f[5] == b"1",
-        "generation_prompt": text(6),
-        "parser": text(7),
-        "supports_thinking": f[8] == b"1",
-    }
-    i = 9
-    n = int(f[i])
-    out["grammar_triggers"] = [(int(f[i + 1 + 3 * k]), text(i + 2 + 3 * k), int(f[i + 3 + 3 * k])) for k in range(n)]
-    i += 1 + 3 * n
-    for key in ("preserved_tokens", "additional_stops"):
-        n = int(f[i])
-        out[key] = [text(i + 1 + k) for k in range(n)]
-        i += 1 + n
-    return out
 
 
 def _stop_process(proc: subprocess.Popen[bytes], owner: int) -> None:

@@ -301,7 +301,7 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             media_marker=engine.media_marker,
         )
         rendered = self._chat_templates().apply(request.render)
-        if request.reasoning and not rendered["supports_thinking"]:
+        if request.reasoning and not rendered.supports_thinking:
             self._say_no_thinking()
         params = request_params(engine, request, rendered, _request.stop_list(self, stop), options)
         parser, parse = reply_parser(request, rendered)

@@ -23,9 +23,6 @@ from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.native import Engine
 
-# llama.cpp's limit on sequences in one batch (LLAMA_MAX_SEQ); the engine asks for as many.
-_MAX_TEXTS_PER_STEP = 256
-
 # Task prefixes that retrieval models were trained with, by model name (GGUF `general.name`, or the
 # file name): (query, document). Their model cards give them; without them retrieval is worse.
 _RETRIEVAL_PREFIXES: tuple[tuple[re.Pattern[str], str, str], ...] = (
@@ -224,12 +221,12 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         and Ctrl-C is seen between steps."""
         engine = self.load()
         model = engine.model
-        limit = engine.embed_max_tokens
+        limit, max_texts = engine.embed_max_tokens, engine.embed_max_texts
         group: list[list[int]] = []
         n_tokens = 0
         for i, text in enumerate(texts):
             tokens = self._tokens(model, text, prefix, -1 if single else i, limit)
-            if group and (n_tokens + len(tokens) > limit or len(group) == _MAX_TEXTS_PER_STEP):
+            if group and (n_tokens + len(tokens) > limit or len(group) == max_texts):
                 yield group
                 group, n_tokens = [], 0
             group.append(tokens)

@@ -26,10 +26,12 @@ with the same settings is loaded once), so a `ChatLlamaCpp` and low-level code c
 Also here: a `Chunk` carries a token's text, logprob and `TopLogprob` alternatives; `Engine.tokenize_media`
 gives a `MediaPrompt` (images or audio at the projector's markers) to set as `RequestParams.media`;
 `SamplingParams.grammar_triggers` (`GrammarTrigger`) make a grammar lazy; `ChatTemplates` and `ChatParser`
-render a model's chat template and parse its output; `grammar_error`, `json_schema_to_grammar` and
-`check_chat_template` check what strangers write; `system_info`, `rpc_available` and `LLAMA_CPP_BUILD` say
-what this build of llama.cpp is, for bug reports. Every class and field is typed in the stubs shipped beside
-the extension (`_native.pyi`).
+render a model's chat template (into a `RenderResult`) and parse its output; `Request.usage` (a `Usage`) and
+`Engine.stats()` (an `EngineStats`) are a request's and an engine's counters; `grammar_error`,
+`json_schema_to_grammar` and `check_chat_template` check what strangers write; `MAX_SEQUENCES` (`n_seq`),
+`MAX_DRAFT_TOKENS` (`draft_max`) and `MAX_MEDIA_BYTES` (one image or audio file) are limits the engine
+enforces; `system_info`, `rpc_available` and `LLAMA_CPP_BUILD` say what this build of llama.cpp is, for bug
+reports. Every class and field is typed in the stubs shipped beside the extension (`_native.pyi`).
 """
 
 from __future__ import annotations
@@ -40,19 +42,25 @@ from typing import Any
 from langchain_llamacpp import _native, _registry
 from langchain_llamacpp._native import (
     LLAMA_CPP_BUILD,
+    MAX_DRAFT_TOKENS,
+    MAX_MEDIA_BYTES,
+    MAX_SEQUENCES,
     ChatParser,
     ChatTemplates,
     Chunk,
     Engine,
     EngineParams,
+    EngineStats,
     GrammarTrigger,
     MediaPrompt,
     Model,
     ModelParams,
+    RenderResult,
     Request,
     RequestParams,
     SamplingParams,
     TopLogprob,
+    Usage,
     check_chat_template,
     grammar_error,
     json_schema_to_grammar,
@@ -61,19 +69,25 @@ from langchain_llamacpp._native import (
 
 __all__ = [
     "LLAMA_CPP_BUILD",
+    "MAX_DRAFT_TOKENS",
+    "MAX_MEDIA_BYTES",
+    "MAX_SEQUENCES",
     "ChatParser",
     "ChatTemplates",
     "Chunk",
     "Engine",
     "EngineParams",
+    "EngineStats",
     "GrammarTrigger",
     "MediaPrompt",
     "Model",
     "ModelParams",
+    "RenderResult",
     "Request",
     "RequestParams",
     "SamplingParams",
     "TopLogprob",
+    "Usage",
     "check_chat_template",
     "create_engine",
     "grammar_error",

@@ -37,10 +37,10 @@ public:
     ChatTemplates(std::shared_ptr<Model> model, const std::string & override_template)
         : model_(std::move(model)), renderer_(model_->get(), override_template) {}
 
-    nb::dict apply(const std::string & messages_json, const std::string & tools_json, const std::string & tool_choice,
-                   bool parallel_tool_calls, const std::string & json_schema, bool add_generation_prompt,
-                   const std::map<std::string, std::string> & template_kwargs, bool enable_thinking,
-                   const std::string & reasoning_format) {
+    RenderResult apply(const std::string & messages_json, const std::string & tools_json, const std::string & tool_choice,
+                       bool parallel_tool_calls, const std::string & json_schema, bool add_generation_prompt,
+                       const std::map<std::string, std::string> & template_kwargs, bool enable_thinking,
+                       const std::string & reasoning_format) const {
         RenderRequest request;
         request.messages_json = messages_json;
         request.tools_json = tools_json;
@@ -51,28 +51,7 @@ public:
         request.template_kwargs = template_kwargs;
         request.enable_thinking = enable_thinking;
         request.reasoning_format = reasoning_format;
-        common_chat_params params;
-        {
-            lcl::ReleaseGil release;
-            params = renderer_.apply(request);
-        }
-        nb::dict out;
-        out["prompt"] = params.prompt;
-        out["format"] = static_cast<int>(params.format);
-        out["format_name"] = std::string(common_chat_format_name(params.format));
-        out["grammar"] = params.grammar;
-        out["grammar_lazy"] = params.grammar_lazy;
-        out["generation_prompt"] = params.generation_prompt;
-        out["parser"] = params.parser;
-        out["supports_thinking"] = params.supports_thinking;
-        nb::list triggers;
-        for (const auto & t : params.grammar_triggers) {
-            triggers.append(nb::make_tuple(static_cast<int>(t.type), t.value, t.token));
-        }
-        out["grammar_triggers"] = triggers;
-        out["preserved_tokens"] = params.preserved_tokens;
-        out["additional_stops"] = params.additional_stops;
-        return out;
+        return renderer_.apply(request);
     }
 
     std::string source() const { return renderer_.source(); }
@@ -167,7 +146,43 @@ std::string quiet_stderr(const std::function<std::string()> & fn) {
 
 }  // namespace
 
+void register_render_result(nb::module_ & m) {
+    auto result = nb::class_<RenderResult>(m, "RenderResult",
+                                           "What rendering a chat template gives: the prompt, and the grammar, triggers, "
+                                           "parser and stop strings of its format (ChatTemplates.apply).")
+                      .def(nb::init<>());
+#define LCL_BIND(type, name, doc) result.def_rw(#name, &RenderResult::name, doc);
+    LCL_RENDER_RESULT(LCL_BIND)
+#undef LCL_BIND
+    nb::list names;
+#define LCL_NAME(type, name, doc) names.append(#name);
+    LCL_RENDER_RESULT(LCL_NAME)
+#undef LCL_NAME
+    result.attr("FIELDS") = nb::tuple(names);
+    result
+        .def(
+            "__eq__",
+            [](const RenderResult & self, nb::handle other) -> nb::object {
+                if (!nb::isinstance<RenderResult>(other)) {
+                    return nb::borrow(Py_NotImplemented);
+                }
+                return nb::bool_(self == nb::cast<const RenderResult &>(other));
+            },
+            nb::sig("def __eq__(self, other: object, /) -> bool"), "Whether every field is the same.")
+        .def(
+            "encode",
+            [](const RenderResult & self) {
+                const std::string bytes = self.encode();
+                return nb::bytes(bytes.data(), bytes.size());
+            },
+            "The fields by name, as the template worker sends them.")
+        .def_static(
+            "decode", [](const nb::bytes & bytes) { return RenderResult::decode(std::string(bytes.c_str(), bytes.size())); },
+            "bytes"_a, "The result encode() gave; ValueError naming a field that is missing, unknown or malformed.");
+}
+
 void register_chat(nb::module_ & m) {
+    register_render_result(m);
     nb::class_<ChatTemplates>(m, "ChatTemplates", "A model's chat template(s), rendered in this process by llama.cpp's Jinja engine (trusted templates only: "
                                    "ChatLlamaCpp renders in a sandbox process).")
         .def(nb::init<std::shared_ptr<Model>, const std::string &>(), "model"_a, "override_template"_a = "",
@@ -176,7 +191,8 @@ void register_chat(nb::module_ & m) {
              "parallel_tool_calls"_a = false, "json_schema"_a = "", "add_generation_prompt"_a = true,
              "template_kwargs"_a = std::map<std::string, std::string>(), "enable_thinking"_a = true,
              "reasoning_format"_a = "auto",
-             "Render OpenAI-style messages; returns the prompt and the grammar/trigger/parser settings.")
+             nb::call_guard<lcl::ReleaseGil>(),
+             "Render OpenAI-style messages: the prompt and the grammar, triggers and parser of the template's format.")
         .def_prop_ro("source", &ChatTemplates::source)
         .def("caps", &ChatTemplates::caps);
 

@@ -9,8 +9,10 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "chat.h"
+#include "params.h"
 
 namespace lcl {
 
@@ -45,13 +47,44 @@ constexpr int kMaxJsonNesting = 64;
 // Throws std::invalid_argument if `text` is too large or nests too deeply (it is not parsed).
 void check_json_text(const std::string & text, const std::string & what);
 
+// X(type, name, doc): what a render gives the caller (from common_chat_params). The same table makes the
+// struct, its binding (RenderResult) and its encoding, by field name, for the trip from the template worker.
+#define LCL_RENDER_RESULT(X)                                                                                        \
+    X(std::string, prompt, "The rendered prompt.")                                                                  \
+    X(int, format, "llama.cpp's chat format (common_chat_format), for ChatParser.")                                 \
+    X(std::string, format_name, "The chat format's name.")                                                          \
+    X(std::string, grammar, "GBNF for tool calls or the JSON schema; empty: none.")                                 \
+    X(bool, grammar_lazy, "The grammar applies from a trigger on.")                                                 \
+    X(GrammarTriggers, grammar_triggers, "Where a lazy grammar starts.")                                            \
+    X(std::string, generation_prompt, "The text the template adds to start the reply (the parser's prefix).")       \
+    X(std::string, parser, "llama.cpp's serialized output parser for the format, or empty.")                        \
+    X(bool, supports_thinking, "Whether the template has a reasoning block.")                                       \
+    X(Strings, preserved_tokens, "Special tokens of the template that are output as text.")                         \
+    X(Strings, additional_stops, "Stop strings the template adds.")                                                \
+    X(std::string, thinking_start_tag, "The tag that opens the template's thinking block (\"<think>\"), or empty.")  \
+    X(Strings, thinking_end_tags, "The tags that close it.")
+
+#define LCL_RENDER_FIELD(type, name, doc) type name{};
+
+bool operator==(const GrammarTrigger & a, const GrammarTrigger & b);
+
+struct RenderResult {
+    LCL_RENDER_RESULT(LCL_RENDER_FIELD)
+
+    bool operator==(const RenderResult & other) const;
+    // Fields as (name, value) pairs in one length-prefixed byte string, and back. decode throws
+    // std::invalid_argument naming a field that is missing, unknown or malformed: none is dropped silently.
+    std::string encode() const;
+    static RenderResult decode(const std::string & bytes);
+};
+
 class ChatRenderer {
 public:
     // `override_template` empty: the model's own template(s); a template with a tool_use variant
     // keeps both, as llama.cpp's server does.
     ChatRenderer(const llama_model * model, const std::string & override_template);
 
-    common_chat_params apply(const RenderRequest & request) const;
+    RenderResult apply(const RenderRequest & request) const;
 
     std::string source() const;
     std::map<std::string, bool> caps() const;

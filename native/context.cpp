@@ -16,6 +16,20 @@ namespace lcl {
 
 namespace {
 
+// n_seq within llama.cpp's limit (LLAMA_MAX_SEQ, _native.MAX_SEQUENCES); n_ctx's defaults from the model.
+void plan_sequences(const Model & model, EngineParams & params) {
+    const int max_seq = static_cast<int>(llama_max_parallel_sequences());
+    if (params.n_seq < 1 || params.n_seq > max_seq) {
+        throw std::invalid_argument("n_seq must be between 1 and " + std::to_string(max_seq) + ", got " +
+                                    std::to_string(params.n_seq));
+    }
+    if (params.n_ctx == 0) {
+        params.n_ctx = model.n_ctx_train();
+    } else if (params.n_ctx < 0) {
+        params.n_ctx = std::min(4096, model.n_ctx_train());  // a sensible default, not 32k of KV cache
+    }
+}
+
 // batch_invariant's conditions; sets the flash attention and batch sizes it needs.
 void check_batch_invariant(const Model & model, EngineParams & params, bool recurrent) {
     if (model.params().repack) {
@@ -37,7 +51,7 @@ void check_batch_invariant(const Model & model, EngineParams & params, bool recu
     params.n_ubatch = params.n_batch = std::max(params.n_batch, 4);
 }
 
-// Speculative decoding's conditions; caps draft_max to what a step's batch holds.
+// Speculative decoding's conditions.
 void check_speculation(EngineParams & params, bool recurrent) {
     if (params.embeddings) {
         throw std::invalid_argument("speculative decoding (a draft model, prompt lookup) is for generation, not embeddings");
@@ -46,16 +60,10 @@ void check_speculation(EngineParams & params, bool recurrent) {
         throw std::invalid_argument("speculative decoding needs a KV cache that can drop the drafts the model "
                                     "refuses; a recurrent or hybrid model's state cannot");
     }
-    if (params.draft_max < 1 || params.draft_min < 0 || params.draft_min > params.draft_max) {
-        throw std::invalid_argument("speculative decoding needs 1 <= draft_max and 0 <= draft_min <= draft_max, got "
-                                    "draft_max=" + std::to_string(params.draft_max) +
-                                    ", draft_min=" + std::to_string(params.draft_min));
-    }
+    check_draft_lengths(params.draft_max, params.draft_min);
     if (!(params.draft_p_min >= 0.0f && params.draft_p_min <= 1.0f)) {
         throw std::invalid_argument("draft_p_min must be between 0 and 1");
     }
-    // A step holds every slot's next token and drafts: the batch must hold them.
-    params.draft_max = std::min(params.draft_max, SpecCost::kMaxBatch - 1);
 }
 
 }  // namespace
@@ -67,14 +75,7 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     ContextPlan plan;
     EngineParams & params = plan.params;
     params = params_in;
-    if (params.n_seq < 1 || params.n_seq > 256) {
-        throw std::invalid_argument("n_seq must be between 1 and 256, got " + std::to_string(params.n_seq));
-    }
-    if (params.n_ctx == 0) {
-        params.n_ctx = model.n_ctx_train();
-    } else if (params.n_ctx < 0) {
-        params.n_ctx = std::min(4096, model.n_ctx_train());  // a sensible default, not 32k of KV cache
-    }
+    plan_sequences(model, params);
     if (params.embeddings) {
         params = embedding_params(params);
         if (!params.mmproj_path.empty()) {

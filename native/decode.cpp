@@ -162,7 +162,7 @@ void Engine::sample_slot(Slot & slot, bool tail_row, llama_token guess) {
     if (!slot.generating()) {
         slot.state = SlotState::generating;
         slot.t_prompt_done = now_ms();
-        slot.request->t_prompt_ms = slot.t_prompt_done - slot.t_start;
+        slot.request->usage.prompt_ms = slot.t_prompt_done - slot.t_start;
     }
     try {
         llama_token token = slot.sampler->sample(ctx(), idx);

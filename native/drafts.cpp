@@ -16,9 +16,9 @@ void Engine::accept_drafts(Slot & slot, llama_token token, int idx) {
     const size_t n_draft = slot.draft.size();
     size_t accepted = 0;
     // Counted before the tokens go out: the request may finish on any of them, and its caller then reads these.
-    slot.request->draft_n += static_cast<int>(n_draft);
+    slot.request->usage.draft_n += static_cast<int>(n_draft);
     while (accepted < n_draft && token == slot.draft[accepted]) {
-        slot.request->draft_n_accepted++;
+        slot.request->usage.draft_n_accepted++;
         emit_token(slot, token, idx);
         if (!slot.active()) {
             break;

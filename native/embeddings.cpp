@@ -25,6 +25,8 @@ EngineParams embedding_params(EngineParams params) {
 
 int Engine::embed_max_tokens() const { return std::min(params_.n_batch, n_ctx_seq_); }
 
+int Engine::embed_max_texts() const { return static_cast<int>(llama_n_seq_max(ctx())); }
+
 std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & inputs, int normalize) {
     if (!params_.embeddings) {
         throw std::invalid_argument("this engine was created without embeddings=True");
@@ -53,7 +55,7 @@ std::vector<float> Engine::embed(const std::vector<std::vector<llama_token>> & i
     run_on_thread([&] {
         llama_context * ctx = this->ctx();
         llama_memory_t mem = llama_get_memory(ctx);  // null for encoder-only models
-        const int n_seq_max = static_cast<int>(llama_n_seq_max(ctx));
+        const int n_seq_max = embed_max_texts();
         size_t first = 0;  // index of the batch's first text
         int n_seq = 0;
         batch_.n_tokens = 0;

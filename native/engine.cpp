@@ -144,7 +144,7 @@ std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
     pending->sampler = std::make_unique<RequestSampler>(*model_, *rules_, params);
     auto request = std::make_shared<RequestState>();
     request->notify_fd = notify_fd;
-    request->prompt_tokens = n_prompt;
+    request->usage.prompt_tokens = n_prompt;
     if (params.max_tokens == 0) {
         // Nothing to generate: done at once, as llama-server answers n_predict=0 (the prompt is checked).
         request->finish("length");
@@ -202,11 +202,11 @@ void Engine::finish_slot(Slot & slot, const std::string & reason, const std::str
         }
         const double t = now_ms();
         if (slot.generating()) {
-            slot.request->t_gen_ms = t - slot.t_prompt_done;
+            slot.request->usage.generation_ms = t - slot.t_prompt_done;
         } else {
-            slot.request->t_prompt_ms = t - slot.t_start;
+            slot.request->usage.prompt_ms = t - slot.t_start;
         }
-        slot.request->completion_tokens = slot.n_decoded;
+        slot.request->usage.completion_tokens = slot.n_decoded;
         slot.request->finish(reason, error);
     }
     slot.end(++uses_);

@@ -32,6 +32,24 @@ namespace lcl {
 class EngineContext;
 struct Slot;
 
+// X(type, name, doc): an engine's counters since creation (Engine.stats); the same table makes the struct
+// and its binding.
+#define LCL_ENGINE_STATS(X)                                                                                         \
+    X(long long, steps, "Decode steps.")                                                                            \
+    X(long long, tokens_decoded, "Tokens decoded, prompts too; fillers and refused drafts aside.")                                                  \
+    X(long long, prompt_tokens_evaluated, "Prompt tokens evaluated.")                                               \
+    X(long long, prompt_tokens_reused, "Prompt tokens reused from a slot's cache instead.")                          \
+    X(long long, max_batch, "The largest batch decoded in one step.")                                               \
+    X(long long, fillers, "Tokens that kept a step's sequences contiguous (see Engine::step).")                     \
+    X(long long, draft_tokens, "Speculative decoding: tokens drafted and checked.")                                 \
+    X(long long, drafts_accepted, "Drafted tokens that were right.")                                                \
+    X(long long, guesses_accepted, "batch_invariant: tail rows whose guess was right (a second token).")            \
+    X(double, media_ms, "Encoding and decoding images and audio.")
+
+struct EngineStats {
+    LCL_ENGINE_STATS(LCL_DECLARE_COUNTER)
+};
+
 class Engine : public std::enable_shared_from_this<Engine> {
 public:
     // `draft`: a small model with the same vocabulary that drafts tokens for this one (speculative decoding).
@@ -64,6 +82,7 @@ public:
     // normalize as llama.cpp's common_embd_normalize: -1 none, 0 max-abs (int16 range), 2 L2, p > 2 p-norm.
     std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, int normalize);
     int embed_max_tokens() const;  // the longest text one batch holds
+    int embed_max_texts() const;   // the most texts one batch holds (a sequence each)
     int n_embd_out() const { return llama_model_n_embd_out(model_->get()); }
     int pooling() const;
     void clear_cache();
@@ -75,18 +94,7 @@ public:
     void kv_copy(int src, int dst);             // dst becomes a copy of src
     std::vector<llama_token> slot_tokens(int slot);
 
-    struct Stats {
-        long long steps = 0;
-        long long tokens_decoded = 0;
-        long long prompt_tokens_evaluated = 0;
-        long long prompt_tokens_reused = 0;
-        long long max_batch = 0;
-        long long fillers = 0;  // tokens that kept a step's sequences contiguous (see step())
-        long long draft_tokens = 0;     // speculative decoding: tokens drafted and checked
-        long long drafts_accepted = 0;  // drafted tokens that were right
-        long long guesses_accepted = 0;  // batch_invariant: tail rows whose guess was right (a second token)
-        double media_ms = 0;            // encoding and decoding images and audio
-    };
+    using Stats = EngineStats;
     Stats stats();
 
 private:

@@ -58,6 +58,28 @@ void wait_interruptibly(lcl::Request & self, bool until_done) {
     }
 }
 
+// Engine.embed: lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
+nb::list embed_as_lists(lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
+    std::vector<float> flat;
+    {
+        lcl::ReleaseGil release;
+        flat = self.embed(inputs, normalize);
+    }
+    const size_t n_embd = static_cast<size_t>(self.n_embd_out());
+    nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
+        if (row == nullptr) {
+            throw nb::python_error();
+        }
+        for (size_t j = 0; j < n_embd; ++j) {
+            PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
+        }
+        PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
+    }
+    return out;
+}
+
 void register_model(nb::module_ & m) {
     auto model_params = nb::class_<lcl::ModelParams>(m, "ModelParams", "How to load a GGUF file.").def(nb::init<>());
 #define LCL_BIND(type, name, value, doc) model_params.def_rw(#name, &lcl::ModelParams::name, doc);
@@ -146,7 +168,7 @@ void register_model(nb::module_ & m) {
             "All GGUF metadata as strings.");
 }
 
-void register_engine(nb::module_ & m) {
+void register_params(nb::module_ & m) {
     // Each settings struct is bound from its table (params.h): a field added there is in Python too.
     auto engine_params =
         nb::class_<lcl::EngineParams>(m, "EngineParams", "Context and scheduling settings of an engine.").def(nb::init<>());
@@ -189,6 +211,18 @@ void register_engine(nb::module_ & m) {
 #define LCL_BIND(type, name, value, doc) request_params.def_rw(#name, &lcl::RequestParams::name, doc);
     LCL_REQUEST_PARAMS(LCL_BIND)
 #undef LCL_BIND
+}
+
+void register_request(nb::module_ & m) {
+    auto usage = nb::class_<lcl::Usage>(m, "Usage", "A request's token counts and timings (Request.usage).");
+#define LCL_BIND(type, name, doc) usage.def_ro(#name, &lcl::Usage::name, doc);
+    LCL_USAGE_FIELDS(LCL_BIND)
+#undef LCL_BIND
+    nb::list usage_fields;
+#define LCL_NAME(type, name, doc) usage_fields.append(#name);
+    LCL_USAGE_FIELDS(LCL_NAME)
+#undef LCL_NAME
+    usage.attr("FIELDS") = nb::tuple(usage_fields);
 
     nb::class_<lcl::TopLogprob>(m, "TopLogprob", "One of the most likely tokens at a position, with its logprob.")
         .def_ro("token", &lcl::TopLogprob::token)
@@ -242,19 +276,12 @@ void register_engine(nb::module_ & m) {
                      [](lcl::Request & self) {
                          auto st = self.state();
                          std::lock_guard<std::mutex> lock(st->mutex);
-                         nb::dict d;
-                         d["prompt_tokens"] = st->prompt_tokens;
-                         d["cached_tokens"] = st->cached_tokens;
-                         d["completion_tokens"] = st->completion_tokens;
-                         d["draft_n"] = st->draft_n;
-                         d["draft_n_accepted"] = st->draft_n_accepted;
-                         d["queued_ms"] = st->t_queued_ms;
-                         d["prompt_ms"] = st->t_prompt_ms;
-                         d["generation_ms"] = st->t_gen_ms;
-                         return d;
+                         return st->usage;
                      },
-                     "Token counts and timings (prompt_tokens, cached_tokens, completion_tokens, *_ms).");
+                     "Token counts and timings so far (a copy).");
+}
 
+void register_engine(nb::module_ & m) {
     nb::class_<lcl::Engine>(m, "Engine", "A context with sequence slots and one decoding thread.",
                             nb::is_weak_referenceable())
         .def_static("create", &lcl::Engine::create, "model"_a, "params"_a, "draft"_a.none() = nb::none(),
@@ -297,33 +324,12 @@ void register_engine(nb::module_ & m) {
              "Make slot dst a copy of slot src (shared prefix for branching).")
         .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<lcl::ReleaseGil>(),
              "The tokens cached in a slot.")
-        .def(
-            "embed",
-            [](lcl::Engine & self, const std::vector<std::vector<llama_token>> & inputs, int normalize) {
-                std::vector<float> flat;
-                {
-                    lcl::ReleaseGil release;
-                    flat = self.embed(inputs, normalize);
-                }
-                // Lists of floats, as LangChain's Embeddings return them, built without per-item lookups.
-                const size_t n_embd = static_cast<size_t>(self.n_embd_out());
-                nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
-                for (size_t i = 0; i < inputs.size(); ++i) {
-                    PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
-                    if (row == nullptr) {
-                        throw nb::python_error();
-                    }
-                    for (size_t j = 0; j < n_embd; ++j) {
-                        PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
-                    }
-                    PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
-                }
-                return out;
-            },
-            "inputs"_a, "normalize"_a = 2,
-            "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
-            "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
+        .def("embed", &embed_as_lists,
+             "inputs"_a, "normalize"_a = 2,
+             "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
+             "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
         .def_prop_ro("embed_max_tokens", &lcl::Engine::embed_max_tokens, "The longest text one embedding batch holds.")
+        .def_prop_ro("embed_max_texts", &lcl::Engine::embed_max_texts, "The most texts one embedding batch holds.")
         .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors.")
         .def_prop_ro("pooling", [](lcl::Engine & self) { return self.pooling(); },
                      "The pooling in use (llama_pooling_type: 1 mean, 2 cls, 3 last).")
@@ -334,24 +340,17 @@ void register_engine(nb::module_ & m) {
         .def_prop_ro("n_seq", &lcl::Engine::n_seq)
         .def_prop_ro("n_batch", &lcl::Engine::n_batch)
         .def_prop_ro("n_threads", &lcl::Engine::n_threads)
-        .def(
-            "stats",
-            [](lcl::Engine & self) {
-                const auto s = self.stats();
-                nb::dict d;
-                d["steps"] = s.steps;
-                d["tokens_decoded"] = s.tokens_decoded;
-                d["prompt_tokens_evaluated"] = s.prompt_tokens_evaluated;
-                d["prompt_tokens_reused"] = s.prompt_tokens_reused;
-                d["max_batch"] = s.max_batch;
-                d["fillers"] = s.fillers;
-                d["draft_tokens"] = s.draft_tokens;
-                d["drafts_accepted"] = s.drafts_accepted;
-                d["guesses_accepted"] = s.guesses_accepted;
-                d["media_ms"] = s.media_ms;
-                return d;
-            },
-            "Counters since creation: decode steps, tokens, prompt tokens evaluated and reused, largest batch.");
+        .def("stats", &lcl::Engine::stats, "Counters since creation (a copy).");
+
+    auto stats = nb::class_<lcl::EngineStats>(m, "EngineStats", "An engine's counters since creation (Engine.stats).");
+#define LCL_BIND(type, name, doc) stats.def_ro(#name, &lcl::EngineStats::name, doc);
+    LCL_ENGINE_STATS(LCL_BIND)
+#undef LCL_BIND
+    nb::list stats_fields;
+#define LCL_NAME(type, name, doc) stats_fields.append(#name);
+    LCL_ENGINE_STATS(LCL_NAME)
+#undef LCL_NAME
+    stats.attr("FIELDS") = nb::tuple(stats_fields);  // for a reader that lists them all (the server's /metrics)
 }
 
 // The scheduler's pure planners (step_plan.h), private: for tests that check plans with made-up slots.
@@ -434,6 +433,8 @@ NB_MODULE(_native, m) {
 
     lcl::install_log_callback();
     register_model(m);
+    register_params(m);
+    register_request(m);
     register_engine(m);
     register_planner(m);
     lcl::register_chat(m);
@@ -455,4 +456,11 @@ NB_MODULE(_native, m) {
         "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
+
+    // Limits enforced here, for Python to read rather than restate.
+    m.attr("MAX_SEQUENCES") = static_cast<int>(llama_max_parallel_sequences());  // n_seq (plan_context)
+    m.attr("MAX_DRAFT_TOKENS") = lcl::kMaxDraft;                                // draft_max (check_draft_lengths)
+    m.attr("MAX_MEDIA_BYTES") = lcl::kMaxMediaBytes;                           // one image or audio file
+    m.def("check_draft_lengths", &lcl::check_draft_lengths, "draft_max"_a, "draft_min"_a,
+          "ValueError unless 1 <= draft_max <= MAX_DRAFT_TOKENS and 0 <= draft_min <= draft_max.");
 }

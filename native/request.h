@@ -27,6 +27,24 @@ struct Chunk {
     std::vector<TopLogprob> top;
 };
 
+// X(type, name, doc): a request's counters and timings, as the caller reads them (Request.usage); the same
+// table makes the struct and its binding.
+#define LCL_USAGE_FIELDS(X)                                                                                         \
+    X(int, prompt_tokens, "Tokens in the prompt.")                                                                  \
+    X(int, cached_tokens, "Of which were reused from the slot's cache, not evaluated.")                             \
+    X(int, completion_tokens, "Tokens generated.")                                                                  \
+    X(int, draft_n, "Tokens drafted for this request (speculative decoding).")                                      \
+    X(int, draft_n_accepted, "Of which the model accepted.")                                                        \
+    X(double, queued_ms, "From submit to a slot.")                                                                  \
+    X(double, prompt_ms, "Evaluating the prompt (to the first token).")                                             \
+    X(double, generation_ms, "From the first token to the end.")
+
+#define LCL_DECLARE_COUNTER(type, name, doc) type name = 0;
+
+struct Usage {
+    LCL_USAGE_FIELDS(LCL_DECLARE_COUNTER)
+};
+
 // Shared between the engine thread and the Python handle.
 struct RequestState {
     std::mutex mutex;
@@ -36,12 +54,7 @@ struct RequestState {
     std::string error;
     std::string finish_reason;
     std::string stop_string;
-    int prompt_tokens = 0;
-    int cached_tokens = 0;
-    int completion_tokens = 0;
-    int draft_n = 0;           // tokens drafted for this request (speculative decoding)
-    int draft_n_accepted = 0;  // of which the model accepted
-    double t_queued_ms = 0, t_prompt_ms = 0, t_gen_ms = 0;
+    Usage usage;
     std::atomic<bool> cancelled{false};
     std::atomic<bool> signaled{false};
     int notify_fd = -1;

@@ -24,8 +24,8 @@ void Slot::begin(Pending && pending, size_t n_keep, size_t reserve) {
     model_acceptance = {};
     probe_in = probe_every = 16;
     clear_step();
-    request->cached_tokens = static_cast<int>(n_keep);
-    request->t_queued_ms = t_start - pending.t_submit;
+    request->usage.cached_tokens = static_cast<int>(n_keep);
+    request->usage.queued_ms = t_start - pending.t_submit;
 }
 
 void Slot::end(long long use) {

@@ -38,6 +38,14 @@ std::vector<llama_token> prompt_lookup(const std::vector<llama_token> & tokens, 
     return out;
 }
 
+void check_draft_lengths(int draft_max, int draft_min) {
+    if (draft_max < 1 || draft_max > kMaxDraft || draft_min < 0 || draft_min > draft_max) {
+        throw std::invalid_argument("speculative decoding needs 1 <= draft_max <= " + std::to_string(kMaxDraft) +
+                                    " and 0 <= draft_min <= draft_max, got draft_max=" + std::to_string(draft_max) +
+                                    ", draft_min=" + std::to_string(draft_min));
+    }
+}
+
 void SpecCost::record_decode(int n_tokens, double ms) {
     if (n_tokens < 1 || n_tokens > kMaxBatch || !(ms > 0)) {
         return;

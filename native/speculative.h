@@ -59,6 +59,13 @@ private:
     double draft_ms_ = 0;
 };
 
+// The longest draft: a slot's next token and its drafts are one measured batch of SpecCost.
+constexpr int kMaxDraft = SpecCost::kMaxBatch - 1;
+
+// Throws std::invalid_argument unless 1 <= draft_max <= kMaxDraft and 0 <= draft_min <= draft_max (checked by
+// the engine where it speculates, and by the LangChain classes at construction).
+void check_draft_lengths(int draft_max, int draft_min);
+
 // Acceptance of one slot's drafts: the probability that a drafted token is accepted given the ones
 // before it were, counted with decay so that it follows the text (a quote, then free prose).
 struct Acceptance {

@@ -13,9 +13,8 @@
 //   ["init", override_template] -> ["ok", template_source]   (parse and probe the template)
 //   ["apply", messages_json, tools_json, tool_choice, parallel(0/1), json_schema,
 //    add_generation_prompt(0/1), enable_thinking(0/1), reasoning_format, kwarg_key_1, kwarg_value_1, ...]
-//     -> ["ok", prompt, format, format_name, grammar, grammar_lazy(0/1), generation_prompt, parser,
-//         supports_thinking(0/1), n_triggers, (type, value, token) * n, n_preserved, preserved * n,
-//         n_stops, stops * n]
+//     -> ["ok", RenderResult::encode()]   (its fields by name: chat_render.h; Python decodes it with
+//         _native.RenderResult.decode, the same code)
 // A failure answers ["error", exception_class_name, message].
 #include <poll.h>
 #include <sys/resource.h>
@@ -113,29 +112,6 @@ bool write_message(int fd, const Fields & fields) {
     return write_exact(fd, out.data(), out.size());
 }
 
-Fields rendered(const common_chat_params & p) {
-    Fields out = {"ok",
-                  p.prompt,
-                  std::to_string(static_cast<int>(p.format)),
-                  common_chat_format_name(p.format),
-                  p.grammar,
-                  p.grammar_lazy ? "1" : "0",
-                  p.generation_prompt,
-                  p.parser,
-                  p.supports_thinking ? "1" : "0"};
-    out.push_back(std::to_string(p.grammar_triggers.size()));
-    for (const auto & t : p.grammar_triggers) {
-        out.push_back(std::to_string(static_cast<int>(t.type)));
-        out.push_back(t.value);
-        out.push_back(std::to_string(t.token));
-    }
-    out.push_back(std::to_string(p.preserved_tokens.size()));
-    out.insert(out.end(), p.preserved_tokens.begin(), p.preserved_tokens.end());
-    out.push_back(std::to_string(p.additional_stops.size()));
-    out.insert(out.end(), p.additional_stops.begin(), p.additional_stops.end());
-    return out;
-}
-
 class Worker {
 public:
     Fields handle(const Fields & req) {
@@ -177,7 +153,7 @@ public:
             for (size_t i = 9; i + 1 < req.size(); i += 2) {
                 r.template_kwargs[req[i]] = req[i + 1];
             }
-            return rendered(renderer_->apply(r));
+            return {"ok", renderer_->apply(r).encode()};
         }
         throw std::invalid_argument("malformed request");
     }

@@ -395,8 +395,10 @@ class OpenAIAPI:
         for entry in self._models.values():
             engine = entry.chat._loaded
             if engine is not None:
-                for key, value in engine.stats().items():
+                stats = engine.stats()
+                for key in stats.FIELDS:
                     kind = "gauge" if key.startswith("max_") else "counter"  # max_batch: the largest so far
+                    value = getattr(stats, key)
                     lines.add(f"engine_{key}", kind, f"The engine's {key} since it started", value, model=entry.name)
         return lines.text()
 

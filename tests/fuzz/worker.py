@@ -124,7 +124,7 @@ class Targets:
             {},
             case["enable_thinking"],
         )
-        return out["prompt"]
+        return out.prompt
 
 
 def _outcome(fn: Callable[[], str]) -> dict[str, Any]:

@@ -119,7 +119,7 @@ def test_many_texts_share_each_step(nomic_path: str) -> None:
     n_tokens = sum(len(engine.model.tokenize("search_document: " + t)) for t in texts)
     before = engine.stats()
     embeddings.embed_documents(texts)
-    steps = engine.stats()["steps"] - before["steps"]
+    steps = engine.stats().steps - before.steps
     # Packed greedily into 512-token steps: the fewest that hold them, or one more.
     assert math.ceil(n_tokens / 512) <= steps <= math.ceil(n_tokens / 512) + 1, (steps, n_tokens)
 

@@ -225,7 +225,7 @@ def test_resubmitting_after_cancel_reuses_the_cancelled_slot(gemma_path: str) ->
         request = engine.submit(params)
         assert request.next() is not None
         request.cancel()
-        evaluated.append(engine.stats()["prompt_tokens_evaluated"])
+        evaluated.append(engine.stats().prompt_tokens_evaluated)
     # Each resubmission evaluates only the prompt's last token (for its logits): the prefix comes from the
     # cancelled request's slot, taken over or shared with the other slot, never evaluated again.
     assert [b - a for a, b in itertools.pairwise(evaluated)] == [1, 1, 1]
@@ -245,9 +245,9 @@ def test_fillers_leave_an_idle_sliding_window_conversation_intact(gemma_path: st
     assert [engine.slot_tokens(i)[-3:] for i in range(3)] == [engine.model.tokenize(t)[-3:] for t in texts]
     idle = engine.slot_tokens(1)
     assert len(idle) > 1100  # beyond the window cache of 512 + 512 cells
-    fillers = engine.stats()["fillers"]
+    fillers = engine.stats().fillers
     llm.generate([texts[0] + " Line 110:", texts[2] + " Line 110:"])
-    assert engine.stats()["fillers"] - fillers >= 40
+    assert engine.stats().fillers - fillers >= 40
     assert engine.slot_tokens(1) == idle
     follow_up = texts[1] + " Line 110:"
     reused, cached = _cached(llm, follow_up)
@@ -266,10 +266,10 @@ def test_batch_invariant_guesses_are_exact(gemma_path: str) -> None:
     engine.clear_cache()
     prompt = " ".join(f"Line {i}: the tide rises and falls." for i in range(30))
     alone = text_and_logprobs(llm)(prompt)
-    accepted = engine.stats()["guesses_accepted"]
+    accepted = engine.stats().guesses_accepted
     assert accepted >= 10
     engine.clear_cache()
     together = llm.generate([prompt, "Once upon a time"]).generations[0][0]
     assert together.generation_info is not None
     assert together.text + repr(together.generation_info["logprobs"]["token_logprobs"]) == alone
-    assert engine.stats()["guesses_accepted"] - accepted < accepted // 2  # (a step or two may run alone)
+    assert engine.stats().guesses_accepted - accepted < accepted // 2  # (a step or two may run alone)

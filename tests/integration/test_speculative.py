@@ -120,8 +120,8 @@ def test_drafts_inside_continuous_batching(qwen_path: str) -> None:
     # guesses included), so decoded one at a time these answers would take at least this many steps; here
     # about 85 against 107 (one at a time: 101 against 99). Not the largest batch: one prompt fills it.
     completion = sum((g[0].generation_info or {})["usage"]["completion_tokens"] for g in result.generations)
-    one_at_a_time = completion - (after["drafts_accepted"] - before["drafts_accepted"])
-    assert after["steps"] - before["steps"] < one_at_a_time
+    one_at_a_time = completion - (after.drafts_accepted - before.drafts_accepted)
+    assert after.steps - before.steps < one_at_a_time
 
 
 def test_default_engine_with_prompt_lookup_serves_concurrent_calls(qwen_path: str) -> None:
@@ -141,7 +141,7 @@ def test_default_engine_with_prompt_lookup_serves_concurrent_calls(qwen_path: st
         t.join()
     # (Not token for token: without batch_invariant, batches of different sizes round differently.)
     assert all("def mean" in r for r in results), results
-    assert llm.load().stats()["drafts_accepted"] >= 40
+    assert llm.load().stats().drafts_accepted >= 40
     # A follow-up turn reuses the cache that the drafts passed through (refused drafts left no cells).
     follow_up = prompts[0] + results[0] + "<|im_end|>\n<|im_start|>user\nThanks!<|im_end|>\n<|im_start|>assistant\n"
     again = llm.generate([follow_up]).generations[0][0]

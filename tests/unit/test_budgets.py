@@ -121,7 +121,7 @@ def test_real_templates_render_in_the_sandbox(tiny_model_path: str) -> None:
             rendered = sandbox.apply(_templates.RenderInputs(messages, tools_json=json.dumps([TOOL])))
         finally:
             sandbox.close()
-        assert "hello there" in rendered["prompt"], path.name
+        assert "hello there" in rendered.prompt, path.name
     # The documented headroom: the nesting limit is far above what real templates use.
     assert deepest * 10 < 200
 
@@ -241,7 +241,7 @@ def test_real_tool_call_grammars_pass_the_ambiguity_check(tiny_model_path: str) 
         except ValueError:
             continue  # a template llama.cpp cannot load: test_real_templates covers those
         for choice in ("auto", "required"):
-            grammar = templates.apply(messages, tools_json=json.dumps([TOOL]), tool_choice=choice)["grammar"]
+            grammar = templates.apply(messages, tools_json=json.dumps([TOOL]), tool_choice=choice).grammar
             if grammar:
                 assert native.grammar_error(model, grammar) == "", f"{path.name} {choice}"
                 checked += 1

@@ -38,9 +38,9 @@ def _assert_stopped(llm: LlamaCpp | ChatLlamaCpp) -> None:
     # second. A request still running would decode a token at every step.
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        before = engine.stats()["tokens_decoded"]
+        before = engine.stats().tokens_decoded
         time.sleep(1.0)
-        if engine.stats()["tokens_decoded"] == before:
+        if engine.stats().tokens_decoded == before:
             return
     raise AssertionError("the engine is still decoding after the timeout")
 

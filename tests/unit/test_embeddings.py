@@ -38,9 +38,9 @@ def test_many_texts_per_step(tiny_model_path: str) -> None:
     engine = embeddings.load()
     texts = [f"w{i}" for i in range(40)]
     lengths = [len(engine.model.tokenize(t)) for t in texts]
-    steps = engine.stats()["steps"]
+    steps = engine.stats().steps
     vectors = embeddings.embed_documents(texts)
-    steps = engine.stats()["steps"] - steps
+    steps = engine.stats().steps - steps
     assert len(vectors) == 40
     assert steps <= math.ceil(sum(lengths) / 16) + 1  # packed, not one text per step
     alone = [embeddings.embed_query(t) for t in texts[:4]]

@@ -211,9 +211,9 @@ async def test_cancelled_task_stops_its_sequence(tiny_model_path: str) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    before = engine.stats()["tokens_decoded"]
+    before = engine.stats().tokens_decoded
     await asyncio.sleep(0.3)
-    assert engine.stats()["tokens_decoded"] - before <= 2  # stopped within a step
+    assert engine.stats().tokens_decoded - before <= 2  # stopped within a step
     assert llm.invoke("Hello", max_tokens=3)  # the slot is free again
 
 
@@ -224,9 +224,9 @@ def test_closing_a_stream_frees_the_slot(tiny_model_path: str) -> None:
     for _ in range(3):
         next(stream)
     stream.close()
-    before = engine.stats()["tokens_decoded"]
+    before = engine.stats().tokens_decoded
     time.sleep(0.3)
-    assert engine.stats()["tokens_decoded"] - before <= 2
+    assert engine.stats().tokens_decoded - before <= 2
     assert llm.invoke("Hello", max_tokens=3)
 
 
@@ -241,9 +241,9 @@ def test_exception_in_callback_cancels(tiny_model_path: str) -> None:
     engine = llm.load()
     with pytest.raises(RuntimeError, match="stop here"):
         llm.invoke("Hello")
-    before = engine.stats()["tokens_decoded"]
+    before = engine.stats().tokens_decoded
     time.sleep(0.3)
-    assert engine.stats()["tokens_decoded"] - before <= 2
+    assert engine.stats().tokens_decoded - before <= 2
 
 
 @pytest.mark.parametrize("n_seq", [1, 4])
@@ -260,13 +260,13 @@ def test_batch_and_generate_many(tiny_model_path: str) -> None:
     sequential = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == sequential
     engine = llm.load()
-    before = engine.stats()["steps"]
+    before = engine.stats().steps
     result = llm.generate(prompts)
     assert [g[0].text for g in result.generations] == sequential
     # Decoded together: one after another, 6 answers of 12 tokens (ignore_eos) take at least 6 * 12
     # decode steps; four slots at a time take about 2 * 13. The steps of this call only: the batch()
     # call before it decodes together too.
-    assert engine.stats()["steps"] - before <= len(prompts) * 12 // 2
+    assert engine.stats().steps - before <= len(prompts) * 12 // 2
 
 
 async def test_abatch(tiny_model_path: str) -> None:
@@ -337,7 +337,7 @@ def test_native_request_api(tiny_model_path: str) -> None:
     request = engine.submit(params)
     chunks = request.wait()
     assert len(chunks) == 5 and request.finish_reason == "length"
-    assert request.usage["completion_tokens"] == 5
+    assert request.usage.completion_tokens == 5
 
 
 def test_callback_manager_from_the_community_docs(tiny_model_path: str) -> None:

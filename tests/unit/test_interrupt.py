@@ -42,9 +42,9 @@ SCRIPT = textwrap.dedent(
     # The interrupted request was cancelled: nothing decodes any more.
     engine = llm.load()
     time.sleep(0.3)
-    before = engine.stats()["tokens_decoded"]
+    before = engine.stats().tokens_decoded
     time.sleep(0.5)
-    assert engine.stats()["tokens_decoded"] == before, "the interrupted request kept decoding"
+    assert engine.stats().tokens_decoded == before, "the interrupted request kept decoding"
     assert llm.invoke("Hello", max_tokens=4) == expected
     print("OK", round(whole, 3), round(took, 3))
     """

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import math
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -55,19 +56,25 @@ def test_unknown_settings_and_missing_files(tiny_model_path: str, tmp_path: obje
 def test_public_names_are_pinned() -> None:
     assert native.__all__ == [
         "LLAMA_CPP_BUILD",
+        "MAX_DRAFT_TOKENS",
+        "MAX_MEDIA_BYTES",
+        "MAX_SEQUENCES",
         "ChatParser",
         "ChatTemplates",
         "Chunk",
         "Engine",
         "EngineParams",
+        "EngineStats",
         "GrammarTrigger",
         "MediaPrompt",
         "Model",
         "ModelParams",
+        "RenderResult",
         "Request",
         "RequestParams",
         "SamplingParams",
         "TopLogprob",
+        "Usage",
         "check_chat_template",
         "create_engine",
         "grammar_error",
@@ -121,3 +128,96 @@ def test_every_public_name_is_typed_and_documented() -> None:
     # Everything the module's docstring names as part of it is exported.
     named = {word for word in re.findall(r"`([A-Za-z]\w*)`", native.__doc__ or "") if hasattr(native, word)}
     assert named <= set(native.__all__)
+
+
+def _filled_render_result() -> native.RenderResult:
+    """A RenderResult with every field set away from its default."""
+    result = native.RenderResult()
+    trigger = native.GrammarTrigger()
+    trigger.type, trigger.value, trigger.token = 2, "<tool_call>", 151657
+    for name in native.RenderResult.FIELDS:
+        default = getattr(result, name)
+        value: object
+        if isinstance(default, bool):
+            value = True
+        elif isinstance(default, int):
+            value = 7
+        elif isinstance(default, str):
+            value = f"{name}: \u00e9\x00\n"
+        elif name == "grammar_triggers":
+            value = [trigger, trigger]
+        else:
+            value = [f"{name} 1", "", f"{name} 3"]
+        setattr(result, name, value)
+    return result
+
+
+def _plain(result: native.RenderResult) -> dict[str, object]:
+    def plain(value: object) -> object:
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        if isinstance(value, native.GrammarTrigger):
+            return (value.type, value.value, value.token)
+        return value
+
+    return {name: plain(getattr(result, name)) for name in native.RenderResult.FIELDS}
+
+
+def test_render_result_round_trips_every_field() -> None:
+    # The template worker sends RenderResult.encode() and ChatLlamaCpp reads it with decode(): one encoding by
+    # field name, made from the same table as the struct and its binding, so a field cannot be left behind.
+    bound = {name for name in dir(native.RenderResult) if not name.startswith("_")} - {"FIELDS", "encode", "decode"}
+    assert bound == set(native.RenderResult.FIELDS)
+    result = _filled_render_result()
+    blank = _plain(native.RenderResult())
+    assert [name for name, value in _plain(result).items() if value == blank[name]] == []  # every field set
+    again = native.RenderResult.decode(result.encode())
+    assert _plain(again) == _plain(result)
+    assert again == result and again != native.RenderResult()
+
+
+def test_counters_list_their_fields() -> None:
+    # Usage and EngineStats are made from one table each; FIELDS lists them all for readers that take every one.
+    for cls in (native.Usage, native.EngineStats):
+        assert {name for name in dir(cls) if not name.startswith("_")} - {"FIELDS"} == set(cls.FIELDS), cls
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    (count,), pos, items = struct.unpack_from("<I", data), 4, []
+    for _ in range(count):
+        (size,) = struct.unpack_from("<I", data, pos)
+        items.append(data[pos + 4 : pos + 4 + size])
+        pos += 4 + size
+    return items
+
+
+def _pack(items: list[bytes]) -> bytes:
+    return struct.pack("<I", len(items)) + b"".join(struct.pack("<I", len(item)) + item for item in items)
+
+
+def test_render_result_decode_names_a_missing_unknown_or_malformed_field() -> None:
+    items = _unpack(native.RenderResult().encode())
+    assert [item.decode() for item in items[::2]] == list(native.RenderResult.FIELDS)
+    for i in range(0, len(items), 2):
+        with pytest.raises(ValueError, match=f"lacks its field {items[i].decode()}$"):
+            native.RenderResult.decode(_pack([*items[:i], *items[i + 2 :]]))
+    with pytest.raises(ValueError, match="does not know: future_field"):
+        native.RenderResult.decode(_pack([*items, b"future_field", b"1"]))
+    at = items.index(b"format") + 1
+    with pytest.raises(ValueError, match="field format is malformed"):
+        native.RenderResult.decode(_pack([*items[:at], b"x", *items[at + 1 :]]))
+    with pytest.raises(ValueError, match="malformed render result"):
+        native.RenderResult.decode(b"\x01")
+
+
+def test_limits_are_the_engines(tiny_model_path: str) -> None:
+    # The classes' ranges are the native limits, read from the module: one number, enforced natively.
+    model = native.load_model(tiny_model_path)
+    params = native.EngineParams()
+    params.n_seq = native.MAX_SEQUENCES + 1
+    with pytest.raises(ValueError, match=f"n_seq must be between 1 and {native.MAX_SEQUENCES}"):
+        native.Engine.create(model, params)
+    with pytest.raises(ValueError, match=f"less than or equal to {native.MAX_SEQUENCES}"):
+        LlamaCpp(model_path=tiny_model_path, n_seq=native.MAX_SEQUENCES + 1)
+    with pytest.raises(ValueError, match=f"less than or equal to {native.MAX_DRAFT_TOKENS}"):
+        LlamaCpp(model_path=tiny_model_path, draft_max=native.MAX_DRAFT_TOKENS + 1)

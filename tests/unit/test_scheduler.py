@@ -17,11 +17,11 @@ def test_prompt_cache_reuses_prefix(tiny_model_path: str) -> None:
     engine = llm.load()
     prefix = "The quick brown fox jumps over the lazy dog. " * 5
     llm.invoke(prefix + "First")
-    reused = engine.stats()["prompt_tokens_reused"]
+    reused = engine.stats().prompt_tokens_reused
     result = llm.generate([prefix + "Second"])
     info = result.generations[0][0].generation_info
     assert info is not None and info["usage"]["cached_tokens"] >= 50
-    assert engine.stats()["prompt_tokens_reused"] - reused >= 50
+    assert engine.stats().prompt_tokens_reused - reused >= 50
 
 
 def _cache_three_conversations(engine: native.Engine) -> list[str]:
@@ -45,9 +45,9 @@ def test_requests_in_slots_apart_decode_together(tiny_model_path: str) -> None:
     idle = engine.slot_tokens(1)
     (idle_logits,) = engine.evaluate(1, [100])
     engine.kv_remove(1, len(idle))
-    fillers = engine.stats()["fillers"]
+    fillers = engine.stats().fillers
     together = llm.generate([texts[0] + " and", texts[2] + " and"])
-    assert engine.stats()["fillers"] - fillers >= 20  # (the second request may start a few steps late)
+    assert engine.stats().fillers - fillers >= 20  # (the second request may start a few steps late)
     assert engine.slot_tokens(1) == idle  # the idle conversation is untouched...
     assert engine.evaluate(1, [100])[0] == pytest.approx(idle_logits, abs=1e-4)  # ...and so is its cache
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
@@ -64,15 +64,15 @@ def test_slots_apart_share_steps_in_the_unified_pool(tiny_model_path: str) -> No
     before = engine.stats()
     together = llm.generate([texts[0] + " and", texts[2] + " and"])
     after = engine.stats()
-    assert after["fillers"] == before["fillers"]
+    assert after.fillers == before.fillers
     # Decoded together: one after the other, two answers of 64 tokens take at least 128 steps.
     # (Not the largest batch: that counts since the engine was made, and prompt tokens too.)
-    assert after["steps"] - before["steps"] < 96
+    assert after.steps - before.steps < 96
     assert engine.slot_tokens(1) == idle
     assert [g[0].text for g in together.generations] == [llm.invoke(texts[0] + " and"), llm.invoke(texts[2] + " and")]
 
 
-def _usage_side_by_side(engine: native.Engine, prompts: list[str], max_tokens: int) -> list[dict[str, Any]]:
+def _usage_side_by_side(engine: native.Engine, prompts: list[str], max_tokens: int) -> list[native.Usage]:
     """The usage of each prompt's greedy request, all submitted at once."""
     requests = []
     for text in prompts:
@@ -94,14 +94,14 @@ def test_a_full_pool_makes_requests_wait_not_truncate(tiny_model_path: str) -> N
     expected = [llm.invoke(p) for p in prompts]
     assert llm.batch(prompts) == expected
     first, second = _usage_side_by_side(engine, prompts, max_tokens=180)
-    assert second["queued_ms"] >= 0.9 * (first["queued_ms"] + first["prompt_ms"] + first["generation_ms"])  # waited
+    assert second.queued_ms >= 0.9 * (first.queued_ms + first.prompt_ms + first.generation_ms)  # waited
     for text, generation in zip(expected, llm.generate(prompts).generations, strict=True):
         assert generation[0].text == text
         assert generation[0].generation_info is not None
         assert generation[0].generation_info["finish_reason"] == "length"
     # Short requests fit side by side; one longer than the pool is refused at once.
     first, second = _usage_side_by_side(engine, prompts, max_tokens=8)
-    assert second["queued_ms"] < first["queued_ms"] + first["prompt_ms"] + first["generation_ms"]  # side by side
+    assert second.queued_ms < first.queued_ms + first.prompt_ms + first.generation_ms  # side by side
     with pytest.raises(ValueError, match="exceeds the context"):
         greedy_llm(tiny_model_path, max_tokens=300, n_seq=2, n_ctx=256).invoke("hi")
 
@@ -187,10 +187,10 @@ def test_fillers_and_prompt_chunks_share_a_small_n_batch(tiny_model_path: str) -
     warm()
     expected = [llm.invoke(p) for p in prompts]
     warm()
-    fillers = engine.stats()["fillers"]
+    fillers = engine.stats().fillers
     result = llm.generate(prompts)  # submitted together (batch() may finish one before the other starts)
     assert [g[0].text for g in result.generations] == expected
-    assert engine.stats()["fillers"] > fillers
+    assert engine.stats().fillers > fillers
 
 
 def test_a_cached_prefix_is_shared_with_another_slot(tiny_model_path: str) -> None:

@@ -100,6 +100,9 @@ def test_speculation_settings_are_checked(tiny_model_path: str, vocab_path: str)
     params.draft_max = 0
     with pytest.raises(ValueError, match="draft_max"):
         native.Engine.create(model, params)
+    params.draft_max = native.MAX_DRAFT_TOKENS + 1  # refused, not cut to what a step holds
+    with pytest.raises(ValueError, match=f"draft_max <= {native.MAX_DRAFT_TOKENS} "):
+        native.Engine.create(model, params)
     params.draft_max = 4
     params.embeddings = True
     with pytest.raises(ValueError, match="not embeddings"):

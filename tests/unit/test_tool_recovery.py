@@ -217,7 +217,7 @@ def _reply(tokens: list[str], *, stream: bool, rules: ToolCallRules = RULES) -> 
     parser = _native.ChatParser(0, "", "", True, "none")
     reader = ChatStream(parser, parse=True, tools=rules, logprobs=False, model_name="m", speculative=False)
     request: Any = SimpleNamespace(
-        usage={"prompt_tokens": 1, "completion_tokens": len(tokens), "cached_tokens": 0},
+        usage=SimpleNamespace(prompt_tokens=1, completion_tokens=len(tokens), cached_tokens=0),
         finish_reason="stop",
         stop_string="",
     )

@@ -78,7 +78,7 @@ def test_next_turn_reuses_the_image_kv(tiny_vision: tuple[str, str]) -> None:
     cached = second.usage_metadata.get("input_token_details", {}).get("cache_read", 0)
     assert cached > N_IMAGE_TOKENS  # the turn's prefix, image included, came from the cache
     stats = chat.load().stats()
-    assert stats["media_ms"] > 0
+    assert stats.media_ms > 0
 
 
 def test_another_image_in_the_same_place_is_not_reused(tiny_vision: tuple[str, str], png: Path) -> None:
