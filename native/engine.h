@@ -64,7 +64,7 @@ public:
     // normalize as llama.cpp's common_embd_normalize: -1 none, 0 max-abs (int16 range), 2 L2, p > 2 p-norm.
     std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, int normalize);
     int embed_max_tokens() const;  // the longest text one batch holds
-    int n_embd_out() const { return llama_model_n_embd_out(model_->get()); }
+    int n_embd_out() const;  // the vector's length; a reranker's: its classifier's outputs (embeddings.cpp)
     int pooling() const;
     void clear_cache();
 
