@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from langchain_core.embeddings import Embeddings
@@ -46,6 +46,21 @@ def _model_prefixes(model: _native.Model) -> tuple[str, str]:
         if any(pattern.search(name) for name in names):
             return query, document
     return "", ""
+
+
+def step_groups(tokenized: Iterable[list[int]], limit: int) -> Iterator[list[list[int]]]:
+    """Token lists, a decode step's worth at a time (at most `limit` tokens, `_MAX_TEXTS_PER_STEP` lists):
+    memory stays bounded for any count of texts, and Ctrl-C is seen between steps."""
+    group: list[list[int]] = []
+    n_tokens = 0
+    for tokens in tokenized:
+        if group and (n_tokens + len(tokens) > limit or len(group) == _MAX_TEXTS_PER_STEP):
+            yield group
+            group, n_tokens = [], 0
+        group.append(tokens)
+        n_tokens += len(tokens)
+    if group:
+        yield group
 
 
 class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields, Embeddings):
@@ -220,22 +235,11 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         return tokens[:head] + body[: limit - extra] + tokens[head + len(body) :]
 
     def _groups(self, texts: Sequence[str], prefix: str, single: bool) -> Iterator[list[list[int]]]:
-        """Tokenized texts, a decode step's worth at a time: memory stays bounded for any count of texts,
-        and Ctrl-C is seen between steps."""
         engine = self.load()
         model = engine.model
         limit = engine.embed_max_tokens
-        group: list[list[int]] = []
-        n_tokens = 0
-        for i, text in enumerate(texts):
-            tokens = self._tokens(model, text, prefix, -1 if single else i, limit)
-            if group and (n_tokens + len(tokens) > limit or len(group) == _MAX_TEXTS_PER_STEP):
-                yield group
-                group, n_tokens = [], 0
-            group.append(tokens)
-            n_tokens += len(tokens)
-        if group:
-            yield group
+        tokenized = (self._tokens(model, text, prefix, -1 if single else i, limit) for i, text in enumerate(texts))
+        return step_groups(tokenized, limit)
 
     def _embed(self, texts: Sequence[str], prefix: str, single: bool = False) -> list[list[float]]:
         engine = self.load()
