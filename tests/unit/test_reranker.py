@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import subprocess
 from pathlib import Path
@@ -161,6 +162,12 @@ def test_compress_documents_and_retriever(reranker: LlamaCppReranker) -> None:
         base_compressor=reranker, base_retriever=store.as_retriever(search_kwargs={"k": len(docs)})
     )
     assert [d.page_content for d in retriever.invoke(QUERY)] == [d.page_content for d in kept]
+
+
+def test_pickled_reranker_loads_again(reranker: LlamaCppReranker) -> None:
+    scores = reranker.scores(QUERY, DOCUMENTS[:2])
+    copy = pickle.loads(pickle.dumps(reranker))  # as multiprocessing sends it: fields only
+    assert copy.scores(QUERY, DOCUMENTS[:2]) == scores
 
 
 async def test_async(reranker: LlamaCppReranker) -> None:
