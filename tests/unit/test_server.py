@@ -366,3 +366,13 @@ def test_what_the_engine_refuses_is_a_400(api: OpenAIAPI, fields: dict[str, Any]
     with pytest.raises(APIError) as caught:
         api.create_chat_completion({**CHAT, **fields})
     assert caught.value.status == 400, caught.value.message
+
+
+def test_model_ids_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _cli._named("qwen=models/q.gguf") == ("qwen", "models/q.gguf")
+    assert _cli._named("models/q.gguf") == (None, "models/q.gguf")
+    (tmp_path / "a=b.gguf").touch()  # a file whose name has '=' in it is taken whole...
+    assert _cli._named("a=b.gguf") == (None, "a=b.gguf")
+    (tmp_path / "b.gguf").touch()  # ...unless what follows the '=' names a file too
+    assert _cli._named("a=b.gguf") == ("a", "b.gguf")
