@@ -25,8 +25,8 @@ from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.grammars import resolve_grammar_path
 
 # The classes, as rows name them (each class says which one it is: `_settings_class`).
-LLM, CHAT, EMBEDDINGS = "LlamaCpp", "ChatLlamaCpp", "LlamaCppEmbeddings"
-ALL = frozenset({LLM, CHAT, EMBEDDINGS})
+LLM, CHAT, EMBEDDINGS, RERANKER = "LlamaCpp", "ChatLlamaCpp", "LlamaCppEmbeddings", "LlamaCppReranker"
+ALL = frozenset({LLM, CHAT, EMBEDDINGS, RERANKER})
 GENERATION = frozenset({LLM, CHAT})
 
 # Where a setting ends: ModelParams, EngineParams (each through its frozen config in _registry),
@@ -37,8 +37,9 @@ Target = Literal["model", "engine", "sampling", "request", "python"]
 # and the shared KV pool makes them free when idle.
 DEFAULT_N_SEQ = 8
 
-# llama_pooling_type values, by LlamaCppEmbeddings.pooling_type
+# llama_pooling_type values, by LlamaCppEmbeddings.pooling_type; rank is LlamaCppReranker's own
 POOLING = {"mean": 1, "cls": 2, "last": 3}
+RANK_POOLING = 4
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
     _context("lora_path", convert=_given(os.path.expanduser), file="LoRA adapter"),
     _context("lora_scale"),
     _context("batch_invariant"),
-    Setting("embeddings", "engine", convert=lambda _: True, classes=frozenset({EMBEDDINGS})),
+    Setting("embeddings", "engine", convert=lambda _: True, classes=frozenset({EMBEDDINGS, RERANKER})),
     Setting("pooling", "engine", convert=_pooling, reads=("pooling_type",), classes=frozenset({EMBEDDINGS})),
     Setting("mmproj_path", "engine", classes=frozenset({CHAT}), file="projector (mmproj) file"),
     _context("draft_model_path", classes=GENERATION, file="draft model file"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 from langchain_core.embeddings import Embeddings
@@ -43,6 +43,22 @@ def _model_prefixes(model: _native.Model) -> tuple[str, str]:
         if any(pattern.search(name) for name in names):
             return query, document
     return "", ""
+
+
+def step_groups(tokenized: Iterable[list[int]], limit: int, max_texts: int) -> Iterator[list[list[int]]]:
+    """Token lists, a decode step's worth at a time (at most `limit` tokens, `max_texts` lists: the engine's
+    embed_max_tokens and embed_max_texts): memory stays bounded for any count of texts, and Ctrl-C is seen
+    between steps."""
+    group: list[list[int]] = []
+    n_tokens = 0
+    for tokens in tokenized:
+        if group and (n_tokens + len(tokens) > limit or len(group) == max_texts):
+            yield group
+            group, n_tokens = [], 0
+        group.append(tokens)
+        n_tokens += len(tokens)
+    if group:
+        yield group
 
 
 class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields, Embeddings):
@@ -217,22 +233,11 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
         return tokens[:head] + body[: limit - extra] + tokens[head + len(body) :]
 
     def _groups(self, texts: Sequence[str], prefix: str, single: bool) -> Iterator[list[list[int]]]:
-        """Tokenized texts, a decode step's worth at a time: memory stays bounded for any count of texts,
-        and Ctrl-C is seen between steps."""
         engine = self.load()
         model = engine.model
-        limit, max_texts = engine.embed_max_tokens, engine.embed_max_texts
-        group: list[list[int]] = []
-        n_tokens = 0
-        for i, text in enumerate(texts):
-            tokens = self._tokens(model, text, prefix, -1 if single else i, limit)
-            if group and (n_tokens + len(tokens) > limit or len(group) == max_texts):
-                yield group
-                group, n_tokens = [], 0
-            group.append(tokens)
-            n_tokens += len(tokens)
-        if group:
-            yield group
+        limit = engine.embed_max_tokens
+        tokenized = (self._tokens(model, text, prefix, -1 if single else i, limit) for i, text in enumerate(texts))
+        return step_groups(tokenized, limit, engine.embed_max_texts)
 
     def _embed(self, texts: Sequence[str], prefix: str, single: bool = False) -> list[list[float]]:
         engine = self.load()

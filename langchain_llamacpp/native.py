@@ -1,8 +1,9 @@
 """llama.cpp without LangChain: the low-level API the classes are built on.
 
 Load a model, tokenize, evaluate tokens into a sequence slot and read its logits, edit the KV cache,
-generate with the engine's batching and sampling, embed. Everything here releases the GIL while it
-works, and these names are the stable surface (the `_native` module behind them is not)::
+generate with the engine's batching and sampling, embed, rerank (an engine with ``embeddings=True,
+pooling=4`` on a reranking model scores `Model.rerank_tokens` pairs with `Engine.rerank`). Everything
+here releases the GIL while it works, and these names are the stable surface (the `_native` module behind them is not)::
 
     from langchain_llamacpp import native
 

@@ -77,7 +77,7 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     params = params_in;
     plan_sequences(model, params);
     if (params.embeddings) {
-        params = embedding_params(params);
+        params = embedding_params(model, params);
         if (!params.mmproj_path.empty()) {
             throw std::invalid_argument("a projector (mmproj_path) is for generation, not for embeddings");
         }
@@ -159,7 +159,8 @@ EngineContext::EngineContext(const Model & model, const ContextPlan & plan) {
         cparams.pooling_type = LLAMA_POOLING_TYPE_MEAN;
         ctx_.reset(llama_init_from_model(model.get(), cparams));
     }
-    if (ctx_ && params.embeddings && llama_pooling_type(ctx_.get()) == LLAMA_POOLING_TYPE_RANK) {
+    if (ctx_ && params.embeddings && params.pooling != LLAMA_POOLING_TYPE_RANK &&
+        llama_pooling_type(ctx_.get()) == LLAMA_POOLING_TYPE_RANK) {
         throw std::invalid_argument("this is a reranking model (rank pooling): it scores query-document pairs, "
                                     "it does not embed texts; pass pooling mean, cls or last to embed anyway");
     }

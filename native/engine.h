@@ -83,7 +83,7 @@ public:
     std::vector<float> embed(const std::vector<std::vector<llama_token>> & inputs, int normalize);
     int embed_max_tokens() const;  // the longest text one batch holds
     int embed_max_texts() const;   // the most texts one batch holds (a sequence each)
-    int n_embd_out() const { return llama_model_n_embd_out(model_->get()); }
+    int n_embd_out() const;  // the vector's length; a reranker's: its classifier's outputs (embeddings.cpp)
     int pooling() const;
     void clear_cache();
 

@@ -13,6 +13,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "build-info.h"
+#include "embeddings.h"
 #include "engine.h"
 #include "gil.h"
 #include "logging.h"
@@ -156,6 +157,9 @@ void register_model(nb::module_ & m) {
                 return py_str(t);
             },
             "name"_a = "", "The model's Jinja chat template (None if it has none).")
+        .def("rerank_tokens", &lcl::rerank_tokens, "query"_a, "document"_a, nb::call_guard<lcl::ReleaseGil>(),
+             "A query-document pair's tokens as llama-server's /rerank builds them (the model's rerank "
+             "template, else [BOS] query [EOS] [SEP] document [EOS] by the vocabulary's flags).")
         .def(
             "metadata",
             [](const lcl::Model & self) {
@@ -328,11 +332,13 @@ void register_engine(nb::module_ & m) {
              "inputs"_a, "normalize"_a = 2,
              "Pooled embeddings, one list of floats per input, many inputs per decode. normalize: -1 none, "
              "0 max-abs (int16 range), 2 L2, p > 2 p-norm (llama-embedding's --embd-normalize).")
+        .def("rerank", &lcl::rerank_scores, "pairs"_a, nb::call_guard<lcl::ReleaseGil>(),
+             "A reranker's relevance score (raw classifier output) for each pair's tokens, many pairs per decode.")
         .def_prop_ro("embed_max_tokens", &lcl::Engine::embed_max_tokens, "The longest text one embedding batch holds.")
         .def_prop_ro("embed_max_texts", &lcl::Engine::embed_max_texts, "The most texts one embedding batch holds.")
-        .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors.")
+        .def_prop_ro("n_embd", &lcl::Engine::n_embd_out, "Length of the embedding vectors (a reranker's: its classifier outputs).")
         .def_prop_ro("pooling", [](lcl::Engine & self) { return self.pooling(); },
-                     "The pooling in use (llama_pooling_type: 1 mean, 2 cls, 3 last).")
+                     "The pooling in use (llama_pooling_type: 1 mean, 2 cls, 3 last, 4 rank).")
         .def_prop_ro("model", &lcl::Engine::model)
         .def_prop_ro("n_ctx", &lcl::Engine::n_ctx_per_seq, "Context per sequence.")
         .def_prop_ro("n_ctx_total", &lcl::Engine::n_ctx_total)

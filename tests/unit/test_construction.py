@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings, LlamaCppReranker
 
 # (class, field) for every field that names a file; the other fields needed to construct.
 PATH_FIELDS = [
@@ -18,7 +18,11 @@ PATH_FIELDS = [
     (ChatLlamaCpp, "model_path"),
     (ChatLlamaCpp, "mmproj_path"),
     (LlamaCppEmbeddings, "model_path"),
+    (LlamaCppReranker, "model_path"),
 ]
+
+
+MODEL_CLASSES = [LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings, LlamaCppReranker]
 
 
 def _build(cls: type, field: str, value: str, model: str) -> Any:
@@ -49,13 +53,13 @@ def test_gguf_magic_is_enough_at_construction(tmp_path: Path) -> None:
         llm.invoke("hi")
 
 
-@pytest.mark.parametrize("cls", [LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", MODEL_CLASSES, ids=lambda c: c.__name__)
 def test_model_naming_a_file_is_the_model_path(cls: type, tiny_model_path: str) -> None:
     assert cls(model=tiny_model_path).model_path == tiny_model_path
     assert cls(model=Path(tiny_model_path)).model_path == tiny_model_path
 
 
-@pytest.mark.parametrize("cls", [LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", MODEL_CLASSES, ids=lambda c: c.__name__)
 def test_model_naming_no_file_is_refused_with_what_to_pass(cls: type, tmp_path: Path) -> None:
     for model in ("llama3.1:8b", str(tmp_path / "missing.gguf"), str(tmp_path)):
         with pytest.raises(ValueError, match=r"is not the path of a file: .* model_path='/path/to/model\.gguf'"):

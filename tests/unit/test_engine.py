@@ -23,6 +23,7 @@ def test_public_api_is_pinned() -> None:
         "ChatLlamaCpp",
         "LlamaCpp",
         "LlamaCppEmbeddings",
+        "LlamaCppReranker",
         "__version__",
         "grammars",
     ]

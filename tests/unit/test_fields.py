@@ -10,10 +10,10 @@ import pytest
 from langchain_core._api import LangChainDeprecationWarning
 from pydantic import BaseModel
 
-from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings
+from langchain_llamacpp import ChatLlamaCpp, LlamaCpp, LlamaCppEmbeddings, LlamaCppReranker
 from tests.tiny_model import CHATML
 
-CLASSES = (LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings)
+CLASSES = (LlamaCpp, ChatLlamaCpp, LlamaCppEmbeddings, LlamaCppReranker)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
