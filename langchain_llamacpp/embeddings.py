@@ -15,7 +15,7 @@ import langchain_llamacpp._native as _native
 import langchain_llamacpp._offloop as _offloop
 import langchain_llamacpp._registry as _registry
 import langchain_llamacpp._settings as _settings
-from langchain_llamacpp._docs import DocumentedFields
+from langchain_llamacpp._hardware import HardwareParams
 from langchain_llamacpp._lifecycle import NativeStateMixin, quiet_at_exit
 from langchain_llamacpp._logs import flush_native_logs
 from langchain_llamacpp._params import PathText, check_files, model_as_path
@@ -48,7 +48,7 @@ def _model_prefixes(model: _native.Model) -> tuple[str, str]:
     return "", ""
 
 
-class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields, Embeddings):
+class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, HardwareParams, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
@@ -99,7 +99,8 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
     """Threads. None: the machine's physical cores."""
 
     n_gpu_layers: int | None = None
-    """Layers to offload to the GPU (-1: all)."""
+    """Layers to offload to the GPU (-1: all). None: as many as fit in free device memory on a build with
+    a GPU backend (as `LlamaCpp.n_gpu_layers`), none on a CPU-only build."""
 
     pooling_type: Literal["mean", "cls", "last"] | None = None
     """How token vectors become one vector per text. None: the model's own (from its GGUF metadata),
