@@ -186,7 +186,7 @@ def _breakers(breakers: list[str]) -> list[str]:
     return [valid_text(b, "dry_sequence_breakers") for b in breakers]
 
 
-def _fit(layers: int | None, servers: Any, *placement: Any) -> bool | None:
+def _fit(_: None, layers: int | None, servers: Any, *placement: Any) -> bool | None:
     # n_gpu_layers not given: fitted to free device memory (natively: on a build with a GPU backend), as
     # llama.cpp's tools do; not where RPC servers take all layers or a placement is given.
     split_mode = placement[-1]

@@ -136,12 +136,13 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
 
 // Whether llama.cpp's chain would pick the largest logit: at temperature <= 0 its temperature step keeps only
 // the top token, so every step after the ones that move logits (penalties, DRY, bias, grammar) is moot,
-// and so are XTC's and top-n-sigma's cuts, which never drop the top token. Read from llama.cpp's own
-// settings, so a setting we pass on later is seen here. The ignore_eos bias is the argmax's own rule.
+// and so is top-n-sigma's cut, which never drops the top token; XTC's does (it keeps the least likely of
+// the top choices), so it runs in the chain. Read from llama.cpp's own settings, so a setting we pass on
+// later is seen here. The ignore_eos bias is the argmax's own rule.
 bool picks_argmax(const common_params_sampling & p, size_t n_eog_bias) {
     return p.temp <= 0.0f && p.mirostat == 0 && p.grammar.grammar.empty() && p.penalty_repeat == 1.0f &&
            p.penalty_freq == 0.0f && p.penalty_present == 0.0f && p.dry_multiplier == 0.0f &&
-           p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias;
+           p.xtc_probability <= 0.0f && p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias;
 }
 
 }  // namespace
