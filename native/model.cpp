@@ -159,6 +159,8 @@ void check_model_file(const std::string & path) {
 // llama.cpp's parameters for `params`; `devices`, `overrides` and `placement` hold what they point at.
 llama_model_params model_params(const ModelParams & params, std::vector<ggml_backend_dev_t> & devices,
                                 std::vector<llama_model_kv_override> & overrides, Placement & placement) {
+    devices.clear();
+    overrides.clear();
     auto mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;
     if (params.use_mmap) {
@@ -219,7 +221,7 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
     Placement placement;
     llama_model_params mparams = model_params(params, devices, overrides, placement);
     FitResult fitted;
-    if (params.fit) {
+    if (params.fit && !params.vocab_only) {
         // Fitted once, for the first engine asked for (here, under the lock: the fit swaps llama.cpp's
         // logger); the model's key is its settings as given, so later engines share these weights.
         fitted = fit_to_memory(params, mparams, fit_for != nullptr ? *fit_for : EngineParams{});

@@ -40,8 +40,10 @@ bool has_gpu_device();
 // llama.cpp's common_fit_params for `params` (as `mparams`, its placement applied) with an engine of `engine`'s
 // settings on it. Where the build has no GPU backend, or a placement was given (which the fit does not
 // combine with), the settings unchanged, and why. Where the fit finds no allocation that fits, what it
-// got to, as llama.cpp's tools load. common_fit_params swaps llama.cpp's global logger: Model::fit calls
-// it under the lock that loads take.
+// got to, as llama.cpp's tools load. common_fit_params swaps llama.cpp's global logger (lines logged
+// meanwhile reach ours below error level, so another thread's ErrorCapture would miss its errors):
+// Model::load calls it under the lock that loads take, and Python's _registry lock serializes loads with
+// engine creation.
 FitResult fit_to_memory(const ModelParams & params, llama_model_params mparams, const EngineParams & engine);
 
 }  // namespace lcl
