@@ -58,11 +58,12 @@ def perplexity(model: native.Model, tokens: list[int], threads: int, cache_type:
     first, nll, count = N_CTX // 2, 0.0, 0
     for chunk in range(N_CHUNKS):
         part = tokens[chunk * N_CTX : (chunk + 1) * N_CTX]
-        part[0] = model.bos_token
+        if model.add_bos:  # as llama-perplexity: the chunk's first token made BOS where the model starts with one
+            part[0] = model.bos_token
         engine.kv_remove(0, 0)
         engine.evaluate(0, part[:first])
-        for start in range(first, N_CTX - 1, 32):  # 32 rows of logits at a time
-            stop = min(start + 32, N_CTX - 1)
+        for start in range(first, N_CTX - 1, 128):  # 128 rows of logits at a time
+            stop = min(start + 128, N_CTX - 1)
             logits = np.asarray(engine.evaluate(0, part[start:stop], all_logits=True), dtype=np.float64)
             top = logits.max(axis=1)
             log_z = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))
@@ -88,8 +89,6 @@ def section_kv_cache(threads: int, lines: list[str]) -> None:
     model = native.load_model(model_file)
     tokens = list(model.tokenize(TEXT.read_text(), add_special=True))
     assert len(tokens) >= N_CHUNKS * N_CTX
-    ours = {t: perplexity(model, tokens, threads, t) for t in TYPES}
-    theirs = {t: llama_perplexity(model_file, threads, t) for t in TYPES}
     memory: dict[str, float] = {}
     llms: dict[str, LlamaCpp] = {}
     for t in TYPES:
@@ -98,6 +97,14 @@ def section_kv_cache(threads: int, lines: list[str]) -> None:
                            repeat_penalty=1.0, cache_type_k=t, cache_type_v=t)  # fmt: skip
             llm.load()
         memory[t], llms[t] = sum(sizes), llm
+        print(f"{t}: KV {memory[t]:.2f} MiB", flush=True)
+    ours, theirs = {}, {}
+    for t in TYPES:  # each figure printed as it comes: on a loaded machine this section takes long
+        ours[t] = perplexity(model, tokens, threads, t)
+        print(f"{t}: perplexity {ours[t]:.4f}", flush=True)
+    for t in TYPES:
+        theirs[t] = llama_perplexity(model_file, threads, t)
+        print(f"{t}: llama-perplexity {theirs[t]:.4f}", flush=True)
     prompt = model.detokenize(tokens[:1000])
 
     def rate(t: str) -> float:
@@ -106,7 +113,7 @@ def section_kv_cache(threads: int, lines: list[str]) -> None:
 
     for t in TYPES:
         rate(t)  # the prompt, evaluated once and cached
-    f16_rate, decode = interleave(5, lambda: rate("f16"), q8_0=lambda: rate("q8_0"), q4_0=lambda: rate("q4_0"))
+    f16_rate, decode = interleave(4, lambda: rate("f16"), q8_0=lambda: rate("q8_0"), q4_0=lambda: rate("q4_0"))
     lines.append(
         f"Perplexity of `{TEXT.relative_to(ROOT)}` (its first {N_CHUNKS * N_CTX} tokens), llama-perplexity's "
         "method through the low-level API (`create_engine`, `evaluate`) and by `llama-perplexity` itself "

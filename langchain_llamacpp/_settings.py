@@ -186,11 +186,17 @@ def _breakers(breakers: list[str]) -> list[str]:
     return [valid_text(b, "dry_sequence_breakers") for b in breakers]
 
 
+# A device that takes offloaded layers (a GPU backend): only there is anything fitted to its memory.
+GPU_OFFLOAD = _native.gpu_available()
+
+
 def _fit(_: None, layers: int | None, servers: Any, *placement: Any) -> bool | None:
-    # n_gpu_layers not given: fitted to free device memory (natively: on a build with a GPU backend), as
-    # llama.cpp's tools do; not where RPC servers take all layers or a placement is given.
+    # n_gpu_layers not given: fitted to free device memory on a build with a GPU backend, as llama.cpp's tools
+    # do; not where RPC servers take all layers or a placement is given. A CPU-only build keeps the settings
+    # (and so the shared models and engines) as they were.
     split_mode = placement[-1]
-    if layers is None and not rpc_endpoints(servers) and not any(placement[:-1]) and split_mode not in ("row", 2):
+    no_placement = not any(placement[:-1]) and split_mode not in ("row", 2)
+    if GPU_OFFLOAD and layers is None and not rpc_endpoints(servers) and no_placement:
         return True
     return None
 

@@ -27,9 +27,9 @@ Also here: a `Chunk` carries a token's text, logprob and `TopLogprob` alternativ
 gives a `MediaPrompt` (images or audio at the projector's markers) to set as `RequestParams.media`;
 `SamplingParams.grammar_triggers` (`GrammarTrigger`) make a grammar lazy; `ChatTemplates` and `ChatParser`
 render a model's chat template and parse its output; `grammar_error`, `json_schema_to_grammar` and
-`check_chat_template` check what strangers write; `system_info`, `rpc_available` and `LLAMA_CPP_BUILD` say
-what this build of llama.cpp is, for bug reports. Every class and field is typed in the stubs shipped beside
-the extension (`_native.pyi`).
+`check_chat_template` check what strangers write; `system_info`, `rpc_available`, `gpu_available` and
+`LLAMA_CPP_BUILD` say what this build of llama.cpp is, for bug reports. Every class and field is typed in the
+stubs shipped beside the extension (`_native.pyi`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from langchain_llamacpp._native import (
     SamplingParams,
     TopLogprob,
     check_chat_template,
+    gpu_available,
     grammar_error,
     json_schema_to_grammar,
     rpc_available,
@@ -76,6 +77,7 @@ __all__ = [
     "TopLogprob",
     "check_chat_template",
     "create_engine",
+    "gpu_available",
     "grammar_error",
     "json_schema_to_grammar",
     "load_model",

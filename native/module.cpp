@@ -17,6 +17,7 @@
 #include "gil.h"
 #include "logging.h"
 #include "model.h"
+#include "placement.h"
 #include "rpc.h"
 #include "step_plan.h"
 
@@ -460,5 +461,8 @@ NB_MODULE(_native, m) {
         "system_info", [] { return std::string(llama_print_system_info()); },
         "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
+    m.def("gpu_available", &lcl::has_gpu_device,
+          "Whether this build has a device that takes offloaded layers (a GPU backend): there, n_gpu_layers not "
+          "given is fitted to free device memory.");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
 }
