@@ -17,7 +17,8 @@ This file holds the command line and the sections in their order; the rest by jo
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
 cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall),
 agents.py (agents: multi-step agent tasks, scored on the answer, not timed), kv_cache.py (kvcache: quantized KV
-cache memory, speed and perplexity against f16 and llama-perplexity; Gemma 3's sliding-window slots).
+cache memory, speed and perplexity against f16 and llama-perplexity; Gemma 3's sliding-window slots);
+decode_shielded.py (its own command: invoke() vs llama-bench under SCHED_FIFO, for a loaded machine).
 """
 
 from __future__ import annotations

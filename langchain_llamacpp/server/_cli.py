@@ -85,11 +85,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _named(spec: str) -> tuple[str | None, str]:
-    """`ID=PATH` -> (ID, PATH); a bare path -> (None, PATH). A path with '=' in it is taken whole if it exists."""
+    """`ID=PATH` -> (ID, PATH); a bare path -> (None, PATH). A path with '=' in it is taken whole only where
+    it exists and what follows its first '=' does not."""
     name, sep, path = spec.partition("=")
-    if not sep or os.path.exists(spec):
-        return None, spec
-    return name, path
+    if sep and (os.path.exists(path) or not os.path.exists(spec)):
+        return name, path
+    return None, spec
 
 
 def _model_id(path: str) -> str:

@@ -299,6 +299,12 @@ def test_streaming_is_server_sent_events(client: httpx.Client) -> None:
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+    assert "usage" not in chunks[-2]
+    # Without include_usage the last chunk of the choice carries it (as llama-server's does).
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        plain = [json.loads(line[6:]) for line in response.iter_lines() if line and line != "data: [DONE]"]
+    assert plain[-1]["choices"][0]["finish_reason"] and plain[-1]["usage"]["completion_tokens"] >= 1
+    assert all("usage" not in c for c in plain[:-1])
 
 
 def test_metrics_are_prometheus_text(client: httpx.Client) -> None:
@@ -374,3 +380,13 @@ def test_what_the_engine_refuses_is_a_400(api: OpenAIAPI, fields: dict[str, Any]
     with pytest.raises(APIError) as caught:
         api.create_chat_completion({**CHAT, **fields})
     assert caught.value.status == 400, caught.value.message
+
+
+def test_model_ids_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert _cli._named("qwen=models/q.gguf") == ("qwen", "models/q.gguf")
+    assert _cli._named("models/q.gguf") == (None, "models/q.gguf")
+    (tmp_path / "a=b.gguf").touch()  # a file whose name has '=' in it is taken whole...
+    assert _cli._named("a=b.gguf") == (None, "a=b.gguf")
+    (tmp_path / "b.gguf").touch()  # ...unless what follows the '=' names a file too
+    assert _cli._named("a=b.gguf") == ("a", "b.gguf")
