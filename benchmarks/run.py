@@ -1,7 +1,8 @@
 """Speed of langchain-llamacpp as ratios against references measured in the same run.
 
     ./dev bench                 # everything
-    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long, gaps, invariant, embed, stall
+    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long, gaps, invariant, embed, stall,
+                                # kvcache, ...
 
 References: llama.cpp's own `llama-bench`, `llama-batched-bench` and `llama-embedding`, built from the vendored
 tree into the same build folder (same compiler flags, same ggml), and, for `batch` and `cache`, the same package
@@ -15,8 +16,9 @@ process per section) against the same reference, side by side.
 This file holds the command line and the sections in their order; the rest by job: common.py (rounds
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
 cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall),
-agents.py (agents: multi-step agent tasks, scored on the answer, not timed); decode_shielded.py (its own
-command: invoke() vs llama-bench under SCHED_FIFO, for a loaded machine).
+agents.py (agents: multi-step agent tasks, scored on the answer, not timed), kv_cache.py (kvcache: quantized KV
+cache memory, speed and perplexity against f16 and llama-perplexity; Gemma 3's sliding-window slots);
+decode_shielded.py (its own command: invoke() vs llama-bench under SCHED_FIFO, for a loaded machine).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from benchmarks.engine import (  # noqa: E402
     section_long,
     section_prompt,
 )
+from benchmarks.kv_cache import section_kv_cache  # noqa: E402
 from benchmarks.serving import section_defaults, section_speculative  # noqa: E402
 from benchmarks.stall import section_stall  # noqa: E402
 from langchain_llamacpp import native  # noqa: E402
@@ -60,6 +63,7 @@ SECTIONS = {
     "speculative": section_speculative,
     "stall": section_stall,
     "agents": section_agents,
+    "kvcache": section_kv_cache,
 }
 
 

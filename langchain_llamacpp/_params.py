@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._settings as _settings
-from langchain_llamacpp._docs import DocumentedFields
+from langchain_llamacpp._hardware import HardwareParams
 from langchain_llamacpp._lifecycle import NativeStateMixin
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp.grammars import resolve_grammar_path
@@ -89,7 +89,7 @@ def model_as_path(cls: type, values: dict[str, Any]) -> None:
     )
 
 
-class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
+class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, HardwareParams):
     """Model, context and sampling settings common to the llama.cpp LangChain classes."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, populate_by_name=True)
@@ -191,8 +191,11 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     """The draft model stops drafting where it gives its top token less than this probability."""
 
     n_gpu_layers: int | None = None
-    """Layers to offload to the GPU (-1: all). Needs a GPU build; see README. None: none, or all of
-    them where `rpc_servers` are given."""
+    """Layers to offload to the GPU (-1: all). Needs a GPU build; see README. None: as llama.cpp's tools
+    do, as many as fit in free device memory (llama.cpp's fit; where the context is not given either, it
+    may be lowered, not below min(trained length, 4096)), logged; all of them where `rpc_servers` are given;
+    as given where a placement is (`tensor_split`, `override_tensor`, `n_cpu_moe`, a row split). A build
+    without a GPU backend: none."""
 
     rpc_servers: list[str] | str | None = None
     """llama.cpp ``rpc-server`` processes (``["host:port", ...]``, or one comma-separated string as
@@ -261,6 +264,35 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
 
     mirostat_eta: float = Field(0.1, ge=0, allow_inf_nan=False)
     """Mirostat learning rate."""
+
+    dry_multiplier: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """DRY ("don't repeat yourself") sampling: tokens that would extend a sequence already seen in the
+    text are penalized by ``dry_multiplier * dry_base ** (length - dry_allowed_length)``, which breaks
+    repetition loops that plain sampling falls into (0.8 is the usual strength). None: 0, off."""
+
+    dry_base: float | None = Field(None, ge=1, allow_inf_nan=False)
+    """DRY: how fast the penalty grows with the repeated sequence's length. None: 1.75."""
+
+    dry_allowed_length: int | None = Field(None, ge=0)
+    """DRY: repeated sequences up to this long go unpenalized. None: 2."""
+
+    dry_penalty_last_n: int | None = Field(None, ge=-1)
+    """DRY: how many recent tokens are searched for repeats (-1: the whole context, 0: off). None: 64."""
+
+    dry_sequence_breakers: list[str] | None = Field(None, max_length=32)
+    """DRY: text that ends a repeated sequence, so that a repeat across it is not penalized (at most 32).
+    None: llama.cpp's ``["\\n", ":", "\"", "*"]``."""
+
+    xtc_probability: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    """XTC ("exclude top choices"): at each token, with this probability, every token more likely than
+    `xtc_threshold` except the least likely of them is removed, for less predictable prose. None: 0, off."""
+
+    xtc_threshold: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    """XTC: the probability above which a token counts as a top choice (above 0.5: off). None: 0.1."""
+
+    top_n_sigma: float | None = Field(None, allow_inf_nan=False)
+    """Top-n-sigma: keep only tokens whose logit is within n standard deviations of the top one (a cut
+    that does not depend on the temperature). None: -1, off."""
 
     logit_bias: dict[int, Annotated[float, AfterValidator(_finite_or_banned)]] | None = None
     """Added to the logits of the given token ids before sampling; float("-inf") bans a token."""

@@ -20,7 +20,7 @@ from typing import Any, TypeGuard
 
 import langchain_llamacpp._lifecycle as _lifecycle
 import langchain_llamacpp._native as _native
-from langchain_llamacpp._logs import flush_native_logs
+from langchain_llamacpp._logs import flush_native_logs, logger
 from langchain_llamacpp._text import valid_text
 
 # The keys of the shared models and engines: hashable copies of ModelParams and EngineParams (their
@@ -38,6 +38,15 @@ class ModelConfig:
     repack: bool = True
     kv_overrides: tuple[tuple[str, str], ...] = ()
     rpc_servers: tuple[str, ...] = ()
+    main_gpu: int = 0
+    split_mode: int = 1
+    tensor_split: tuple[float, ...] = ()
+    devices: tuple[str, ...] = ()
+    override_tensor: tuple[str, ...] = ()
+    n_cpu_moe: int = 0
+    # n_gpu_layers (and a context not given) fitted to free device memory when the model loads
+    # (`get_engine`; a build without a GPU backend ignores it).
+    fit: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,9 +58,17 @@ class EngineConfig:
     n_threads: int = 0
     n_threads_batch: int = 0
     f16_kv: bool = True
+    cache_type_k: str = ""
+    cache_type_v: str = ""
     flash_attn: int = -1
     rope_freq_base: float = 0.0
     rope_freq_scale: float = 0.0
+    rope_scaling_type: int = -1
+    yarn_ext_factor: float = -1.0
+    yarn_attn_factor: float = -1.0
+    yarn_beta_fast: float = -1.0
+    yarn_beta_slow: float = -1.0
+    yarn_orig_ctx: int = 0
     embeddings: bool = False
     pooling: int = -1
     swa_full: bool = False
@@ -74,6 +91,8 @@ ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))
 # Settings of the engine that are not EngineParams fields: given to Engine.create otherwise.
 NOT_PARAMS = frozenset({"draft_model_path"})
 MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig)) - {"path"}
+# ModelConfig's tuples that are lists in ModelParams.
+MODEL_LISTS = frozenset({"rpc_servers", "tensor_split", "devices", "override_tensor"})
 
 # Held while a model or engine is being made; fork() waits for it (see _before_fork).
 _lock = threading.RLock()
@@ -129,26 +148,40 @@ class _LoadProgress:
             print(file=sys.stderr)
 
 
-def load_model(config: ModelConfig, verbose: bool = False, progress: bool | None = None) -> _native.Model:
-    """Load (or reuse) the weights for `config`; `progress` (default: `verbose`) shows a progress bar."""
+def load_model(
+    config: ModelConfig,
+    verbose: bool = False,
+    progress: bool | None = None,
+    fit_for: _native.EngineParams | None = None,
+) -> _native.Model:
+    """Load (or reuse) the weights for `config`; `progress` (default: `verbose`) shows a progress bar.
+
+    With `config.fit`, the first load fits the layers to free device memory for an engine with `fit_for`'s
+    settings (llama.cpp's common_fit_params; nothing on a build without a GPU backend) and logs the choice.
+    """
     valid_text(config.path, "model_path")
     for key, value in config.kv_overrides:
         valid_text(key, "kv_overrides key")
         valid_text(value, f"kv_overrides[{key!r}]")
     params = _native.ModelParams()
     params.path = os.fspath(config.path)
-    for name in MODEL_FIELDS - {"kv_overrides", "rpc_servers"}:  # those two are tuples in the key
+    for name in MODEL_FIELDS - {"kv_overrides"} - MODEL_LISTS:
         setattr(params, name, getattr(config, name))
     params.kv_overrides = dict(config.kv_overrides)
-    params.rpc_servers = [valid_text(s, "rpc_servers") for s in config.rpc_servers]
+    for name in MODEL_LISTS:
+        setattr(params, name, [valid_text(s, name) if isinstance(s, str) else s for s in getattr(config, name)])
     bar = _LoadProgress(config.path) if (verbose if progress is None else progress) else None
     with _lock:  # not while fork() copies the native model registry
         try:
-            model = _native.Model.load(params, bar)
+            model = _native.Model.load(params, bar, fit_for)
         finally:
             if bar is not None:
                 bar.close()
             flush_native_logs(verbose)
+    if model.fit_summary:
+        logger.info("%s: %s", os.path.basename(config.path), model.fit_summary)
+        if verbose:
+            print(f"langchain_llamacpp: {os.path.basename(config.path)}: {model.fit_summary}", file=sys.stderr)
     return model
 
 
@@ -167,14 +200,25 @@ def get_engine(
         engine = _engines.get(key)
         if engine is not None:
             return engine
-        model = load_model(model_config, verbose, progress)
         params = _native.EngineParams()
         for name in ENGINE_FIELDS - NOT_PARAMS:
             setattr(params, name, getattr(engine_config, name))
         valid_text(params.lora_path, "lora_path")
+        model = load_model(model_config, verbose, progress, fit_for=params)
+        if model_config.fit and engine_config.n_ctx < 0 and model.fit_n_ctx >= 0:
+            params.n_ctx = model.fit_n_ctx  # the context the fit chose (0: the trained length)
         draft = None
         if engine_config.draft_model_path:
-            draft_config = replace(model_config, path=engine_config.draft_model_path, kv_overrides=(), rpc_servers=())
+            # Its own fit (after the target's), none of the target's tensor names or split.
+            draft_config = replace(
+                model_config,
+                path=engine_config.draft_model_path,
+                kv_overrides=(),
+                rpc_servers=(),
+                tensor_split=(),
+                override_tensor=(),
+                n_cpu_moe=0,
+            )
             draft = load_model(draft_config, verbose, progress)
         try:
             engine = _native.Engine.create(model, params, draft)

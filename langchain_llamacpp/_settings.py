@@ -143,6 +143,65 @@ def _pooling(number: int | None, name: str | None) -> int | None:
     return POOLING[name] if name else number
 
 
+# ggml type numbers of the KV cache types (llama-cpp-python's type_k/type_v) -> llama.cpp's names.
+GGML_CACHE_TYPES = {0: "f32", 1: "f16", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 8: "q8_0", 20: "iq4_nl", 30: "bf16"}
+SPLIT_MODES = {"none": 0, "layer": 1, "row": 2}
+ROPE_SCALING = {"none": 0, "linear": 1, "yarn": 2}
+
+
+def cache_type_name(number: Any, key: str) -> str:
+    """llama.cpp's name of a KV cache type given as a ggml type number (llama-cpp-python's `type_k`)."""
+    if isinstance(number, bool) or not isinstance(number, int) or number not in GGML_CACHE_TYPES:
+        known = ", ".join(f"{n} ({name})" for n, name in GGML_CACHE_TYPES.items())
+        raise ValueError(f"{key}={number!r} is not a KV cache type's ggml number; known: {known}")
+    return GGML_CACHE_TYPES[number]
+
+
+def _cache_type(name: str | None, number: int | None, key: str) -> str | None:
+    # A name given wins; llama-cpp-python's ggml type number otherwise; neither: by f16_kv (natively).
+    return name if name is not None else None if number is None else cache_type_name(number, key)
+
+
+def _by_name(table: Mapping[str, int], field: str) -> Callable[[str | int], int]:
+    """A setting given by name (or as llama.cpp's number) -> its number."""
+
+    def convert(value: str | int) -> int:
+        if isinstance(value, str):
+            if value not in table:
+                raise ValueError(f"{field}={value!r}: known: {', '.join(table)}")
+            return table[value]
+        if value not in table.values():
+            raise ValueError(f"{field}={value!r}: known: {', '.join(f'{n} ({v})' for n, v in table.items())}")
+        return int(value)
+
+    return convert
+
+
+def _names(value: list[str] | str) -> tuple[str, ...]:
+    """A list of names, or llama.cpp's comma-separated string of them."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(valid_text(str(item).strip(), "name") for item in items if str(item).strip())
+
+
+def _breakers(breakers: list[str]) -> list[str]:
+    return [valid_text(b, "dry_sequence_breakers") for b in breakers]
+
+
+# A device that takes offloaded layers (a GPU backend): only there is anything fitted to its memory.
+GPU_OFFLOAD = _native.gpu_available()
+
+
+def _fit(_: None, layers: int | None, servers: Any, *placement: Any) -> bool | None:
+    # n_gpu_layers not given: fitted to free device memory on a build with a GPU backend, as llama.cpp's tools
+    # do; not where RPC servers take all layers or a placement is given. A CPU-only build keeps the settings
+    # (and so the shared models and engines) as they were.
+    split_mode = placement[-1]
+    no_placement = not any(placement[:-1]) and split_mode not in ("row", 2)
+    if GPU_OFFLOAD and layers is None and not rpc_endpoints(servers) and no_placement:
+        return True
+    return None
+
+
 def _max_tokens(n: int | None) -> int:
     return -1 if n is None or n < 0 else int(n)  # -1: no limit
 
@@ -187,6 +246,18 @@ SETTINGS: tuple[Setting, ...] = (
     _loading("repack", convert=_repack, reads=("batch_invariant",)),
     _loading("kv_overrides", convert=_given(kv_override_specs)),
     _loading("rpc_servers", convert=_given(rpc_endpoints)),
+    _loading("main_gpu"),
+    _loading("split_mode", convert=_given(_by_name(SPLIT_MODES, "split_mode"))),
+    _loading("tensor_split", convert=_given(lambda shares: tuple(float(x) for x in shares))),
+    _loading("devices", convert=_given(_names)),
+    _loading("override_tensor", convert=_given(_names)),
+    _loading("n_cpu_moe"),
+    Setting(
+        "fit",
+        "model",
+        convert=_fit,
+        reads=("n_gpu_layers", "rpc_servers", "tensor_split", "override_tensor", "n_cpu_moe", "split_mode"),
+    ),
     # -- the context (EngineParams) ---------------------------------------------------------
     _context("n_ctx"),
     _context("n_batch", convert=_n_batch),
@@ -195,9 +266,19 @@ SETTINGS: tuple[Setting, ...] = (
     _context("n_threads"),
     _context("n_threads_batch"),
     _context("f16_kv"),
+    _context("cache_type_k", convert=lambda name, number: _cache_type(name, number, "type_k"), reads=("type_k",)),
+    _context("cache_type_v", convert=lambda name, number: _cache_type(name, number, "type_v"), reads=("type_v",)),
+    Setting("type_k", "python", model_kwargs=True),  # llama-cpp-python's cache_type_k, read into it
+    Setting("type_v", "python", model_kwargs=True),
     _context("flash_attn", convert=_given(int)),
     _context("rope_freq_base"),
     _context("rope_freq_scale"),
+    _context("rope_scaling_type", convert=_given(_by_name(ROPE_SCALING, "rope_scaling_type"))),
+    _context("yarn_ext_factor"),
+    _context("yarn_attn_factor"),
+    _context("yarn_beta_fast"),
+    _context("yarn_beta_slow"),
+    _context("yarn_orig_ctx"),
     _context("swa_full"),
     _context("offload_kqv"),
     _context("kv_unified", convert=_given(int), classes=GENERATION),
@@ -226,6 +307,14 @@ SETTINGS: tuple[Setting, ...] = (
     _sampling("mirostat_mode", native="mirostat", convert=int),
     _sampling("mirostat_tau", convert=float),
     _sampling("mirostat_eta", convert=float),
+    _sampling("dry_multiplier", convert=_given(float)),
+    _sampling("dry_base", convert=_given(float)),
+    _sampling("dry_allowed_length", convert=_given(int)),
+    _sampling("dry_penalty_last_n", convert=_given(int)),
+    _sampling("dry_sequence_breakers", convert=_given(_breakers)),
+    _sampling("xtc_probability", convert=_given(float)),
+    _sampling("xtc_threshold", convert=_given(float)),
+    _sampling("top_n_sigma", convert=_given(float)),
     _sampling("seed", convert=int),
     _sampling("logit_bias", convert=_given(_logit_bias)),
     _sampling("grammar", convert=_grammar, reads=("grammar_path",)),

@@ -15,7 +15,7 @@ import langchain_llamacpp._native as _native
 import langchain_llamacpp._offloop as _offloop
 import langchain_llamacpp._registry as _registry
 import langchain_llamacpp._settings as _settings
-from langchain_llamacpp._docs import DocumentedFields
+from langchain_llamacpp._hardware import HardwareParams
 from langchain_llamacpp._lifecycle import NativeStateMixin, quiet_at_exit
 from langchain_llamacpp._logs import flush_native_logs
 from langchain_llamacpp._params import PathText, check_files, model_as_path
@@ -61,7 +61,7 @@ def step_groups(tokenized: Iterable[list[int]], limit: int, max_texts: int) -> I
         yield group
 
 
-class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields, Embeddings):
+class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, HardwareParams, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
@@ -112,7 +112,8 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, DocumentedFields
     """Threads. None: the machine's physical cores."""
 
     n_gpu_layers: int | None = None
-    """Layers to offload to the GPU (-1: all)."""
+    """Layers to offload to the GPU (-1: all). None: as many as fit in free device memory on a build with
+    a GPU backend (as `LlamaCpp.n_gpu_layers`), none on a CPU-only build."""
 
     pooling_type: Literal["mean", "cls", "last"] | None = None
     """How token vectors become one vector per text. None: the model's own (from its GGUF metadata),

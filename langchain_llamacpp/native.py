@@ -31,7 +31,7 @@ render a model's chat template (into a `RenderResult`) and parse its output; `Re
 `Engine.stats()` (an `EngineStats`) are a request's and an engine's counters; `grammar_error`,
 `json_schema_to_grammar` and `check_chat_template` check what strangers write; `MAX_SEQUENCES` (`n_seq`),
 `MAX_DRAFT_TOKENS` (`draft_max`) and `MAX_MEDIA_BYTES` (one image or audio file) are limits the engine
-enforces; `system_info`, `rpc_available` and `LLAMA_CPP_BUILD` say what this build of llama.cpp is, for bug
+enforces; `system_info`, `rpc_available`, `gpu_available` and `LLAMA_CPP_BUILD` say what this build of llama.cpp is, for bug
 reports. Every class and field is typed in the stubs shipped beside the extension (`_native.pyi`).
 """
 
@@ -63,6 +63,7 @@ from langchain_llamacpp._native import (
     TopLogprob,
     Usage,
     check_chat_template,
+    gpu_available,
     grammar_error,
     json_schema_to_grammar,
     rpc_available,
@@ -91,6 +92,7 @@ __all__ = [
     "Usage",
     "check_chat_template",
     "create_engine",
+    "gpu_available",
     "grammar_error",
     "json_schema_to_grammar",
     "load_model",
@@ -107,17 +109,18 @@ def load_model(
     `settings` are `ModelParams` fields: `n_gpu_layers`, `use_mmap`, `use_mlock`, `vocab_only`,
     `check_tensors`, `repack`, `kv_overrides` (a dict of metadata key to `"int:N"`, `"float:X"`,
     `"bool:B"` or `"str:S"`), `rpc_servers` (``["host:port", ...]`` of llama.cpp ``rpc-server``
-    processes that take the offloaded layers). `progress` shows a progress bar (default: when `verbose`).
+    processes that take the offloaded layers), the placement (`main_gpu`, `split_mode` 0/1/2,
+    `tensor_split`, `devices`, `override_tensor` as ``["regex=buffer type", ...]``, `n_cpu_moe`) and `fit`
+    (fit `n_gpu_layers` to free device memory, for an engine of default settings). `progress` shows a
+    progress bar (default: when `verbose`).
     """
     unknown = set(settings) - _registry.MODEL_FIELDS
     if unknown:
         raise TypeError(f"unknown model settings {sorted(unknown)}; known: {', '.join(sorted(_registry.MODEL_FIELDS))}")
     path = os.path.expanduser(os.fspath(path))  # a missing file: Model.load raises FileNotFoundError
-    overrides = settings.pop("kv_overrides", None) or {}
-    servers = tuple(settings.pop("rpc_servers", None) or ())
-    config = _registry.ModelConfig(
-        path=path, kv_overrides=tuple(sorted(overrides.items())), rpc_servers=servers, **settings
-    )
+    settings.update({name: tuple(settings.get(name) or ()) for name in _registry.MODEL_LISTS})
+    settings["kv_overrides"] = tuple(sorted((settings.get("kv_overrides") or {}).items()))
+    config = _registry.ModelConfig(path=path, **settings)
     return _registry.load_model(config, verbose, progress)
 
 
@@ -126,7 +129,8 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
 
     `settings` are `EngineParams` fields: `n_ctx` (per slot; 0: the trained length; default the trained
     length capped at 4096), `n_batch`, `n_ubatch`, `n_seq`, `n_threads`, `n_threads_batch`, `f16_kv`,
-    `flash_attn`, `embeddings`, `pooling`, `lora_path`, `lora_scale`, `batch_invariant`, ... An
+    `cache_type_k`, `cache_type_v`, `flash_attn`, `rope_scaling_type` and `yarn_*`, `embeddings`, `pooling`,
+    `lora_path`, `lora_scale`, `batch_invariant`, ... An
     engine with the same model and settings as an existing one is that engine.
     """
     unknown = set(settings) - _registry.ENGINE_FIELDS
@@ -135,17 +139,10 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
             f"unknown engine settings {sorted(unknown)}; known: {', '.join(sorted(_registry.ENGINE_FIELDS))}"
         )
     params = model.params
-    config = _registry.ModelConfig(
-        path=model.path,
-        n_gpu_layers=params.n_gpu_layers,
-        use_mmap=params.use_mmap,
-        use_mlock=params.use_mlock,
-        vocab_only=params.vocab_only,
-        check_tensors=params.check_tensors,
-        repack=params.repack,
-        kv_overrides=tuple(sorted(params.kv_overrides.items())),
-        rpc_servers=tuple(params.rpc_servers),
-    )
+    given: dict[str, Any] = {name: getattr(params, name) for name in _registry.MODEL_FIELDS}
+    given.update({name: tuple(given[name]) for name in _registry.MODEL_LISTS})
+    given["kv_overrides"] = tuple(sorted(params.kv_overrides.items()))
+    config = _registry.ModelConfig(path=model.path, **given)
     return _registry.get_engine(config, _registry.EngineConfig(**settings), verbose)
 
 

@@ -1,6 +1,7 @@
 #include "context.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <stdexcept>
 #include <string>
@@ -10,6 +11,7 @@
 #include "ggml-cpu.h"
 #include "llama-context.h"  // llama.cpp internal: the scheduler, for batch_invariant
 #include "logging.h"
+#include "placement.h"  // kv_cache_type
 #include "speculative.h"
 
 namespace lcl {
@@ -66,6 +68,39 @@ void check_speculation(EngineParams & params, bool recurrent) {
     }
 }
 
+// The KV cache's types: a type named wins over f16_kv. A quantized V cache needs flash attention, which
+// is turned on where it was left to llama.cpp (as llama.cpp does) and refused where it was turned off.
+void plan_cache_types(ContextPlan & plan) {
+    EngineParams & params = plan.params;
+    const ggml_type by_f16_kv = params.f16_kv ? GGML_TYPE_F16 : GGML_TYPE_F32;
+    plan.type_k = params.cache_type_k.empty() ? by_f16_kv : kv_cache_type(params.cache_type_k, "cache_type_k");
+    plan.type_v = params.cache_type_v.empty() ? by_f16_kv : kv_cache_type(params.cache_type_v, "cache_type_v");
+    if (ggml_is_quantized(plan.type_v)) {
+        if (params.flash_attn == 0) {
+            throw std::invalid_argument(std::string("cache_type_v=") + ggml_type_name(plan.type_v) +
+                                        " (a quantized V cache) needs flash attention: set flash_attn=True, or "
+                                        "leave it unset (None) and it is turned on");
+        }
+        params.flash_attn = 1;
+    }
+}
+
+// RoPE scaling and YaRN: llama.cpp's own checks are asserts, so the values are checked here first.
+void check_rope(const EngineParams & params) {
+    if (params.rope_scaling_type < -1 || params.rope_scaling_type > LLAMA_ROPE_SCALING_TYPE_YARN) {
+        throw std::invalid_argument("rope_scaling_type must be -1 (the model's), 0 (none), 1 (linear) or 2 (yarn), got " +
+                                    std::to_string(params.rope_scaling_type));
+    }
+    if (params.yarn_orig_ctx < 0) {
+        throw std::invalid_argument("yarn_orig_ctx must be 0 (the model's) or a context length");
+    }
+    for (const float v : {params.yarn_ext_factor, params.yarn_attn_factor, params.yarn_beta_fast, params.yarn_beta_slow}) {
+        if (!std::isfinite(v)) {
+            throw std::invalid_argument("the yarn_* settings must be finite numbers (negative: the model's)");
+        }
+    }
+}
+
 }  // namespace
 
 ContextPlan plan_context(const Model & model, const EngineParams & params_in, bool has_draft) {
@@ -109,6 +144,8 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     if (has_draft || params.prompt_lookup) {
         check_speculation(params, plan.recurrent);
     }
+    plan_cache_types(plan);
+    check_rope(params);
     return plan;
 }
 
@@ -131,13 +168,19 @@ llama_context_params context_params(const ContextPlan & plan) {
     }
     cparams.n_threads = params.n_threads;
     cparams.n_threads_batch = params.n_threads_batch;
-    cparams.type_k = params.f16_kv ? GGML_TYPE_F16 : GGML_TYPE_F32;
-    cparams.type_v = cparams.type_k;
+    cparams.type_k = plan.type_k;
+    cparams.type_v = plan.type_v;
     cparams.flash_attn_type = params.flash_attn < 0   ? LLAMA_FLASH_ATTN_TYPE_AUTO
                               : params.flash_attn == 0 ? LLAMA_FLASH_ATTN_TYPE_DISABLED
                                                        : LLAMA_FLASH_ATTN_TYPE_ENABLED;
     cparams.rope_freq_base = params.rope_freq_base;
     cparams.rope_freq_scale = params.rope_freq_scale;
+    cparams.rope_scaling_type = static_cast<llama_rope_scaling_type>(params.rope_scaling_type);
+    cparams.yarn_ext_factor = params.yarn_ext_factor;
+    cparams.yarn_attn_factor = params.yarn_attn_factor;
+    cparams.yarn_beta_fast = params.yarn_beta_fast;
+    cparams.yarn_beta_slow = params.yarn_beta_slow;
+    cparams.yarn_orig_ctx = static_cast<uint32_t>(params.yarn_orig_ctx);
     cparams.embeddings = params.embeddings;
     cparams.pooling_type = static_cast<enum llama_pooling_type>(params.pooling);
     cparams.swa_full = params.swa_full;

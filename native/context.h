@@ -15,6 +15,8 @@ struct ContextPlan {
     EngineParams params;     // resolved: n_ctx per request, batch sizes, threads, kv_unified 0 or 1
     bool recurrent = false;  // a recurrent or hybrid model: its state cannot be rolled back
     bool fill_gaps = false;  // fillers keep a step's KV streams contiguous (a KV cache per slot)
+    ggml_type type_k = GGML_TYPE_F16;  // the KV cache's types: cache_type_k/v, else by f16_kv
+    ggml_type type_v = GGML_TYPE_F16;
 };
 
 // Defaults resolved and every combination checked; throws std::invalid_argument naming the setting.

@@ -13,6 +13,7 @@
 #include "rpc.h"
 #include "gguf.h"
 #include "logging.h"
+#include "placement.h"
 
 namespace lcl {
 namespace {
@@ -90,7 +91,7 @@ std::string registry_key(const ModelParams & p, const std::string & canonical) {
     for (const auto & server : p.rpc_servers) {
         key += "|rpc=" + server;
     }
-    return key;
+    return key + placement_key(p);
 }
 
 llama_model_kv_override parse_override(const std::string & key, const std::string & spec) {
@@ -155,9 +156,11 @@ void check_model_file(const std::string & path) {
     }
 }
 
-// llama.cpp's parameters for `params`; `devices` and `overrides` hold what they point at.
+// llama.cpp's parameters for `params`; `devices`, `overrides` and `placement` hold what they point at.
 llama_model_params model_params(const ModelParams & params, std::vector<ggml_backend_dev_t> & devices,
-                                std::vector<llama_model_kv_override> & overrides) {
+                                std::vector<llama_model_kv_override> & overrides, Placement & placement) {
+    devices.clear();
+    overrides.clear();
     auto mparams = llama_model_default_params();
     mparams.n_gpu_layers = params.n_gpu_layers;
     if (params.use_mmap) {
@@ -170,10 +173,13 @@ llama_model_params model_params(const ModelParams & params, std::vector<ggml_bac
     mparams.use_extra_bufts = params.repack;
     // Devices are named explicitly once RPC servers are known to this process: a model uses its own
     // servers and no other model's (llama.cpp's default is every registered device).
+    std::vector<ggml_backend_dev_t> rpc;
     if (!params.rpc_servers.empty() || rpc_in_use()) {
-        devices = model_devices(rpc_devices(params.rpc_servers, params.rpc_timeout_ms));
+        rpc = rpc_devices(params.rpc_servers, params.rpc_timeout_ms);
+        devices = model_devices(rpc);
         mparams.devices = devices.data();
     }
+    apply_placement(params, rpc, mparams, placement);  // devices named: those, after the RPC servers'
     for (const auto & [k, v] : params.kv_overrides) {
         overrides.push_back(parse_override(k, v));
     }
@@ -191,7 +197,8 @@ Model::Model(ModelParams params, llama_model_ptr model, double load_ms)
     : params_(std::move(params)), model_(std::move(model)), vocab_(llama_model_get_vocab(model_.get())),
       load_ms_(load_ms) {}
 
-std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCallback & progress) {
+std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCallback & progress,
+                                   const EngineParams * fit_for) {
     init_backend();
     namespace fs = std::filesystem;
     std::error_code ec;
@@ -211,7 +218,16 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
 
     std::vector<ggml_backend_dev_t> devices;
     std::vector<llama_model_kv_override> overrides;
-    llama_model_params mparams = model_params(params, devices, overrides);
+    Placement placement;
+    llama_model_params mparams = model_params(params, devices, overrides, placement);
+    FitResult fitted;
+    if (params.fit && !params.vocab_only) {
+        // Fitted once, for the first engine asked for (here, under the lock: the fit swaps llama.cpp's
+        // logger); the model's key is its settings as given, so later engines share these weights.
+        fitted = fit_to_memory(params, mparams, fit_for != nullptr ? *fit_for : EngineParams{});
+        placement = Placement{};
+        mparams = model_params(fitted.model, devices, overrides, placement);
+    }
     struct ProgressState {
         const ProgressCallback * cb;
         bool cancelled = false;
@@ -243,6 +259,7 @@ std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCal
                                     " (corrupt or unsupported GGUF): " + capture.message("no details"));
     }
     std::shared_ptr<Model> result(new Model(params, std::move(model), ms));
+    result->fit_ = std::move(fitted);
     registry[key] = result;
     return result;
 }

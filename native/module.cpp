@@ -18,6 +18,7 @@
 #include "gil.h"
 #include "logging.h"
 #include "model.h"
+#include "placement.h"
 #include "rpc.h"
 #include "step_plan.h"
 
@@ -90,7 +91,8 @@ void register_model(nb::module_ & m) {
     nb::class_<lcl::Model>(m, "Model", "Loaded weights and vocabulary, shared by all engines on the same file.")
         .def_static(
             "load",
-            [](const lcl::ModelParams & params, std::optional<nb::callable> progress) {
+            [](const lcl::ModelParams & params, std::optional<nb::callable> progress,
+               std::optional<lcl::EngineParams> fit_for) {
                 lcl::ProgressCallback cb;
                 if (progress) {
                     cb = [fn = *progress](float p) -> bool {
@@ -100,7 +102,7 @@ void register_model(nb::module_ & m) {
                     };
                 }
                 lcl::ReleaseGil release;
-                auto model = lcl::Model::load(params, cb);
+                auto model = lcl::Model::load(params, cb, fit_for ? &*fit_for : nullptr);
                 if (cb) {
                     // The callable must be released with the GIL held.
                     nb::gil_scoped_acquire gil;
@@ -108,8 +110,9 @@ void register_model(nb::module_ & m) {
                 }
                 return model;
             },
-            "params"_a, "progress"_a = nb::none(),
-            "Load a model (or reuse the loaded copy). progress(fraction) may return False to cancel.")
+            "params"_a, "progress"_a = nb::none(), "fit_for"_a = nb::none(),
+            "Load a model (or reuse the loaded copy). progress(fraction) may return False to cancel. With "
+            "params.fit, the placement is fitted to free device memory for an engine with fit_for's settings.")
         .def("tokenize", &lcl::Model::tokenize, "text"_a, "add_special"_a = true, "parse_special"_a = false,
              nb::call_guard<lcl::ReleaseGil>())
         .def(
@@ -140,6 +143,10 @@ void register_model(nb::module_ & m) {
         .def_prop_ro("eos_token", &lcl::Model::eos)
         .def_prop_ro("add_bos", &lcl::Model::add_bos)
         .def_prop_ro("load_time_ms", &lcl::Model::load_time_ms)
+        .def_prop_ro("fit_n_ctx", [](const lcl::Model & self) { return self.fitted().n_ctx; },
+                     "The context the fit chose for the engine it fitted for (0: the trained length; -1: none chosen).")
+        .def_prop_ro("fit_summary", [](const lcl::Model & self) { return self.fitted().summary; },
+                     "What the fit to free device memory chose, or why it did not run; \"\" without params.fit.")
         .def("is_eog", &lcl::Model::is_eog, "token"_a)
         .def_prop_ro("fim_tokens",
                      [](const lcl::Model & self) {
@@ -461,6 +468,9 @@ NB_MODULE(_native, m) {
         "system_info", [] { return std::string(llama_print_system_info()); },
         "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
+    m.def("gpu_available", &lcl::has_gpu_device,
+          "Whether this build has a device that takes offloaded layers (a GPU backend): there, n_gpu_layers not "
+          "given is fitted to free device memory.");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
 
     // Limits enforced here, for Python to read rather than restate.

@@ -26,9 +26,18 @@ struct MediaPrompt;
     X(int, n_threads, 0, "Threads for generation; 0: from the machine.")                                           \
     X(int, n_threads_batch, 0, "Threads for prompt processing; 0: the same as n_threads.")                         \
     X(bool, f16_kv, true, "KV cache in f16 (else f32).")                                                           \
+    X(std::string, cache_type_k, "",                                                                               \
+      "The K cache's type: f16, f32, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0 or q5_1; \"\": by f16_kv.")              \
+    X(std::string, cache_type_v, "", "The V cache's type, as cache_type_k; a quantized one needs flash attention.") \
     X(int, flash_attn, -1, "-1 auto, 0 off, 1 on.")                                                                \
     X(float, rope_freq_base, 0.0f, "0: from the model.")                                                           \
     X(float, rope_freq_scale, 0.0f, "0: from the model.")                                                          \
+    X(int, rope_scaling_type, -1, "llama_rope_scaling_type: -1 from the model, 0 none, 1 linear, 2 yarn.")         \
+    X(float, yarn_ext_factor, -1.0f, "YaRN extrapolation mix factor; negative: from the model.")                   \
+    X(float, yarn_attn_factor, -1.0f, "YaRN magnitude scaling factor; negative: from the model.")                  \
+    X(float, yarn_beta_fast, -1.0f, "YaRN low correction dim; negative: from the model.")                          \
+    X(float, yarn_beta_slow, -1.0f, "YaRN high correction dim; negative: from the model.")                         \
+    X(int, yarn_orig_ctx, 0, "YaRN's original context length; 0: from the model.")                               \
     X(bool, embeddings, false, "An embedding engine (pooled vectors), not a generating one.")                      \
     X(int, pooling, -1, "llama_pooling_type of an embedding engine; -1: from the model.")                          \
     X(bool, swa_full, false, "Sliding-window layers keep every position (else only their window).")                \
@@ -60,6 +69,8 @@ struct GrammarTrigger {
 using LogitBias = std::vector<std::pair<int, float>>;
 using GrammarTriggers = std::vector<GrammarTrigger>;
 using Strings = std::vector<std::string>;
+// llama.cpp's default DRY sequence breakers (common_params_sampling).
+inline const Strings kDryBreakers = {"\n", ":", "\"", "*"};
 
 #define LCL_SAMPLING_PARAMS(X)                                                                                     \
     X(float, temperature, 0.8f, "0 for greedy decoding.")                                                          \
@@ -74,6 +85,14 @@ using Strings = std::vector<std::string>;
     X(int, mirostat, 0, "0 off, 1 Mirostat, 2 Mirostat 2.0.")                                                      \
     X(float, mirostat_tau, 5.0f, "")                                                                               \
     X(float, mirostat_eta, 0.1f, "")                                                                               \
+    X(float, dry_multiplier, 0.0f, "DRY repetition penalty's strength; 0 off.")                                    \
+    X(float, dry_base, 1.75f, "DRY: the penalty grows as dry_base ** (repeated length - dry_allowed_length).")      \
+    X(int, dry_allowed_length, 2, "DRY: repeats up to this long go unpenalized.")                                  \
+    X(int, dry_penalty_last_n, 64, "DRY: tokens looked back on; -1: the whole context, 0 off.")                    \
+    X(Strings, dry_sequence_breakers, kDryBreakers, "DRY: text that ends a repeated sequence (at most 32).")       \
+    X(float, xtc_probability, 0.0f, "XTC: the chance of cutting the most likely tokens at a step; 0 off.")         \
+    X(float, xtc_threshold, 0.1f, "XTC: tokens at least this likely are cut, all but the least likely of them.")  \
+    X(float, top_n_sigma, -1.0f, "Keep tokens within n standard deviations of the top logit; -1 off.")            \
     X(int64_t, seed, -1, "-1 for a random seed.")                                                                  \
     X(LogitBias, logit_bias, {}, "(token, bias) pairs added to the logits.")                                       \
     X(std::string, grammar, "", "GBNF grammar text; empty for none.")                                              \

@@ -37,6 +37,36 @@ size_t penalty_window(int repeat_last_n, size_t n) {
 
 namespace {
 
+// Each DRY sequence breaker costs llama.cpp a pass over the whole vocabulary when the request is submitted.
+constexpr size_t kMaxDryBreakers = 32;
+// A longer DRY window only costs memory (4 bytes a token): no text is this long.
+constexpr int kMaxDryWindow = 1 << 20;
+
+// DRY, XTC and top-n-sigma: llama.cpp's own samplers, in its default order in the chain.
+void set_dry_xtc_sigma(const SamplingParams & s, int n_ctx_train, common_params_sampling & p) {
+    if (s.dry_penalty_last_n < -1 || s.dry_allowed_length < 0) {
+        throw std::invalid_argument("dry_penalty_last_n must be -1 (the whole context) or more, and "
+                                    "dry_allowed_length 0 or more");
+    }
+    if (s.dry_sequence_breakers.size() > kMaxDryBreakers) {
+        throw std::invalid_argument("dry_sequence_breakers: at most " + std::to_string(kMaxDryBreakers) +
+                                    " sequence breakers, got " + std::to_string(s.dry_sequence_breakers.size()));
+    }
+    if (!(s.xtc_probability >= 0.0f && s.xtc_probability <= 1.0f && s.xtc_threshold >= 0.0f)) {
+        throw std::invalid_argument("xtc_probability must be between 0 and 1, and xtc_threshold 0 or more");
+    }
+    p.dry_multiplier = s.dry_multiplier;
+    p.dry_base = s.dry_base;
+    p.dry_allowed_length = s.dry_allowed_length;
+    // llama.cpp's sampler takes -1 as off; llama-server's -1 is the context, as here.
+    const int window = s.dry_penalty_last_n < 0 ? n_ctx_train : s.dry_penalty_last_n;
+    p.dry_penalty_last_n = std::min(window, kMaxDryWindow);
+    p.dry_sequence_breakers = s.dry_sequence_breakers;
+    p.xtc_probability = s.xtc_probability;
+    p.xtc_threshold = s.xtc_threshold;
+    p.top_n_sigma = s.top_n_sigma;
+}
+
 // Our settings as llama.cpp's sampler settings, checked.
 common_params_sampling to_common(const RequestParams & request, const TokenRules & rules, const llama_vocab * vocab,
                                  const std::set<llama_token> & preserved) {
@@ -106,12 +136,13 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
 
 // Whether llama.cpp's chain would pick the largest logit: at temperature <= 0 its temperature step keeps only
 // the top token, so every step after the ones that move logits (penalties, DRY, bias, grammar) is moot,
-// and so are XTC's and top-n-sigma's cuts, which never drop the top token. Read from llama.cpp's own
-// settings, so a setting we pass on later is seen here. The ignore_eos bias is the argmax's own rule.
+// and so is top-n-sigma's cut, which never drops the top token; XTC's does (it keeps the least likely of
+// the top choices), so it runs in the chain. Read from llama.cpp's own settings, so a setting we pass on
+// later is seen here. The ignore_eos bias is the argmax's own rule.
 bool picks_argmax(const common_params_sampling & p, size_t n_eog_bias) {
     return p.temp <= 0.0f && p.mirostat == 0 && p.grammar.grammar.empty() && p.penalty_repeat == 1.0f &&
            p.penalty_freq == 0.0f && p.penalty_present == 0.0f && p.dry_multiplier == 0.0f &&
-           p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias;
+           p.xtc_probability <= 0.0f && p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias;
 }
 
 }  // namespace
@@ -132,6 +163,7 @@ RequestSampler::RequestSampler(const Model & model, const TokenRules & rules, co
     render_special_ = request.render_special;
     has_grammar_ = !request.sampling.grammar.empty();
     common_params_sampling params = to_common(request, rules, model.vocab(), preserved_);
+    set_dry_xtc_sigma(request.sampling, model.n_ctx_train(), params);
     greedy_ = picks_argmax(params, request.ignore_eos ? rules.eog().size() : 0);
     ErrorCapture capture;
     try {

@@ -48,9 +48,12 @@ def write_tiny_model(
     seed: int = 0,
     chat_template: str | None = None,
     weight_scale: float = 0.02,
+    n_expert: int = 0,
 ) -> Path:
     """Write the model to `path`. `weight_scale` is the standard deviation of the blocks' weights: at the
-    default the attention is nearly uniform and weak, so that the next token depends little on the context."""
+    default the attention is nearly uniform and weak, so that the next token depends little on the context.
+    With `n_expert`, a mixture of experts (as Mixtral: two of them used per token) in place of each dense
+    feed-forward block."""
     reader = GGUFReader(str(VOCAB))
     tokens = _field_value(reader, "tokenizer.ggml.tokens")
     assert isinstance(tokens, list)
@@ -64,6 +67,9 @@ def write_tiny_model(
     writer.add_head_count(n_head)
     writer.add_head_count_kv(n_head)
     writer.add_layer_norm_rms_eps(1e-5)
+    if n_expert:
+        writer.add_expert_count(n_expert)
+        writer.add_expert_used_count(2)
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(0)
@@ -93,6 +99,12 @@ def write_tiny_model(
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
             tensor(f"blk.{i}.{name}.weight", n_embd, n_embd)
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        if n_expert:
+            tensor(f"blk.{i}.ffn_gate_inp.weight", n_expert, n_embd, scale=1.0)
+            tensor(f"blk.{i}.ffn_gate_exps.weight", n_expert, n_ff, n_embd)
+            tensor(f"blk.{i}.ffn_up_exps.weight", n_expert, n_ff, n_embd)
+            tensor(f"blk.{i}.ffn_down_exps.weight", n_expert, n_embd, n_ff)
+            continue
         tensor(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
         tensor(f"blk.{i}.ffn_down.weight", n_embd, n_ff)

@@ -40,6 +40,8 @@ _SAMPLING = {
     "mirostat_eta": "mirostat_eta",
     "ignore_eos": "ignore_eos",
     "grammar": "grammar",
+    **{name: name for name in ("dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n")},
+    **{name: name for name in ("dry_sequence_breakers", "xtc_probability", "xtc_threshold", "top_n_sigma")},
 }
 _BOOLEAN_OPTIONS = frozenset({"ignore_eos", "echo"})
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})

@@ -77,6 +77,7 @@ def test_public_names_are_pinned() -> None:
         "Usage",
         "check_chat_template",
         "create_engine",
+        "gpu_available",
         "grammar_error",
         "json_schema_to_grammar",
         "load_model",

@@ -55,6 +55,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({**CHAT, "response_format": {"type": "xml"}}, "response_format"),
         ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
         ({**CHAT, "reasoning_format": "loud"}, "reasoning_format"),
+        ({**CHAT, "dry_sequence_breakers": ["x"] * 33}, "dry_sequence_breakers"),
+        ({**CHAT, "xtc_probability": 2}, "xtc_probability"),
     ],
 )
 def test_a_bad_chat_field_is_a_400_naming_it(body: dict[str, Any], param: str) -> None:
@@ -88,9 +90,15 @@ def test_chat_fields_become_the_classes_options() -> None:
             "top_logprobs": 2,
             "user": "ignored",
             "top_k": 5,
+            "dry_multiplier": 0.8,
+            "dry_sequence_breakers": ["\n"],
+            "xtc_probability": 0.5,
+            "top_n_sigma": 1.0,
         }
     )
     assert request.stop == ["END"] and request.n == 2
+    assert request.options["dry_multiplier"] == 0.8 and request.options["dry_sequence_breakers"] == ["\n"]
+    assert request.options["xtc_probability"] == 0.5 and request.options["top_n_sigma"] == 1.0
     assert request.options["max_tokens"] == 7 and request.options["logprobs"] == 2 and request.options["top_k"] == 5
     assert request.options["tools"] == [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
