@@ -128,9 +128,9 @@ def test_rerank_orders_and_batches(models: dict[str, str], reranker: LlamaCppRer
     for flash_attn, tolerance in ((0, 2e-5), (-1, 5e-3)):
         exact = LlamaCppReranker(model_path=models["plain"], n_threads=2, model_kwargs={"flash_attn": flash_attn})
         engine = exact.load()
-        steps = engine.stats()["steps"]
+        steps = engine.stats().steps
         scores = exact.scores(QUERY, DOCUMENTS)
-        assert engine.stats()["steps"] - steps == 1
+        assert engine.stats().steps - steps == 1
         alone = [engine.rerank([engine.model.rerank_tokens(QUERY, d)])[0] for d in DOCUMENTS]
         assert scores == pytest.approx(alone, rel=tolerance)
 
@@ -140,10 +140,10 @@ def test_many_pairs_are_packed_into_steps(models: dict[str, str]) -> None:
     engine = reranker.load()
     documents = [f"note {i} about rivers" for i in range(60)]
     n_tokens = sum(len(engine.model.rerank_tokens("rivers", d)) for d in documents)
-    steps = engine.stats()["steps"]
+    steps = engine.stats().steps
     scores = reranker.scores("rivers", documents)
     assert len(scores) == 60
-    assert engine.stats()["steps"] - steps <= -(-n_tokens // 64) + 1
+    assert engine.stats().steps - steps <= -(-n_tokens // 64) + 1
 
 
 def test_compress_documents_and_retriever(reranker: LlamaCppReranker) -> None:
