@@ -115,7 +115,7 @@ void read_sequence(Cursor & in, StoredPrompt & out) {
     out.tokens.resize(n);
     in.take(out.tokens.data(), n * sizeof(llama_token));
     const auto m = in.get<uint32_t>();
-    if (m > n) {
+    if (m > n || size_t(m) * 20 > in.left()) {  // an entry takes 20 bytes at least
         throw BadPromptFile("bad media count " + std::to_string(m));
     }
     out.media.resize(m);
@@ -226,7 +226,7 @@ bool changes_no_cell(const std::string & name) {
     return names.count(name) > 0;
 }
 
-void warn(const std::string & text) { log_line(GGML_LOG_LEVEL_WARN, "prompt cache: " + text + "\n"); }
+void warn(const std::string & text) { log_line(GGML_LOG_LEVEL_WARN, "prompt cache: " + text); }
 
 }  // namespace
 

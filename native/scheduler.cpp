@@ -76,7 +76,8 @@ bool Engine::stored_prefix_ready(Pending & pending, const std::vector<SlotView> 
         for (const auto & v : views) {
             cached = std::max(cached, v.prefix);
         }
-        const auto found = disk_->find(request.prompt, request.media.get(), disk_exact_, reservation(request));
+        // A longer saved sequence is restored whole, then cut (in the pool, room permitting: else evaluated).
+        const auto found = disk_->find(request.prompt, request.media.get(), disk_exact_, static_cast<size_t>(n_ctx_seq_));
         if (found.usable > cached) {
             pending.stored = disk_->load(found);
         }
@@ -94,7 +95,7 @@ bool Engine::stored_prefix_ready(Pending & pending, const std::vector<SlotView> 
         const size_t n = std::min(matching_prefix(read->tokens, read->media, request.prompt, request.media.get()),
                                   request.prompt.size() - 1);
         const bool whole = n == read->tokens.size();
-        stored = (disk_exact_ && !whole) || read->tokens.size() > reservation(request) ? 0 : n;
+        stored = (disk_exact_ && !whole) || read->tokens.size() > static_cast<size_t>(n_ctx_seq_) ? 0 : n;
     }
     return true;
 }
@@ -102,7 +103,7 @@ bool Engine::stored_prefix_ready(Pending & pending, const std::vector<SlotView> 
 size_t Engine::restore_stored(Slot & slot, const Pending & pending, size_t prefix) {
     const StoredPrompt & read = *pending.stored.get();
     if (!slot.kv.restore(read.state, read.tokens, read.media)) {
-        log_line(GGML_LOG_LEVEL_WARN, "prompt cache: llama.cpp did not take a saved state; evaluating the prompt\n");
+        log_line(GGML_LOG_LEVEL_WARN, "prompt cache: llama.cpp did not take a saved state; evaluating the prompt");
         return 0;
     }
     return prefix;  // start_slot trims the cells past it

@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -102,7 +101,11 @@ def _llm(tiny: str, directory: Path | None, **extra: object) -> LlamaCpp:
     if directory is None:
         return LlamaCpp(model_path=tiny, **SETTINGS, **extra)  # type: ignore[arg-type]
     return LlamaCpp(
-        model_path=tiny, prompt_cache_dir=str(directory), prompt_cache_min_tokens=8, **SETTINGS, **extra  # type: ignore[arg-type]
+        model_path=tiny,
+        prompt_cache_dir=str(directory),
+        prompt_cache_min_tokens=8,
+        **SETTINGS,
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -167,7 +170,9 @@ def test_a_damaged_file_is_ignored_with_a_warning(
     (damaged / saved.name).write_bytes(mutate(saved.read_bytes(), [["flip", -100, 2]]))
     with caplog.at_level(logging.WARNING, logger="langchain_llamacpp"), _llm(tiny_model_path, damaged) as llm:
         answer, n_cached = _answer(llm, FOLLOW_UP)
-    assert any("checksum mismatch (corrupted)" in r.getMessage() and saved.name in r.getMessage() for r in caplog.records)
+    assert any(
+        "checksum mismatch (corrupted)" in r.getMessage() and saved.name in r.getMessage() for r in caplog.records
+    )
     with _llm(tiny_model_path, None) as cold:
         assert (answer, n_cached) == (cold.invoke(FOLLOW_UP), 0)
 
