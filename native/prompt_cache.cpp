@@ -89,9 +89,12 @@ Header read_header(Cursor & in, size_t file_size, const CacheKey & key) {
     }
     const auto version = in.get<uint32_t>();
     const auto header_size = in.get<uint32_t>();
-    if (version != kPromptFileVersion || header_size != kPromptHeaderSize) {
+    if (version != kPromptFileVersion) {
         throw BadPromptFile("format version " + std::to_string(version) + ", this build reads " +
                             std::to_string(kPromptFileVersion));
+    }
+    if (header_size != kPromptHeaderSize) {
+        throw BadPromptFile("bad header size " + std::to_string(header_size));
     }
     Header h;
     in.take(h.key.data(), h.key.size());

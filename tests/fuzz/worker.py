@@ -81,7 +81,9 @@ class Targets:
             while not (names := [n for n in os.listdir(saved) if n.endswith(".lcpc")]) and time.monotonic() < deadline:
                 time.sleep(0.01)  # written in the background
             (name,) = names
-            with LlamaCpp(model_path=self.tiny_model, max_tokens=4, temperature=0, n_ctx=512, verbose=False) as cold:
+            with LlamaCpp(
+                model_path=self.tiny_model, max_tokens=4, temperature=0, n_ctx=512, n_seq=1, verbose=False
+            ) as cold:
                 answers = {cold.invoke(FOLLOW_UP)}
             with self.cached_llm(saved) as warm:
                 answers.add(warm.invoke(FOLLOW_UP))

@@ -146,4 +146,4 @@ def test_pathological_template(name: str, tiny: str) -> None:
 @_xfail_today("prompt_cache")
 def test_prompt_cache_files(tiny: str) -> None:
     """Saved prompt cache files damaged, forged and made from scratch: ignored (or used whole), never a wrong answer."""
-    _run_randomized("prompt_cache", fuzz.prompt_cache_cases, 150, tiny)
+    _run_randomized("prompt_cache", fuzz.prompt_cache_cases, 60, tiny)

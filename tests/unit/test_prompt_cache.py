@@ -41,7 +41,7 @@ def test_a_file_gives_back_its_tokens_media_and_state() -> None:
         (FILE + b"\0", "trailing bytes"),
         (prompt_file(bytes(32), TOKENS, STATE), "key mismatch"),
         (prompt_file(KEY, TOKENS, STATE, version=2), "format version 2"),
-        (mutate(FILE, [["field", "header_size", 96]]), "format version"),
+        (mutate(FILE, [["field", "header_size", 96]]), "bad header size 96"),
         (b"GGUF" + FILE[4:], "bad magic"),
         (mutate(FILE, [["field", "payload_size", len(FILE)]]), "truncated"),
         # Forged: the counts changed and the checksum made to match. Still no read past the payload.
@@ -98,15 +98,8 @@ SETTINGS = {"max_tokens": 8, "temperature": 0, "n_ctx": 512, "batch_invariant": 
 
 
 def _llm(tiny: str, directory: Path | None, **extra: object) -> LlamaCpp:
-    if directory is None:
-        return LlamaCpp(model_path=tiny, **SETTINGS, **extra)  # type: ignore[arg-type]
-    return LlamaCpp(
-        model_path=tiny,
-        prompt_cache_dir=str(directory),
-        prompt_cache_min_tokens=8,
-        **SETTINGS,
-        **extra,  # type: ignore[arg-type]
-    )
+    cache = {} if directory is None else {"prompt_cache_dir": str(directory), "prompt_cache_min_tokens": 8}
+    return LlamaCpp(model_path=tiny, **{**SETTINGS, **cache, **extra})  # type: ignore[arg-type]
 
 
 def _saved(directory: Path, n: int = 1, timeout: float = 30) -> list[Path]:
