@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks.common import interleave
 from tests.models import get
+from tests.texts import chatml
 
 # A document of ~3,000 tokens under discussion, and two questions about it.
 DOCUMENT = "".join(
@@ -27,8 +28,9 @@ DOCUMENT = "".join(
     f"engineers listed, and agreed to revisit item {i} in the next quarterly meeting after the audit.\n"
     for i in range(1, 67)
 )
-FIRST = DOCUMENT + "\nQuestion: which section mentions item 7? Answer:"
-SECOND = DOCUMENT + "\nQuestion: what did the committee agree to do? Answer:"
+# As chat turns (both models are ChatML instruct models): a bare completion ends at once on these.
+FIRST = chatml(DOCUMENT + "\nWhich section mentions item 7?")
+SECOND = chatml(DOCUMENT + "\nWhat did the committee agree to do about each item?")
 
 
 def child(settings: dict[str, Any], prompt: str) -> dict[str, Any]:

@@ -203,7 +203,7 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, DocumentedFields):
     prompt_cache_max_bytes: int = Field(2 << 30, ge=1)
     """The files of `prompt_cache_dir` together at most, in bytes (the least recently used are
     deleted first). A saved state takes about n_tokens x n_layer x 2 x n_embd_kv x 2 bytes in f16
-    (23 KB a token for SmolLM2-135M, 0.1 MB for an 8B model with GQA)."""
+    (23 KB a token for SmolLM2-135M, 128 KB for Llama 3 8B)."""
 
     prompt_cache_min_tokens: int = Field(512, ge=1)
     """Prompts shorter than this are neither saved to nor looked up in `prompt_cache_dir`; a
