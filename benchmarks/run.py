@@ -1,8 +1,8 @@
 """Speed of langchain-llamacpp as ratios against references measured in the same run.
 
     ./dev bench                 # everything
-    ./dev bench --only decode   # one section: decode, prompt, batch, cache, long, gaps, invariant, embed, stall,
-                                # kvcache, ...
+    ./dev bench --only decode   # one section: decode, prompt, batch, cache, disk, long, gaps, invariant, embed,
+                                # stall, kvcache, ...
 
 References: llama.cpp's own `llama-bench`, `llama-batched-bench` and `llama-embedding`, built from the vendored
 tree into the same build folder (same compiler flags, same ggml), and, for `batch` and `cache`, the same package
@@ -15,10 +15,11 @@ process per section) against the same reference, side by side.
 
 This file holds the command line and the sections in their order; the rest by job: common.py (rounds
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
-cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall),
-agents.py (agents: multi-step agent tasks, scored on the answer, not timed), kv_cache.py (kvcache: quantized KV
-cache memory, speed and perplexity against f16 and llama-perplexity; Gemma 3's sliding-window slots);
-decode_shielded.py (its own command: invoke() vs llama-bench under SCHED_FIFO, for a loaded machine).
+cache, long, gaps, invariant), prompt_cache.py (disk: the prompt cache on disk, across processes), embed.py
+(embed), serving.py (defaults, speculative), stall.py (stall), agents.py (agents: multi-step agent tasks, scored
+on the answer, not timed), kv_cache.py (kvcache: quantized KV cache memory, speed and perplexity against f16 and
+llama-perplexity; Gemma 3's sliding-window slots); decode_shielded.py (its own command: invoke() vs llama-bench
+under SCHED_FIFO, for a loaded machine).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from benchmarks.engine import (  # noqa: E402
     section_prompt,
 )
 from benchmarks.kv_cache import section_kv_cache  # noqa: E402
+from benchmarks.prompt_cache import section_prompt_cache  # noqa: E402
 from benchmarks.serving import section_defaults, section_speculative  # noqa: E402
 from benchmarks.stall import section_stall  # noqa: E402
 from langchain_llamacpp import native  # noqa: E402
@@ -55,6 +57,7 @@ SECTIONS = {
     "prompt": section_prompt,
     "batch": section_batch,
     "cache": section_cache,
+    "disk": section_prompt_cache,
     "long": section_long,
     "gaps": section_gaps,
     "invariant": section_invariant,

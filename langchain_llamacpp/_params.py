@@ -190,6 +190,26 @@ class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, HardwareParams):
     draft_p_min: float = Field(0.75, ge=0, le=1, allow_inf_nan=False)
     """The draft model stops drafting where it gives its top token less than this probability."""
 
+    prompt_cache_dir: PathText | None = None
+    """A prompt cache on disk that survives a restart: a directory (created if missing) where the
+    KV state of each finished request with a long prompt is saved, in the background and before the
+    process exits, and from which a later request, in this process or another, whose prompt starts
+    with the same tokens restores it and evaluates only the rest (a long system prompt or a document
+    is paid for once). Files are keyed by the model file, every setting that changes the KV cache,
+    LoRA adapter, images and the llama.cpp build; each is checked (length, sha256) before llama.cpp
+    reads it, and a damaged or foreign one is ignored with a warning. Several processes may share the
+    directory. It must be writable by you only (a warning says so otherwise): the checksum guards
+    against corruption, not against someone who writes a file there. None: off."""
+
+    prompt_cache_max_bytes: int = Field(2 << 30, ge=1)
+    """The files of `prompt_cache_dir` together at most, in bytes (the least recently used are
+    deleted first). A saved state takes about n_tokens x n_layer x 2 x n_embd_kv x 2 bytes in f16
+    (23 KB a token for SmolLM2-135M, 128 KB for Llama 3 8B)."""
+
+    prompt_cache_min_tokens: int = Field(512, ge=1)
+    """Prompts shorter than this are neither saved to nor looked up in `prompt_cache_dir`; a
+    sequence is saved again once it holds this many tokens more than its longest saved prefix."""
+
     n_gpu_layers: int | None = None
     """Layers to offload to the GPU (-1: all). Needs a GPU build; see README. None: as llama.cpp's tools
     do, as many as fit in free device memory (llama.cpp's fit; where the context is not given either, it

@@ -85,6 +85,10 @@ class EngineConfig:
     draft_min: int = 0
     draft_p_min: float = 0.75
     draft_n_ctx: int = 0
+    # The prompt cache on disk (native/prompt_cache.h).
+    prompt_cache_dir: str = ""
+    prompt_cache_max_bytes: int = 2 << 30
+    prompt_cache_min_tokens: int = 512
 
 
 ENGINE_FIELDS = frozenset(f.name for f in fields(EngineConfig))

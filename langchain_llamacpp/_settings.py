@@ -202,6 +202,11 @@ def _fit(_: None, layers: int | None, servers: Any, *placement: Any) -> bool | N
     return None
 
 
+def _cache_dir(path: str | os.PathLike[str]) -> str:
+    # Absolute: the engine (shared by its settings) keeps writing there whatever the working directory.
+    return valid_text(os.path.abspath(os.path.expanduser(os.fspath(path))), "prompt_cache_dir") or ""
+
+
 def _max_tokens(n: int | None) -> int:
     return -1 if n is None or n < 0 else int(n)  # -1: no limit
 
@@ -294,6 +299,9 @@ SETTINGS: tuple[Setting, ...] = (
     _context("draft_min", classes=GENERATION),
     _context("draft_p_min", classes=GENERATION),
     _context("draft_n_ctx", classes=GENERATION),
+    _context("prompt_cache_dir", convert=_given(_cache_dir), classes=GENERATION),
+    _context("prompt_cache_max_bytes", classes=GENERATION),
+    _context("prompt_cache_min_tokens", classes=GENERATION),
     # -- sampling, per call (SamplingParams) ------------------------------------------------
     _sampling("temperature", convert=float),
     _sampling("top_p", convert=float),

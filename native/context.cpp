@@ -120,6 +120,10 @@ ContextPlan plan_context(const Model & model, const EngineParams & params_in, bo
     if (params.n_batch <= 0 || params.n_ubatch <= 0) {
         throw std::invalid_argument("n_batch and n_ubatch must be positive");
     }
+    if (!params.prompt_cache_dir.empty() && (params.embeddings || params.prompt_cache_max_bytes <= 0 || params.prompt_cache_min_tokens < 1)) {
+        throw std::invalid_argument(params.embeddings ? "prompt_cache_dir is for generation, not embeddings"
+                                                      : "prompt_cache_max_bytes and prompt_cache_min_tokens must be positive");
+    }
     plan.recurrent = llama_model_is_recurrent(model.get()) || llama_model_is_hybrid(model.get());
     if (params.batch_invariant) {
         check_batch_invariant(model, params, plan.recurrent);

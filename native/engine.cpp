@@ -7,6 +7,7 @@
 #include "batch.h"
 #include "context.h"
 #include "logging.h"
+#include "prompt_cache.h"
 #include "slot.h"
 
 namespace lcl {
@@ -50,6 +51,12 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
         }
     }
     engine->rules_ = std::make_unique<TokenRules>(engine->model_->vocab());
+    if (!p.prompt_cache_dir.empty() && !p.embeddings) {
+        engine->disk_ = std::make_unique<PromptCache>(p.prompt_cache_dir, static_cast<uint64_t>(p.prompt_cache_max_bytes),
+                                                      static_cast<size_t>(p.prompt_cache_min_tokens),
+                                                      prompt_cache_key(*engine->model_, p));
+        engine->disk_exact_ = plan.recurrent || engine->n_swa_ > 0;
+    }
     engine->batch_ = llama_batch_init(p.n_batch, 0, 1);
     for (int i = 0; i < p.n_seq; ++i) {
         engine->slots_.push_back(std::make_unique<Slot>(ctx, i));
@@ -79,6 +86,9 @@ void Engine::shutdown() {
         } else {
             thread_.join();
         }
+    }
+    if (disk_) {
+        disk_->flush();  // the saves of finished requests reach the disk before the process exits
     }
 }
 
@@ -208,6 +218,9 @@ void Engine::finish_slot(Slot & slot, const std::string & reason, const std::str
         }
         slot.request->usage.completion_tokens = slot.n_decoded;
         slot.request->finish(reason, error);
+        if (error.empty()) {
+            save_to_disk(slot);
+        }
     }
     slot.end(++uses_);
 }

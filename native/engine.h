@@ -30,6 +30,7 @@
 namespace lcl {
 
 class EngineContext;
+class PromptCache;
 struct Slot;
 
 // X(type, name, doc): an engine's counters since creation (Engine.stats); the same table makes the struct
@@ -115,6 +116,11 @@ private:
     std::vector<SlotView> slot_views(const RequestParams * placing) const;  // placing: fills SlotView::prefix
     bool assign_pending();  // returns true if a slot was assigned
     size_t reusable_prefix(const Slot & slot, const RequestParams & request) const;
+    // The prompt cache on disk (prompt_cache.h): whether the request may be placed now (false while a saved
+    // prefix longer than any slot's is read for it), and the prefix that saved state then gives (0: none).
+    bool stored_prefix_ready(Pending & pending, const std::vector<SlotView> & views, size_t & stored);
+    size_t restore_stored(Slot & slot, const Pending & pending, size_t prefix);  // the prefix kept
+    void save_to_disk(Slot & slot);  // a finished request's sequence, where worth a file
     size_t reservation(const RequestParams & request) const;  // the cells a request may come to hold
     // Unified pool: room for `cells` more, made by evicting idle slots other than `keep`.
     bool make_room(size_t cells, const Slot & keep);
@@ -176,6 +182,8 @@ private:
     std::unique_ptr<Vision> vision_;
     std::unique_ptr<Drafter> drafter_;  // declared after the context: freed first (it shares its pools)
     std::unique_ptr<TokenRules> rules_;
+    std::unique_ptr<PromptCache> disk_;  // null: no prompt_cache_dir
+    bool disk_exact_ = false;            // sliding-window or recurrent memory: restore whole saved sequences only
     SpecCost spec_cost_;
     Acceptance lookup_acceptance_, model_acceptance_;  // over all requests: the prior of a new one
     int n_ctx_seq_ = 0;

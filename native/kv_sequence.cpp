@@ -18,21 +18,26 @@ size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama
 
 }  // namespace
 
-size_t KvSequence::reusable_prefix(const std::vector<llama_token> & prompt, const MediaPrompt * media, int n_swa) const {
-    size_t n = common_prefix(tokens_, prompt);
+size_t matching_prefix(const std::vector<llama_token> & tokens, const std::vector<CachedMedia> & held,
+                       const std::vector<llama_token> & prompt, const MediaPrompt * media) {
+    size_t n = common_prefix(tokens, prompt);
     for (size_t i = 0; i < n; ++i) {
-        if (tokens_[i] >= 0) {
+        if (tokens[i] >= 0) {
             continue;
         }
         const MediaChunk * wanted = media ? media->starting_at(i) : nullptr;
-        const auto cached = std::find_if(media_.begin(), media_.end(), [&](const CachedMedia & m) { return m.offset == i; });
-        if (wanted == nullptr || cached == media_.end() || cached->id != wanted->id ||
+        const auto cached = std::find_if(held.begin(), held.end(), [&](const CachedMedia & m) { return m.offset == i; });
+        if (wanted == nullptr || cached == held.end() || cached->id != wanted->id ||
             cached->n_tokens != wanted->n_tokens || i + wanted->n_tokens > n) {
-            n = i;
-            break;
+            return i;
         }
         i += wanted->n_tokens - 1;
     }
+    return n;
+}
+
+size_t KvSequence::reusable_prefix(const std::vector<llama_token> & prompt, const MediaPrompt * media, int n_swa) const {
+    size_t n = matching_prefix(tokens_, media_, prompt, media);
     if (n >= prompt.size()) {
         n = prompt.size() - 1;
     }
@@ -90,6 +95,26 @@ void KvSequence::erase(size_t from, size_t to) {
     tokens_.erase(tokens_.begin() + static_cast<long>(from), tokens_.begin() + static_cast<long>(to));
     // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
     forget_media_after(from);
+}
+
+std::vector<uint8_t> KvSequence::save_state() const {
+    std::vector<uint8_t> state(llama_state_seq_get_size(ctx_, id_));
+    state.resize(llama_state_seq_get_data(ctx_, state.data(), state.size(), id_));
+    return state;
+}
+
+bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<llama_token> & tokens,
+                         const std::vector<CachedMedia> & media) {
+    evict();
+    const bool read = llama_state_seq_set_data(ctx_, state.data(), state.size(), id_) == state.size();
+    // The cells must end where the tokens do (a sliding window keeps only the last of them).
+    if (!read || llama_memory_seq_pos_max(memory(), id_) + 1 != static_cast<llama_pos>(tokens.size())) {
+        llama_memory_seq_rm(memory(), id_, -1, -1);
+        return false;
+    }
+    tokens_ = tokens;
+    media_ = media;
+    return true;
 }
 
 void KvSequence::forget_media_after(size_t end) {

@@ -5,7 +5,7 @@
 //
 // Positions are the token index today (next_pos() == size()); a model that places several positions
 // per token (M-RoPE images) changes next_pos() alone. Saving and restoring a sequence
-// (llama_state_seq_*) belongs here too: it has the id, the tokens and the media to write beside it.
+// (llama_state_seq_*) is here too: the state goes with the tokens and media it holds (prompt_cache.h).
 #pragma once
 
 #include <string>
@@ -22,6 +22,11 @@ struct CachedMedia {
     std::string id;
 };
 
+// How many leading tokens of `prompt` (with `media`) equal `tokens` (with `held`): a media position
+// counts only as a whole chunk of the same file. The prompt cache on disk compares by it too.
+size_t matching_prefix(const std::vector<llama_token> & tokens, const std::vector<CachedMedia> & held,
+                       const std::vector<llama_token> & prompt, const MediaPrompt * media);
+
 class KvSequence {
 public:
     KvSequence(llama_context * ctx, llama_seq_id id) : ctx_(ctx), id_(id) {}
@@ -32,6 +37,7 @@ public:
     llama_pos next_pos() const { return static_cast<llama_pos>(tokens_.size()); }  // where the next token goes
     const std::vector<llama_token> & tokens() const { return tokens_; }
     bool holds_media() const { return !media_.empty(); }
+    const std::vector<CachedMedia> & media() const { return media_; }
 
     // How many leading tokens of `prompt` are cached here: a media position counts only as a whole
     // chunk cached from the same file. At most prompt.size() - 1 (the last token is evaluated again for
@@ -52,6 +58,13 @@ public:
     void drop_uncommitted();
     // Removes the cells [from, to) and moves the later ones down; throws where the memory cannot.
     void erase(size_t from, size_t to);
+
+    // llama.cpp's state of these cells (llama_state_seq_get_data): what the prompt cache saves.
+    std::vector<uint8_t> save_state() const;
+    // Replaces the cells with a saved state of exactly `tokens`' cells; false (and empty) where llama.cpp
+    // refuses it (no room, another layout) or it holds other positions than the tokens say.
+    bool restore(const std::vector<uint8_t> & state, const std::vector<llama_token> & tokens,
+                 const std::vector<CachedMedia> & media);
 
 private:
     llama_memory_t memory() const { return llama_get_memory(ctx_); }

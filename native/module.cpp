@@ -19,6 +19,7 @@
 #include "logging.h"
 #include "model.h"
 #include "placement.h"
+#include "prompt_cache.h"
 #include "rpc.h"
 #include "step_plan.h"
 
@@ -382,13 +383,38 @@ void register_planner(nb::module_ & m) {
         .def_ro("slot", &lcl::PlacementPlan::slot)
         .def_ro("prefix", &lcl::PlacementPlan::prefix)
         .def_ro("donor", &lcl::PlacementPlan::donor)
-        .def_ro("evict", &lcl::PlacementPlan::evict);
+        .def_ro("evict", &lcl::PlacementPlan::evict)
+        .def_ro("restore", &lcl::PlacementPlan::restore);
     nb::class_<lcl::BatchPlan>(m, "_BatchPlan")
         .def_ro("take", &lcl::BatchPlan::take)
         .def_ro("filler", &lcl::BatchPlan::filler)
         .def_ro("lo", &lcl::BatchPlan::lo)
         .def_ro("hi", &lcl::BatchPlan::hi);
-    m.def("_plan_placement", &lcl::plan_placement, "slots"_a, "prompt"_a, "reserve"_a, "unified"_a, "pool"_a);
+    m.def("_plan_placement", &lcl::plan_placement, "slots"_a, "prompt"_a, "reserve"_a, "unified"_a, "pool"_a,
+          "stored"_a = 0);
+    // The prompt cache's file check (prompt_cache.h), for its tests and the fuzz suite: (tokens, media
+    // offsets, state) or ValueError saying what is wrong.
+    m.def(
+        "_read_prompt_file",
+        [](nb::bytes data, nb::bytes key) {
+            lcl::CacheKey k{};
+            if (key.size() != k.size()) {
+                throw std::invalid_argument("a key is 32 bytes");
+            }
+            std::memcpy(k.data(), key.c_str(), k.size());
+            lcl::StoredPrompt out;
+            try {
+                out = lcl::read_prompt_file(reinterpret_cast<const uint8_t *>(data.c_str()), data.size(), k);
+            } catch (const lcl::BadPromptFile & e) {
+                throw std::invalid_argument(e.what());
+            }
+            std::vector<size_t> offsets;
+            for (const auto & m : out.media) {
+                offsets.push_back(m.offset);
+            }
+            return nb::make_tuple(out.tokens, offsets, nb::bytes(reinterpret_cast<const char *>(out.state.data()), out.state.size()));
+        },
+        "data"_a, "key"_a);
     m.def(
         "_plan_batch",
         [](const std::vector<lcl::SlotView> & slots, int n_batch, int n_ctx_seq, bool fill_gaps) {

@@ -54,7 +54,11 @@ struct MediaPrompt;
     X(int, draft_max, 16, "Tokens drafted at most per step.")                                                      \
     X(int, draft_min, 0, "Tokens drafted at least where a draft exists, whatever the cost model says (0: as it says).") \
     X(float, draft_p_min, 0.75f, "The draft model stops drafting where its top token's probability is below this.") \
-    X(int, draft_n_ctx, 0, "The draft model's context per slot; 0: the same as n_ctx.")
+    X(int, draft_n_ctx, 0, "The draft model's context per slot; 0: the same as n_ctx.")                            \
+    X(std::string, prompt_cache_dir, "",                                                                           \
+      "A directory where finished requests' KV state is saved and restored from (prompt_cache.h); \"\" for none.")  \
+    X(int64_t, prompt_cache_max_bytes, int64_t(2) << 30, "The prompt cache's files together, at most (least recently used go first).") \
+    X(int, prompt_cache_min_tokens, 512, "Prompts shorter than this are neither saved nor looked up on disk.")
 
 struct EngineParams {
     LCL_ENGINE_PARAMS(LCL_DECLARE_FIELD)

@@ -26,7 +26,7 @@ void RequestQueue::push(std::shared_ptr<EngineTask> task) {
     cv_.notify_all();
 }
 
-const Pending * RequestQueue::front() {
+Pending * RequestQueue::front() {
     std::lock_guard<std::mutex> lock(mutex_);
     while (!pending_.empty() && pending_.front()->request->cancelled) {
         pending_.front()->request->finish("cancelled");

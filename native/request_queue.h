@@ -16,12 +16,17 @@
 
 namespace lcl {
 
+struct StoredPrompt;
+
 // A request accepted by Engine::submit() and waiting for a slot.
 struct Pending {
     RequestParams params;
     std::unique_ptr<RequestSampler> sampler;
     std::shared_ptr<RequestState> request;
     double t_submit = 0;
+    // The prompt cache on disk: looked up once; a saved prefix longer than any slot's, being read.
+    bool looked_up = false;
+    std::shared_future<std::shared_ptr<StoredPrompt>> stored;
 };
 
 // Work other than generation, run on the engine thread between steps.
@@ -38,7 +43,7 @@ public:
 
     // The first request that waits, cancelled ones dropped (finished); null where none waits. The
     // pointer stays valid until pop(): only the engine thread takes.
-    const Pending * front();
+    Pending * front();
     std::unique_ptr<Pending> pop();
     std::deque<std::shared_ptr<EngineTask>> take_tasks();
     size_t size();  // requests waiting

@@ -7,6 +7,8 @@
 #include <limits>
 
 #include "batch.h"
+#include "logging.h"
+#include "prompt_cache.h"
 #include "slot.h"
 
 namespace lcl {
@@ -35,10 +37,15 @@ std::vector<SlotView> Engine::slot_views(const RequestParams * placing) const {
 bool Engine::assign_pending() {
     bool assigned = false;
     // The queue's lock is held only to look and to take: planning and evicting run without it.
-    while (const Pending * pending = queue_.front()) {
+    while (Pending * pending = queue_.front()) {
         const RequestParams & request = pending->params;
+        const std::vector<SlotView> views = slot_views(&request);
+        size_t stored = 0;
+        if (!stored_prefix_ready(*pending, views, stored)) {
+            break;  // its saved prefix is being read (the requests behind it wait: a read takes ~0.1 s)
+        }
         const PlacementPlan plan =
-            plan_placement(slot_views(&request), request.prompt.size(), reservation(request), unified_, pool_);
+            plan_placement(views, request.prompt.size(), reservation(request), unified_, pool_, stored);
         for (const int victim : plan.evict) {
             slots_[victim]->kv.evict();
         }
@@ -46,13 +53,75 @@ bool Engine::assign_pending() {
             break;  // it waits for a slot, or for room
         }
         Slot & slot = *slots_[plan.slot];
-        if (plan.donor >= 0) {
+        size_t prefix = plan.prefix;
+        if (plan.restore) {
+            prefix = restore_stored(slot, *pending, plan.prefix);
+        } else if (plan.donor >= 0) {
             slot.kv.share(slots_[plan.donor]->kv, plan.prefix);
         }
-        start_slot(slot, std::move(*queue_.pop()), plan.prefix);
+        start_slot(slot, std::move(*queue_.pop()), prefix);
         assigned = true;
     }
     return assigned;
+}
+
+bool Engine::stored_prefix_ready(Pending & pending, const std::vector<SlotView> & views, size_t & stored) {
+    const RequestParams & request = pending.params;
+    if (!disk_ || request.prompt.size() < disk_->min_tokens()) {
+        return true;
+    }
+    if (!pending.looked_up) {
+        pending.looked_up = true;
+        size_t cached = 0;  // the longest prefix a slot holds: the disk is read only to do better
+        for (const auto & v : views) {
+            cached = std::max(cached, v.prefix);
+        }
+        // A longer saved sequence is restored whole, then cut (in the pool, room permitting: else evaluated).
+        const auto found = disk_->find(request.prompt, request.media.get(), disk_exact_, static_cast<size_t>(n_ctx_seq_));
+        if (found.usable > cached) {
+            pending.stored = disk_->load(found);
+        }
+    }
+    if (!pending.stored.valid()) {
+        return true;
+    }
+    // Nothing else to run: wait a little for the read here instead of spinning through the loop.
+    const bool busy = std::any_of(views.begin(), views.end(), [](const SlotView & v) { return v.active; });
+    if (pending.stored.wait_for(std::chrono::milliseconds(busy ? 0 : 5)) != std::future_status::ready) {
+        return false;
+    }
+    // What the checked file holds, compared again (the index read its tokens before the checksum).
+    if (const auto & read = pending.stored.get()) {
+        const size_t n = std::min(matching_prefix(read->tokens, read->media, request.prompt, request.media.get()),
+                                  request.prompt.size() - 1);
+        const bool whole = n == read->tokens.size();
+        stored = (disk_exact_ && !whole) || read->tokens.size() > static_cast<size_t>(n_ctx_seq_) ? 0 : n;
+    }
+    return true;
+}
+
+size_t Engine::restore_stored(Slot & slot, const Pending & pending, size_t prefix) {
+    const StoredPrompt & read = *pending.stored.get();
+    if (!slot.kv.restore(read.state, read.tokens, read.media)) {
+        log_line(GGML_LOG_LEVEL_WARN, "prompt cache: llama.cpp did not take a saved state; evaluating the prompt");
+        return 0;
+    }
+    return prefix;  // start_slot trims the cells past it
+}
+
+void Engine::save_to_disk(Slot & slot) {
+    // Worth a file: a prompt of at least min_tokens evaluated whole, holding at least min_tokens more
+    // than the longest prefix saved already (a conversation is saved again every min_tokens or so).
+    const size_t min = disk_ ? disk_->min_tokens() : 0;
+    if (!disk_ || !slot.generating() || slot.params.prompt.size() < min) {
+        return;
+    }
+    slot.kv.drop_uncommitted();  // draft rows still in the cells
+    const auto saved = disk_->find(slot.kv.tokens(), nullptr, disk_exact_, std::numeric_limits<size_t>::max());
+    if (slot.kv.size() < saved.usable + min) {
+        return;
+    }
+    disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state()});
 }
 
 size_t Engine::reservation(const RequestParams & request) const {

@@ -61,7 +61,7 @@ bool plan_room(std::vector<SlotView> & slots, size_t cells, int keep, int protec
 }
 
 PlacementPlan plan_placement(const std::vector<SlotView> & slots, size_t prompt, size_t reserve, bool unified,
-                             size_t pool) {
+                             size_t pool, size_t stored) {
     // In the unified pool a prefix cached in any slot can be shared (llama.cpp's seq_cp tags the same
     // cells with a second sequence: no copy, no memory): a repeated or regenerated prompt reuses it
     // without taking the slot, and the tail, of the conversation that holds it.
@@ -74,12 +74,13 @@ PlacementPlan plan_placement(const std::vector<SlotView> & slots, size_t prompt,
             donor_prefix = slots[i].prefix;
         }
     }
-    plan.slot = cheapest_idle_slot(slots, prompt, donor_prefix);
+    plan.slot = cheapest_idle_slot(slots, prompt, std::max(donor_prefix, stored));
     if (plan.slot < 0) {
         return plan;
     }
     plan.prefix = slots[plan.slot].prefix;
-    bool share = donor >= 0 && donor_prefix > plan.prefix;
+    const bool restore = stored > std::max(plan.prefix, donor_prefix);
+    bool share = !restore && donor >= 0 && donor_prefix > plan.prefix;
     if (unified) {
         std::vector<SlotView> after = slots;  // as evictions leave them
         if (share && !plan_room(after, reserve - donor_prefix, plan.slot, donor, pool, plan.evict)) {
@@ -100,6 +101,9 @@ PlacementPlan plan_placement(const std::vector<SlotView> & slots, size_t prompt,
     if (share) {
         plan.donor = donor;
         plan.prefix = donor_prefix;
+    } else if (restore) {
+        plan.restore = true;
+        plan.prefix = stored;
     }
     return plan;
 }

@@ -29,12 +29,14 @@ struct PlacementPlan {
     size_t prefix = 0;       // cached tokens it keeps
     int donor = -1;          // >= 0: the slot whose first `prefix` cells are shared into `slot` (seq_cp)
     std::vector<int> evict;  // idle slots whose caches give way, in order (also where the request then waits)
+    bool restore = false;    // `slot` takes the prompt cache's saved state of the first `prefix` tokens (from disk)
 };
 
 // `prompt`: the request's tokens; `reserve`: the cells it may come to hold; `pool`: the unified pool's
-// cells (unused where the slots have a cache each).
+// cells (unused where the slots have a cache each); `stored`: a prefix read from the prompt cache on
+// disk, restored into the slot where no slot holds as much (its cells are the request's own: in `reserve`).
 PlacementPlan plan_placement(const std::vector<SlotView> & slots, size_t prompt, size_t reserve, bool unified,
-                             size_t pool);
+                             size_t pool, size_t stored = 0);
 
 // Evicts idle slots, least recently used first, until `cells` more fit in the pool; `keep`'s cache gives
 // way to the request that takes it (not counted), `protect`'s is needed (-1: none). Victims get cached = 0

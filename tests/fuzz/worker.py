@@ -15,7 +15,12 @@ from typing import Any
 
 from tests.fuzz.common import ASAN, MEMORY_BOMB_MB, MEMORY_MB, Case
 from tests.fuzz.gguf import gguf_bytes
+from tests.fuzz.prompt_cache import FOLLOW_UP, PROMPT, mutate
 from tests.fuzz.templates import MESSAGES, TOOLS
+
+
+class WrongAnswer(Exception):
+    """A case gave an answer it must not (a damaged prompt cache file was used): never clean."""
 
 
 class Targets:
@@ -53,6 +58,52 @@ class Targets:
         return ChatLlamaCpp(
             model_path=self.tiny_model, max_tokens=4, temperature=1.0, seed=1, n_ctx=512, verbose=False, **kwargs
         )
+
+    def cached_llm(self, directory: str) -> Any:
+        from langchain_llamacpp import LlamaCpp
+
+        return LlamaCpp(
+            model_path=self.tiny_model, max_tokens=4, temperature=0, n_ctx=512, n_seq=1, verbose=False,
+            prompt_cache_dir=directory, prompt_cache_min_tokens=8,
+        )  # fmt: skip
+
+    def prompt_cache_base(self) -> tuple[str, bytes, set[str]]:
+        """The file an engine saved for PROMPT, and the answers FOLLOW_UP may get: evaluated afresh, or
+        from that file."""
+
+        def make() -> tuple[str, bytes, set[str]]:
+            from langchain_llamacpp import LlamaCpp
+
+            saved = os.path.join(self.tmp, "prompt-cache-base")
+            with self.cached_llm(saved) as llm:
+                llm.invoke(PROMPT)
+            deadline = time.monotonic() + 10
+            while not (names := [n for n in os.listdir(saved) if n.endswith(".lcpc")]) and time.monotonic() < deadline:
+                time.sleep(0.01)  # written in the background
+            (name,) = names
+            with LlamaCpp(
+                model_path=self.tiny_model, max_tokens=4, temperature=0, n_ctx=512, n_seq=1, verbose=False
+            ) as cold:
+                answers = {cold.invoke(FOLLOW_UP)}
+            with self.cached_llm(saved) as warm:
+                answers.add(warm.invoke(FOLLOW_UP))
+            return name, Path(saved, name).read_bytes(), answers
+
+        return self._get("prompt_cache_base", make)
+
+    def run_prompt_cache(self, case: Case, index: int) -> Any:
+        name, base, answers = self.prompt_cache_base()
+        directory = os.path.join(self.tmp, f"prompt-cache-{os.getpid()}-{index}")
+        os.makedirs(directory, mode=0o700)
+        Path(directory, name).write_bytes(mutate(base, case["ops"]))
+        try:
+            with self.cached_llm(directory) as llm:
+                answer = llm.invoke(FOLLOW_UP)
+        except Exception as e:
+            raise WrongAnswer(f"the call failed: {type(e).__name__}: {e}") from e
+        if answer not in answers:
+            raise WrongAnswer(f"{answer!r}, not one of {sorted(answers)!r}")
+        return answer
 
     def run(self, case: Case, index: int) -> str:
         return str(getattr(self, "run_" + case["kind"])(case, index))[:200]
@@ -133,8 +184,9 @@ def _outcome(fn: Callable[[], str]) -> dict[str, Any]:
     except Exception as e:  # what any caller can catch
         message = str(e)
         # A clean failure is an exception that says what is wrong. SystemError means a broken binding;
-        # UnicodeDecodeError, a native error message cut inside a UTF-8 character (the real one is lost).
-        if not message.strip() or isinstance(e, (SystemError, UnicodeDecodeError)):
+        # UnicodeDecodeError, a native error message cut inside a UTF-8 character (the real one is lost);
+        # WrongAnswer, a case that had to succeed with a known answer.
+        if not message.strip() or isinstance(e, (SystemError, UnicodeDecodeError, WrongAnswer)):
             return {"status": "bad-exception", "detail": f"{type(e).__name__}: {message!r}"}
         return {"status": "exception", "detail": f"{type(e).__name__}: {message[:300]}"}
     except BaseException as e:  # KeyboardInterrupt, SystemExit, ...: not for a bad input

@@ -1,0 +1,53 @@
+"""The prompt cache on disk with a real model (SmolLM2): a process saves a long prompt's state at exit, a
+new process restores it for a prompt that starts with it, and gives the greedy answer of a cold start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DOCUMENT = "".join(
+    f"Section {i}. The committee reviewed item {i} of the plan: its cost, its schedule and the risks the "
+    f"engineers listed, and agreed to revisit item {i} in the next quarterly meeting after the audit.\n"
+    for i in range(1, 20)
+)
+FIRST = DOCUMENT + "\nQuestion: which section mentions item 3? Answer:"
+SECOND = DOCUMENT + "\nQuestion: what did the committee review? Answer:"
+
+_SCRIPT = """
+import json, sys
+from langchain_llamacpp import LlamaCpp
+settings, prompt = json.loads(sys.argv[1])
+g = LlamaCpp(**settings).generate([prompt]).generations[0][0]
+print(json.dumps([g.text, g.generation_info["usage"]["cached_tokens"], g.generation_info["usage"]["prompt_tokens"]]))
+"""
+
+
+def _in_new_process(settings: dict[str, object], prompt: str) -> list[object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps([settings, prompt])],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_prefix_saved_by_one_process_is_restored_by_the_next(smollm_path: str, tmp_path: Path) -> None:
+    # batch_invariant: a restored prefix gives the logits of the prompt evaluated afresh, exactly.
+    base = {"model_path": smollm_path, "max_tokens": 16, "temperature": 0, "n_ctx": 2048, "batch_invariant": True}
+    cached = {**base, "prompt_cache_dir": str(tmp_path)}
+    _, _, n_first = _in_new_process(cached, FIRST)
+    (saved,) = tmp_path.glob("*.lcpc")
+    warm, n_cached, n_second = _in_new_process(cached, SECOND)
+    cold, n_cold, _ = _in_new_process(base, SECOND)
+    assert n_first >= 512 and n_cold == 0  # type: ignore[operator]
+    # The shared document is restored; the rest of the prompt evaluated.
+    assert n_first - 20 < n_cached < n_second  # type: ignore[operator]
+    assert warm == cold
+    # A damaged file: ignored (a warning in the log, nothing printed), the cold answer.
+    data = bytearray(saved.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    saved.write_bytes(bytes(data))
+    assert _in_new_process(cached, SECOND) == [cold, 0, n_second]
