@@ -135,5 +135,9 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
 
 
 def system_info() -> str:
-    """The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print."""
+    """The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.
+
+    A wheel carries ggml's CPU backend built for several instruction sets and loads the best one for this CPU;
+    its file is named at the end (``CPU_BACKEND = libggml-cpu-haswell.so``). A source build has one, built in.
+    """
     return _native.system_info()

@@ -12,6 +12,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include "backends.h"
 #include "build-info.h"
 #include "engine.h"
 #include "gil.h"
@@ -451,8 +452,9 @@ NB_MODULE(_native, m) {
     m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<lcl::ReleaseGil>(),
           "Stop every engine thread (registered with atexit).");
     m.def(
-        "system_info", [] { return std::string(llama_print_system_info()); },
-        "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
+        "system_info", &lcl::system_info,
+        "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print; "
+        "in a wheel, also the CPU backend chosen for this CPU (CPU_BACKEND = libggml-cpu-haswell.so).");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.attr("LLAMA_CPP_BUILD") = std::string(llama_build_info());
 }
