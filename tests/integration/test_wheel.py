@@ -50,9 +50,9 @@ def _env(venv: Path) -> dict[str, str]:
     return env
 
 
-def _run(venv: Path, args: list[str], cwd: Path, timeout: float = 600) -> str:
+def _run(venv: Path, args: list[str], cwd: Path, timeout: float = 600, **env: str) -> str:
     result = subprocess.run(
-        args, cwd=cwd, env=_env(venv), capture_output=True, text=True, timeout=timeout * SCALE, check=False
+        args, cwd=cwd, env=_env(venv) | env, capture_output=True, text=True, timeout=timeout * SCALE, check=False
     )
     assert result.returncode == 0, f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -93,10 +93,15 @@ def test_embedding_round_trip_from_the_wheel(venv: Path, tmp_path: Path, nomic_p
 
 
 def test_the_package_is_the_installed_one(venv: Path, tmp_path: Path, tiny_model_path: str) -> None:
+    # Libraries of the same names that are not libraries, on LD_LIBRARY_PATH and in the working directory:
+    # the package's own (RPATH, searched first) must be the ones loaded, or the import fails.
+    for name in ("libllama.so", "libggml.so", "libggml-base.so", "libmtmd.so", "libggml-cpu-x64.so"):
+        (tmp_path / name).write_bytes(b"not a library")
     out = _run(
         venv,
         [str(venv / "bin" / "python"), str(ROOT / "tests" / "wheel_check.py"), str(Path(tiny_model_path).resolve())],
         cwd=tmp_path,
+        LD_LIBRARY_PATH=str(tmp_path),
     )
     assert f"package: {venv.resolve()}" in out and "cpu_backend: libggml-cpu-" in out and "chat:" in out, out
 
