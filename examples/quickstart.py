@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.models
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # for tests.models (the package: the installed one)
 
 from langchain_core.callbacks import StreamingStdOutCallbackHandler
 from langchain_core.prompts import PromptTemplate

@@ -31,8 +31,8 @@ render a model's chat template (into a `RenderResult`) and parse its output; `Re
 `Engine.stats()` (an `EngineStats`) are a request's and an engine's counters; `grammar_error`,
 `json_schema_to_grammar` and `check_chat_template` check what strangers write; `MAX_SEQUENCES` (`n_seq`),
 `MAX_DRAFT_TOKENS` (`draft_max`) and `MAX_MEDIA_BYTES` (one image or audio file) are limits the engine
-enforces; `system_info`, `rpc_available`, `gpu_available` and `LLAMA_CPP_BUILD` say what this build of llama.cpp is, for bug
-reports. Every class and field is typed in the stubs shipped beside the extension (`_native.pyi`).
+enforces; `system_info`, `rpc_available`, `gpu_available` and `LLAMA_CPP_BUILD` say what this build of llama.cpp
+is, for bug reports. Every class and field is typed in the stubs shipped beside the extension (`_native.pyi`).
 """
 
 from __future__ import annotations
@@ -147,5 +147,9 @@ def create_engine(model: Model, *, verbose: bool = False, **settings: Any) -> En
 
 
 def system_info() -> str:
-    """The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print."""
+    """The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.
+
+    A wheel carries ggml's CPU backend built for several instruction sets and loads the best one for this CPU;
+    its file is named at the end (``CPU_BACKEND = libggml-cpu-haswell.so``). A source build has one, built in.
+    """
     return _native.system_info()

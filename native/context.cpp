@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backends.h"
 #include "common.h"
 #include "embeddings.h"
 #include "ggml-cpu.h"
@@ -236,26 +237,32 @@ EngineContext::EngineContext(const Model & model, const ContextPlan & plan) {
         // The reference mode computes flash attention one query row at a time, with no split of
         // the KV cells that depends on the batch, and fuses no ops.
         ggml_backend_sched_t sched = ctx_->get_sched();
+        auto * set_use_ref = backend_fn<decltype(ggml_backend_cpu_set_use_ref)>("CPU", "ggml_backend_cpu_set_use_ref");
         for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); ++i) {
             ggml_backend_t backend = ggml_backend_sched_get_backend(sched, i);
-            if (!ggml_backend_is_cpu(backend)) {
+            ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+            if (set_use_ref == nullptr || dev == nullptr ||
+                std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(dev))) != "CPU") {
                 throw std::invalid_argument(std::string("batch_invariant is for the CPU backend; this context also runs on ") +
                                             ggml_backend_name(backend) + " (set n_gpu_layers=0)");
             }
-            ggml_backend_cpu_set_use_ref(backend, true);
+            set_use_ref(backend, true);
         }
     }
     // Last: nothing throws after the pools exist (the destructor frees them).
-    if (!params.embeddings && ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) != nullptr) {
+    // The CPU backend's own functions, which a wheel's run-time loaded backend does not export.
+    auto * threadpool_new = backend_fn<decltype(ggml_threadpool_new)>("CPU", "ggml_threadpool_new");
+    threadpool_free_ = backend_fn<decltype(ggml_threadpool_free)>("CPU", "ggml_threadpool_free");
+    if (!params.embeddings && threadpool_new != nullptr && threadpool_free_ != nullptr) {
         ggml_threadpool_params tpp;
         ggml_threadpool_params_init(&tpp, params.n_threads);
         ggml_threadpool_params tpp_batch;
         ggml_threadpool_params_init(&tpp_batch, params.n_threads_batch);
         if (!ggml_threadpool_params_match(&tpp, &tpp_batch)) {
-            batch_pool_ = ggml_threadpool_new(&tpp_batch);
+            batch_pool_ = threadpool_new(&tpp_batch);
             tpp.paused = true;  // as llama.cpp's common: the batch pool starts, the other waits for work
         }
-        pool_ = ggml_threadpool_new(&tpp);
+        pool_ = threadpool_new(&tpp);
         if (pool_ != nullptr) {
             llama_attach_threadpool(ctx_.get(), pool_, batch_pool_);
         }
@@ -266,10 +273,10 @@ EngineContext::~EngineContext() {
     ctx_.reset();  // first: it uses the adapter and the pools
     lora_.reset();
     if (pool_ != nullptr) {
-        ggml_threadpool_free(pool_);
+        threadpool_free_(pool_);
     }
     if (batch_pool_ != nullptr) {
-        ggml_threadpool_free(batch_pool_);
+        threadpool_free_(batch_pool_);
     }
 }
 

@@ -39,6 +39,7 @@ private:
     // Declared in the order they may be freed last: pools, adapter, then the context that uses both.
     ggml_threadpool * pool_ = nullptr;
     ggml_threadpool * batch_pool_ = nullptr;
+    void (*threadpool_free_)(ggml_threadpool *) = nullptr;  // the CPU backend's, which made them
     llama_adapter_lora_ptr lora_;
     llama_context_ptr ctx_;
 };

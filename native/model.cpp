@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <mutex>
 
+#include "backends.h"
 #include "common.h"
 #include "rpc.h"
 #include "gguf.h"
@@ -200,6 +201,9 @@ Model::Model(ModelParams params, llama_model_ptr model, double load_ms)
 std::shared_ptr<Model> Model::load(const ModelParams & params, const ProgressCallback & progress,
                                    const EngineParams * fit_for) {
     init_backend();
+    if (!params.vocab_only) {
+        load_backends();  // not in the template worker, which reads vocabularies only
+    }
     namespace fs = std::filesystem;
     std::error_code ec;
     check_model_file(params.path);

@@ -12,6 +12,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include "backends.h"
 #include "build-info.h"
 #include "embeddings.h"
 #include "engine.h"
@@ -491,8 +492,9 @@ NB_MODULE(_native, m) {
     m.def("shutdown", &lcl::shutdown_all_engines, nb::call_guard<lcl::ReleaseGil>(),
           "Stop every engine thread (registered with atexit).");
     m.def(
-        "system_info", [] { return std::string(llama_print_system_info()); },
-        "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print.");
+        "system_info", &lcl::system_info,
+        "The backends llama.cpp was built with and the CPU features each uses (AVX2, NEON, ...), as its tools print; "
+        "in a wheel, also the CPU backend chosen for this CPU (CPU_BACKEND = libggml-cpu-haswell.so).");
     m.def("rpc_available", &lcl::rpc_available, "Whether this build has llama.cpp's RPC backend (GGML_RPC).");
     m.def("gpu_available", &lcl::has_gpu_device,
           "Whether this build has a device that takes offloaded layers (a GPU backend): there, n_gpu_layers not "

@@ -13,19 +13,13 @@
 #include <fcntl.h>
 #include <memory>
 
-#ifdef GGML_USE_RPC
+#include "backends.h"
 #include "ggml-rpc.h"
-#endif
 
 namespace lcl {
 
-bool rpc_available() {
-#ifdef GGML_USE_RPC
-    return true;
-#else
-    return false;
-#endif
-}
+// Linked in (GGML_USE_RPC) or loaded from the package's folder (GGML_BACKEND_DL): asked of the registry.
+bool rpc_available() { return backend_proc("RPC", "ggml_backend_rpc_add_server") != nullptr; }
 
 namespace {
 std::atomic<bool> g_rpc_in_use{false};
@@ -173,13 +167,16 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
     if (endpoints.empty()) {
         return devices;
     }
-#ifdef GGML_USE_RPC
+    auto * add_server = backend_fn<decltype(ggml_backend_rpc_add_server)>("RPC", "ggml_backend_rpc_add_server");
+    if (add_server == nullptr) {
+        throw std::invalid_argument("rpc_servers needs a build with llama.cpp's RPC backend (CMAKE_ARGS=\"-DGGML_RPC=ON\")");
+    }
     for (const auto & endpoint : endpoints) {
         check_server(endpoint, timeout_ms);
     }
     g_rpc_in_use = true;
     for (const auto & endpoint : endpoints) {
-        ggml_backend_reg_t reg = ggml_backend_rpc_add_server(endpoint.c_str());
+        ggml_backend_reg_t reg = add_server(endpoint.c_str());
         if (reg == nullptr) {
             fail(endpoint, "has no devices");
         }
@@ -188,10 +185,6 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::vector<std::string> & end
         }
     }
     return devices;
-#else
-    (void)timeout_ms;
-    throw std::invalid_argument("rpc_servers needs a build with llama.cpp's RPC backend (CMAKE_ARGS=\"-DGGML_RPC=ON\")");
-#endif
 }
 
 std::vector<ggml_backend_dev_t> model_devices(const std::vector<ggml_backend_dev_t> & rpc) {
