@@ -271,6 +271,9 @@ def _decode_rendered(f: list[bytes]) -> dict[str, Any]:
         n = int(f[i])
         out[key] = [text(i + 1 + k) for k in range(n)]
         i += 1 + n
+    out["thinking_start_tag"] = text(i)
+    n = int(f[i + 1])
+    out["thinking_end_tags"] = [text(i + 2 + k) for k in range(n)]
     return out
 
 

@@ -72,6 +72,8 @@ public:
         out["grammar_triggers"] = triggers;
         out["preserved_tokens"] = params.preserved_tokens;
         out["additional_stops"] = params.additional_stops;
+        out["thinking_start_tag"] = params.thinking_start_tag;
+        out["thinking_end_tags"] = params.thinking_end_tags;
         return out;
     }
 

@@ -15,7 +15,7 @@
 //    add_generation_prompt(0/1), enable_thinking(0/1), reasoning_format, kwarg_key_1, kwarg_value_1, ...]
 //     -> ["ok", prompt, format, format_name, grammar, grammar_lazy(0/1), generation_prompt, parser,
 //         supports_thinking(0/1), n_triggers, (type, value, token) * n, n_preserved, preserved * n,
-//         n_stops, stops * n]
+//         n_stops, stops * n, thinking_start_tag, n_end_tags, thinking_end_tags * n]
 // A failure answers ["error", exception_class_name, message].
 #include <poll.h>
 #include <sys/resource.h>
@@ -133,6 +133,9 @@ Fields rendered(const common_chat_params & p) {
     out.insert(out.end(), p.preserved_tokens.begin(), p.preserved_tokens.end());
     out.push_back(std::to_string(p.additional_stops.size()));
     out.insert(out.end(), p.additional_stops.begin(), p.additional_stops.end());
+    out.push_back(p.thinking_start_tag);
+    out.push_back(std::to_string(p.thinking_end_tags.size()));
+    out.insert(out.end(), p.thinking_end_tags.begin(), p.thinking_end_tags.end());
     return out;
 }
 
