@@ -85,9 +85,13 @@ def cell(figures: dict[str, Any] | None, key: str, fmt: str = "{:.1f}") -> str:
     return str(figures.get("error", "n/a"))
 
 
-def llama_bench(model: str, threads: int, pp: int, tg: int, depth: str = "0", reps: int = 1) -> dict[str, float]:
+def llama_bench(
+    model: str, threads: int, pp: int, tg: int, depth: str = "0", reps: int = 1, tool: str | None = None
+) -> dict[str, float]:
+    """llama-bench's figures; `tool`: another build of it (default: the one in the extension's build folder)."""
     args = ["-m", model, "-t", str(threads), "-p", str(pp), "-n", str(tg), "-d", depth, "-r", str(reps), "-o", "json"]
-    out = subprocess.run([str(llama_tool("llama-bench")), *args], check=True, capture_output=True, text=True).stdout
+    exe = tool or str(llama_tool("llama-bench"))
+    out = subprocess.run([exe, *args], check=True, capture_output=True, text=True).stdout
     result = {}
     for row in json.loads(out):
         key = f"pp{row['n_prompt']}" if row["n_prompt"] else f"tg{row['n_gen']}"

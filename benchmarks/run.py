@@ -15,7 +15,8 @@ process per section) against the same reference, side by side.
 This file holds the command line and the sections in their order; the rest by job: common.py (rounds
 interleaved with a reference, llama.cpp's tools, the community side), engine.py (decode, prompt, batch,
 cache, long, gaps, invariant), embed.py (embed), serving.py (defaults, speculative), stall.py (stall),
-agents.py (agents: multi-step agent tasks, scored on the answer, not timed).
+agents.py (agents: multi-step agent tasks, scored on the answer, not timed); decode_shielded.py (its own
+command: invoke() vs llama-bench under SCHED_FIFO, for a loaded machine).
 """
 
 from __future__ import annotations

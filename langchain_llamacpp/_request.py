@@ -29,11 +29,11 @@ def call_options(fields: LlamaCppParams, kwargs: dict[str, Any]) -> dict[str, An
     # A grammar given for this call replaces the instance's, whichever way it is given.
     if "grammar" in kwargs or "grammar_path" in kwargs:
         options["grammar"] = options["grammar_path"] = None
-    options.update({name: _check_option(name, value) for name, value in kwargs.items()})
+    options.update({name: check_option(name, value) for name, value in kwargs.items()})
     return options
 
 
-def _check_option(name: str, value: Any) -> Any:
+def check_option(name: str, value: Any) -> Any:
     """A per-call option's value as its field would take it; a ValueError naming it otherwise."""
     try:
         return _OPTION_TYPES[name].validate_python(value)

@@ -23,10 +23,9 @@ Model output is untrusted: only the last `MAX_SCAN` characters are read, JSON ne
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from langchain_llamacpp._json_schema import schema_error
 MAX_SCAN = 16_384  # characters at the end of a reply that may hold calls written as text
 MAX_NESTING = 32  # brackets deep
 MAX_STARTS = 64  # places (an opening brace, bracket or fence that may start a call) tried per reply
+_WINDOW = 256  # characters after a start that tell whether it may open a call
 
 # The keys of a call written as JSON: {"name", "arguments"} and its variants ("parameters", "args",
 # OpenAI's {"type": "function", "function": {...}}, an "id").
@@ -84,8 +84,7 @@ class ToolCallRules:
             return Decision(_unfenced(content))
         if tool_calls or not self.recover:
             return Decision(content, tool_calls)
-        for start in itertools.islice(_starts(content), MAX_STARTS):
-            calls = self._read(content[start:], final=True)
+        for start, calls in self._reads(content, final=True):
             if calls:
                 return Decision(content[:start].rstrip(), [_openai_call(*c) for c in calls], recovered=True)
         return Decision(content)
@@ -97,26 +96,50 @@ class ToolCallRules:
             return _unfenced_so_far(content)
         if not self.recover:
             return content
-        for tried, start in enumerate(_starts(content)):
-            # Past MAX_STARTS `decide` reads no further: all from there is held until the end.
-            if tried == MAX_STARTS or self._read(content[start:], final=False) is not None:
+        for start, calls in self._reads(content, final=False):
+            if start < 0:  # past MAX_STARTS `decide` reads no further: all from there is held until the end
+                return content[: -start - 1].rstrip()
+            if calls is not None:
                 return content[:start].rstrip()
         return content.rstrip()
 
-    def _read(self, text: str, final: bool) -> list[tuple[str, dict[str, Any]]] | None:
+    def _reads(self, content: str, final: bool) -> Iterator[tuple[int, list[tuple[str, dict[str, Any]]] | None]]:
+        """(start, calls read from there) for the places a call may start, in order, until MAX_STARTS were
+        read; then once (-start - 1, None) where the next one would have been read. A run of values that
+        turns out not to be calls also rules out every start inside it (each would reach the same end or
+        its enclosing bracket), so each character is parsed about once, not once per start."""
+        tried, skip_to = 0, 0
+        for start in _starts(content):
+            if start < skip_to:
+                continue
+            if tried == MAX_STARTS:
+                yield -start - 1, None
+                return
+            tried += 1
+            calls, stop = self._read(content[start:], final)
+            skip_to = start + stop
+            yield start, calls
+
+    def _read(self, text: str, final: bool) -> tuple[list[tuple[str, dict[str, Any]]] | None, int]:
         """The calls that `text` consists of; None if it is not calls. Partial text (not `final`) gives the
-        calls complete so far ([] for none yet) when it may still become calls."""
-        values, complete = _values(text, final)
-        if values is None or (final and not (complete and values)):
-            return None
-        calls = []
-        for value in values:
+        calls complete so far ([] for none yet) when it may still become calls. Second: where the text was
+        found not to be calls (1 where that does not rule out later starts)."""
+        calls: list[tuple[str, dict[str, Any]]] = []
+
+        def take(value: Any) -> bool:
+            # Each value as soon as it is read: text that is not calls is refused at its first value,
+            # not after the whole tail is parsed (shown() runs at every chunk of a stream).
             for item in value if isinstance(value, list) else [value]:
                 call = self._call(item)
                 if call is None:
-                    return None
+                    return False
                 calls.append(call)
-        return calls
+            return True
+
+        values, complete, stop = _values(text, final, take)
+        if values is None or (final and not (complete and values)):
+            return None, max(stop, 1)
+        return calls, 1
 
     def _call(self, item: Any) -> tuple[str, dict[str, Any]] | None:
         """(name, arguments) of one object written as a call of a bound tool with valid arguments."""
@@ -147,18 +170,38 @@ class ToolCallRules:
 
 def _starts(content: str) -> Iterator[int]:
     """Where in the scanned tail of `content` a call may start (an opening that may be a call's), in order."""
-    for match in _START.finditer(content, max(0, len(content) - MAX_SCAN)):
-        if _plausible_opening(content, match.start()):
-            yield match.start()
+    match = _START.search(content, max(0, len(content) - MAX_SCAN))
+    while match is not None:
+        start = match.start()
+        tail = content[start : start + _WINDOW]
+        opening = _opening_end(tail)
+        deep = sum(tail.count(c, 0, opening) for c in "{[") - MAX_NESTING
+        if deep > 0:
+            # Deeper than a call is read, and so is each opening inside this one up to `deep` brackets on:
+            # skip them (a run of thousands of brackets would otherwise be tried one by one).
+            match = _START.search(content, start + max(1, _nth_opener(tail, deep)))
+            continue
+        if _plausible_opening(tail, opening):
+            yield start
+        match = _START.search(content, start + 1)
 
 
-def _plausible_opening(content: str, start: int) -> bool:
-    """Whether the text at `start` may open a call: after the fence, braces and brackets, the first key
+def _nth_opener(tail: str, n: int) -> int:
+    """The position in `tail` after its n-th brace or bracket."""
+    seen = 0
+    for i, c in enumerate(tail):
+        seen += c in "{["
+        if seen == n:
+            return i + 1
+    return len(tail)
+
+
+def _plausible_opening(tail: str, opening: int) -> bool:
+    """Whether `tail`, whose fence, braces and brackets end at `opening`, may open a call: the first key
     is (or, where the text ends, may still become) one of a call's keys."""
-    tail = content[start : start + 256]
     if "```".startswith(tail):
         return True  # a fence's first backticks, at the end
-    rest = tail[_opening_end(tail) :]
+    rest = tail[opening:]
     if not rest:
         return True
     key = _FIRST_KEY.match(rest)
@@ -174,30 +217,35 @@ def _opening_end(tail: str) -> int:
     return opening.end() if opening else 0
 
 
-def _values(text: str, final: bool) -> tuple[list[Any] | None, bool]:
+def _values(text: str, final: bool, take: Callable[[Any], bool]) -> tuple[list[Any] | None, bool, int]:
     """The JSON values of a run of calls that is all of `text`: objects or lists of them, in doubled braces
-    or in fences, apart by spaces or commas. (values, complete); values None: not such a run. Partial
-    text gives what is complete so far and False where the rest may still complete it."""
+    or in fences, apart by spaces or commas, each accepted by `take` as it is read. (values, complete, stop);
+    values None: not such a run, and no call starts before `stop` (0: no place to tell). Partial text gives what is
+    complete so far and False where the rest may still complete it."""
     values: list[Any] = []
     pos, fenced = _skip(text, 0), False
     while pos < len(text):
         if text.startswith("```", pos):
             pos, fenced = (pos + 3, False) if fenced else (_fence_end(text, pos), True)
         elif "```".startswith(text[pos:]):
-            return values, False  # a fence's first backticks
+            return values, False, pos  # a fence's first backticks
         elif text[pos] == "," and values:
             pos += 1
         elif text[pos] in "{[":
-            value, pos = _value(text, pos)
+            value, end = _value(text, pos)
+            # Broken or unfinished: a start before this value reaches it too; one inside it may not.
             if value is _INCOMPLETE:
-                return (None, False) if final else (values, False)
+                return (None, False, pos + 1) if final else (values, False, 0)
             if value is _INVALID:
-                return None, False
+                return None, False, pos + 1
+            if not take(value):
+                return None, False, end  # a whole value that is not a call: no start inside it is one
             values.append(value)
+            pos = end
         else:
-            return None, False
+            return None, False, pos
         pos = _skip(text, pos)
-    return values, not fenced or final
+    return values, not fenced or final, 0
 
 
 _INCOMPLETE, _INVALID = object(), object()

@@ -9,8 +9,10 @@
 
 namespace lcl {
 
-void RequestState::notify() {
-    cv.notify_all();
+void RequestState::notify(bool wake_waiters) {
+    if (wake_waiters) {
+        cv.notify_all();
+    }
     if (notify_fd >= 0 && !signaled.exchange(true)) {
         const char byte = 1;
         [[maybe_unused]] const auto n = ::write(notify_fd, &byte, 1);
@@ -18,11 +20,13 @@ void RequestState::notify() {
 }
 
 void RequestState::push(Chunk chunk) {
+    bool wake = false;
     {
         std::lock_guard<std::mutex> lock(mutex);
         chunks.push_back(std::move(chunk));
+        wake = chunk_waiters > 0;
     }
-    notify();
+    notify(wake);
 }
 
 void RequestState::finish(std::string reason, std::string error_text) {
@@ -35,7 +39,7 @@ void RequestState::finish(std::string reason, std::string error_text) {
         error = std::move(error_text);
         done = true;
     }
-    notify();
+    notify(true);
 }
 
 Request::Request(std::shared_ptr<RequestState> state, std::shared_ptr<Engine> engine)
@@ -66,7 +70,9 @@ void Request::raise_if_failed() {
 
 std::optional<Chunk> Request::next() {
     std::unique_lock<std::mutex> lock(state_->mutex);
+    state_->chunk_waiters++;
     state_->cv.wait(lock, [&] { return !state_->chunks.empty() || state_->done; });
+    state_->chunk_waiters--;
     if (!state_->chunks.empty()) {
         Chunk chunk = std::move(state_->chunks.front());
         state_->chunks.pop_front();
@@ -80,8 +86,11 @@ std::optional<Chunk> Request::next() {
 
 bool Request::wait_for(bool until_done, int timeout_ms) {
     std::unique_lock<std::mutex> lock(state_->mutex);
-    return state_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                               [&] { return state_->done || (!until_done && !state_->chunks.empty()); });
+    state_->chunk_waiters += until_done ? 0 : 1;
+    const bool came = state_->cv.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                                          [&] { return state_->done || (!until_done && !state_->chunks.empty()); });
+    state_->chunk_waiters -= until_done ? 0 : 1;
+    return came;
 }
 
 std::vector<Chunk> Request::poll() {

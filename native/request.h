@@ -45,10 +45,13 @@ struct RequestState {
     std::atomic<bool> cancelled{false};
     std::atomic<bool> signaled{false};
     int notify_fd = -1;
+    // Callers blocked until a chunk comes (next(), wait_for(until_done=false)), under `mutex`. A caller
+    // waiting for the end only is not woken per token: each wake-up takes a core from ggml's threads.
+    int chunk_waiters = 0;
 
     void push(Chunk chunk);
     void finish(std::string reason, std::string error_text = {});
-    void notify();
+    void notify(bool wake_waiters);
 };
 
 class Engine;  // woken by a cancel
