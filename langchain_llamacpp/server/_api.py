@@ -283,7 +283,9 @@ class OpenAIAPI:
             async for _, (choice, choice_usage) in merged:
                 usage = _responses.add_usage(usage, choice_usage)
                 if choice is not None:
-                    yield envelope.chunk([choice])
+                    # Without include_usage, each choice's last chunk carries its usage, as llama-server's
+                    # does (clients that add chunks up, ChatOpenAI's, get the total); with it, one chunk at the end.
+                    yield envelope.chunk([choice], None if include_usage else choice_usage)
             self.counters.add_usage(model, usage)
             if include_usage and usage is not None:
                 yield envelope.chunk([], usage)

@@ -291,6 +291,12 @@ def test_streaming_is_server_sent_events(client: httpx.Client) -> None:
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+    assert "usage" not in chunks[-2]
+    # Without include_usage the last chunk of the choice carries it (as llama-server's does).
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        plain = [json.loads(line[6:]) for line in response.iter_lines() if line and line != "data: [DONE]"]
+    assert plain[-1]["choices"][0]["finish_reason"] and plain[-1]["usage"]["completion_tokens"] >= 1
+    assert all("usage" not in c for c in plain[:-1])
 
 
 def test_metrics_are_prometheus_text(client: httpx.Client) -> None:

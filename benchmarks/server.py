@@ -1,0 +1,256 @@
+"""The OpenAI-compatible server (`langchain-llamacpp serve`) against llama.cpp's `llama-server -np 8`, and
+against the same calls in-process.
+
+- throughput: 8 concurrent chat requests of 64 tokens each (end of generation ignored), the same async
+  `openai` client against both servers, each in a process of its own with the same model, threads and total
+  KV cells; the ratio per round (`interleave`).
+- ttft: the median time to the first streamed token of 8 concurrent streams, both servers.
+- latency: `invoke` of a short reply (8 tokens) in-process vs `ChatOpenAI` through our server: the time the
+  HTTP layer adds per request.
+- tools: 10 tool-calling requests with `tool_choice="auto"`: the calls `ChatLlamaCpp` makes in-process and the
+  ones through our server (ChatOpenAI), which must be the same; llama-server --jinja's beside them.
+
+    python -m benchmarks.server [--model smollm2] [--threads 2] [--rounds 3] [--only throughput ttft latency tools]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+
+from benchmarks.common import interleave
+from langchain_llamacpp import ChatLlamaCpp
+from tests import models
+
+SLOTS = 8
+TOKENS = 64
+N_CTX = SLOTS * 512  # total KV cells, both servers
+PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+POPULATION = {
+    "type": "function",
+    "function": {
+        "name": "get_population",
+        "description": "The population of a country.",
+        "parameters": {"type": "object", "properties": {"country": {"type": "string"}}, "required": ["country"]},
+    },
+}
+TOOL_PROMPTS = [
+    "What is the weather in Paris?",
+    "How many people live in Japan?",
+    "Is it raining in Oslo right now?",
+    "What's the population of Brazil?",
+    "Tell me a joke about cats.",
+    "Weather in Cairo, please.",
+    "How populous is Canada?",
+    "What is 2 + 2?",
+    "Should I take an umbrella in London today?",
+    "Which is bigger, the population of France or of Germany?",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running(args: list[str], port: int) -> Iterator[str]:
+    """A server process started with `args`, once /health answers; yields its /v1 URL."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                log = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"{args[0]} exited {process.returncode}: {log[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args[0]} did not become ready in 600 s")
+            time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def ours(path: str, threads: int) -> Iterator[str]:
+    port = _free_port()
+    args = [sys.executable, "-m", "langchain_llamacpp.server", "--model", f"local={path}", "--port", str(port)]
+    args += ["--n-ctx", str(N_CTX), "--n-seq", str(SLOTS), "--n-threads", str(threads)]
+    return running(args, port)
+
+
+def llama_server(path: str, threads: int) -> Iterator[str]:
+    from tests.llama_tools import reference_tool
+
+    port = _free_port()
+    args = [
+        str(reference_tool("llama-server")),
+        "-m", path, "--jinja", "--host", "127.0.0.1", "--port", str(port),
+        "-c", str(N_CTX), "-np", str(SLOTS), "-t", str(threads), "--no-repack", "--no-webui",
+    ]  # fmt: skip
+    return running(args, port)
+
+
+# -- throughput and time to first token ------------------------------------------------------------------
+
+
+async def _streams(url: str) -> tuple[float, float]:
+    """(tokens per second over SLOTS concurrent streams, their median time to first token in ms)."""
+    client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
+    started = time.perf_counter()
+
+    async def one() -> tuple[int, float]:
+        first = 0.0
+        tokens = 0
+        stream = await client.chat.completions.create(
+            model="local",
+            messages=PROMPT,  # type: ignore[arg-type]
+            max_tokens=TOKENS,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content and not first:
+                first = time.perf_counter() - started
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        return tokens, first
+
+    results = await asyncio.gather(*(one() for _ in range(SLOTS)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return sum(t for t, _ in results) / elapsed, statistics.median(f for _, f in results) * 1000
+
+
+def throughput(path: str, threads: int, rounds: int) -> list[str]:
+    with ours(path, threads) as mine, llama_server(path, threads) as theirs:
+        asyncio.run(_streams(mine))  # warm-up: caches, first-call costs
+        asyncio.run(_streams(theirs))
+        ttft: dict[str, list[float]] = {"ours": [], "llama-server": []}
+
+        def measure(url: str, side: str) -> float:
+            rate, first = asyncio.run(_streams(url))
+            ttft[side].append(first)
+            return rate
+
+        reference, series = interleave(
+            rounds, lambda: measure(theirs, "llama-server"), ours=lambda: measure(mine, "ours")
+        )
+    ratio = series["ours"]
+    return [
+        f"| {SLOTS} concurrent streams x {TOKENS} tokens, tokens/s | {ratio.value()} | {reference:.1f} | "
+        f"{ratio.ratio()} |",
+        f"| median time to first token, ms | {statistics.median(ttft['ours']):.0f} | "
+        f"{statistics.median(ttft['llama-server']):.0f} | "
+        f"{statistics.median(ttft['ours']) / statistics.median(ttft['llama-server']):.2f} |",
+    ]
+
+
+# -- added latency ---------------------------------------------------------------------------------------
+
+
+def latency(path: str, threads: int, rounds: int) -> list[str]:
+    local = ChatLlamaCpp(model_path=path, n_threads=threads, temperature=0, max_tokens=8, n_ctx=N_CTX, n_seq=SLOTS)
+    local.invoke("Hi")  # load and warm up
+    with ours(path, threads) as url:
+        remote = ChatOpenAI(base_url=url, api_key=SecretStr("none"), model="local", temperature=0, max_tokens=8)
+        remote.invoke("Hi")
+        times: dict[str, list[float]] = {"local": [], "remote": []}
+        for _ in range(rounds * 5):
+            for side, model in (("local", local), ("remote", remote)):
+                started = time.perf_counter()
+                model.invoke("Say hello.")
+                times[side].append((time.perf_counter() - started) * 1000)
+    mine, theirs = statistics.median(times["remote"]), statistics.median(times["local"])
+    return [f"| `invoke`, 8 tokens: in-process ms / through the server ms | {mine:.0f} | {theirs:.0f} (in-process) | "
+            f"{mine / theirs:.2f} (+{mine - theirs:.0f} ms) |"]  # fmt: skip
+
+
+# -- tool calls ------------------------------------------------------------------------------------------
+
+
+def _calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(c["name"], c["args"]) for c in message.tool_calls]
+
+
+def tools(path: str, threads: int) -> list[str]:
+    fields = {"model_path": path, "n_threads": threads, "temperature": 0, "max_tokens": 96, "n_ctx": N_CTX}
+    local_model = ChatLlamaCpp(**fields, n_seq=SLOTS)
+    local = local_model.bind_tools([WEATHER, POPULATION], tool_choice="auto")
+    got: dict[str, list[list[tuple[str, dict[str, Any]]]]] = {"local": [], "ours": [], "llama-server": []}
+    for prompt in TOOL_PROMPTS:
+        local_model.load().clear_cache()  # each from an empty cache, as the servers' first requests are not
+        got["local"].append(_calls(local.invoke(prompt)))
+    local_model.close()
+    for side, server in (("ours", ours), ("llama-server", llama_server)):
+        with server(path, threads) as url:
+            chat = ChatOpenAI(base_url=url, api_key=SecretStr("none"), model="local", temperature=0, max_tokens=96)
+            bound = chat.bind_tools([WEATHER, POPULATION], tool_choice="auto")
+            for prompt in TOOL_PROMPTS:
+                got[side].append(_calls(bound.invoke(prompt)))
+    for i, prompt in enumerate(TOOL_PROMPTS):
+        print(f"  {prompt!r}: " + json.dumps({side: calls[i] for side, calls in got.items()}), flush=True)
+    same = sum(a == b for a, b in zip(got["local"], got["ours"], strict=True))
+    called = {side: sum(bool(c) for c in calls) for side, calls in got.items()}
+    return [
+        f"| tool calls, {len(TOOL_PROMPTS)} requests, tool_choice=auto: same calls as in-process | {same}/"
+        f"{len(TOOL_PROMPTS)} | | |",
+        f"| requests answered with a tool call: in-process / ours / llama-server --jinja | {called['local']} / "
+        f"{called['ours']} / {called['llama-server']} | | |",
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=sorted(models.MODELS))
+    parser.add_argument("--tool-model", default="qwen", choices=sorted(models.MODELS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="+", default=["throughput", "latency", "tools"])
+    args = parser.parse_args()
+    path, tool_path = str(models.get(args.model)), str(models.get(args.tool_model))
+    lines = ["| measure | ours | reference | ratio |", "|---|---|---|---|"]
+    if "throughput" in args.only:
+        lines += throughput(path, args.threads, args.rounds)
+    if "latency" in args.only:
+        lines += latency(path, args.threads, args.rounds)
+    if "tools" in args.only:
+        lines += tools(tool_path, args.threads)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
