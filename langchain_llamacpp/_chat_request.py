@@ -9,8 +9,8 @@ worker, and `request_params` tokenizes the prompt and builds the native request 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -26,10 +26,19 @@ from langchain_llamacpp._messages import (
 )
 from langchain_llamacpp._templates import RenderInputs
 from langchain_llamacpp._text import json_text
-from langchain_llamacpp._tool_calls import ToolCallRules
+from langchain_llamacpp._tool_calls import ToolCallRules, call_or_answer_grammar
 
 # Keyword arguments of a chat call that shape the prompt rather than sampling.
-CHAT_OPTIONS = ("tools", "tool_choice", "parallel_tool_calls", "json_schema", "reasoning", "tool_call_recovery")
+CHAT_OPTIONS = (
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "json_schema",
+    "response_format",
+    "reasoning",
+    "reasoning_budget",
+    "tool_call_recovery",
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,10 @@ class ChatRequest:
     tool_choice: str  # "auto", "required" or "none"
     grammar: str | None  # the caller's own grammar (never with tools or a schema)
     reasoning: bool | None
+    reasoning_budget: int | None = None  # tokens of thinking at most
+    structured: bool = False  # the answer is held to a JSON schema
+    # With tools the model may call: the schema of its answer when it calls none (rendered apart, see `render`).
+    answer_schema: str = ""
 
     @property
     def parses_tool_calls(self) -> bool:
@@ -50,7 +63,7 @@ class ChatRequest:
 
     def tool_call_rules(self, recover: bool) -> ToolCallRules:
         """Which tool calls the reply may make, and whether calls written as JSON text count (`_tool_calls`)."""
-        return ToolCallRules.for_request(self.tools, self.tool_choice, recover)
+        return ToolCallRules.for_request(self.tools, self.tool_choice, recover, structured=self.structured)
 
 
 def chat_request(
@@ -61,35 +74,66 @@ def chat_request(
     reasoning: bool | None,
     enable_thinking: bool,
     media_marker: str | None,
+    reasoning_budget: int | None = None,
 ) -> ChatRequest:
     """The request for `messages`, from the call's chat options (`CHAT_OPTIONS`), its other options
-    (`_request.call_options`: the grammar) and the instance's `reasoning` and `enable_thinking`.
+    (`_request.call_options`: the grammar) and the instance's `reasoning`, `enable_thinking` and
+    `reasoning_budget`.
 
     `media_marker` is the projector's marker that stands for an image or audio in the text (None:
     the model takes none). A ValueError names what cannot be done.
     """
     tools, choice = _offered_tools(chat_options.get("tools") or [], chat_options.get("tool_choice"))
-    json_schema = chat_options.get("json_schema")
+    json_schema = _answer_schema(chat_options.get("json_schema"), chat_options.get("response_format"))
     grammar = _settings.grammar_text(options.get("grammar"), options.get("grammar_path"))
     calls_tools = bool(tools) and choice != "none"
-    if json_schema is not None and calls_tools:
-        raise ValueError("structured output (json_schema) cannot be combined with bound tools")
+    if choice == "required":
+        json_schema = None  # a call is forced: there is no answer to shape
     if grammar and (calls_tools or json_schema is not None):
         raise ValueError("a custom grammar cannot be combined with tools or structured output")
     reasoning = _reasoning(chat_options.get("reasoning", reasoning))
+    # The answer held to a schema is the content alone: the thinking before it is always separated.
+    parse_thinking = reasoning is not None or json_schema is not None
+    # A schema beside tools the model may call: rendered with the tools, the schema's grammar added (`render`).
+    answer_schema = json_text(json_schema, "json_schema") if json_schema is not None and calls_tools else ""
     media = MediaFiles(media_marker)
     render = RenderInputs(
         messages_json=json_text(convert_messages_to_llamacpp(messages, media), "messages"),
         tools_json=json_text(tools, "tools") if tools else "",
         tool_choice=choice,
         parallel_tool_calls=bool(chat_options.get("parallel_tool_calls", False)),
-        json_schema=json_text(json_schema, "json_schema") if json_schema is not None else "",
+        json_schema=json_text(json_schema, "json_schema") if json_schema is not None and not answer_schema else "",
         enable_thinking=enable_thinking and reasoning is not False,
-        # None leaves thinking in the text; False still lets llama.cpp strip the empty thinking block
-        # that templates put in the prompt when thinking is off.
-        reasoning_format="none" if reasoning is None else "auto",
+        # "none" leaves the thinking in the text; with reasoning=False, "auto" still lets llama.cpp strip
+        # the empty thinking block that templates put in the prompt when thinking is off.
+        reasoning_format="auto" if parse_thinking else "none",
     )
-    return ChatRequest(render, media.files, tools, choice, grammar, reasoning)
+    budget = _reasoning_budget(chat_options.get("reasoning_budget", reasoning_budget))
+    return ChatRequest(
+        render, media.files, tools, choice, grammar, reasoning, budget, json_schema is not None, answer_schema
+    )
+
+
+def _answer_schema(json_schema: Any, response_format: Any) -> Any:
+    """The schema of the answer: `json_schema`, or OpenAI's `response_format` (``{"type": "json_schema",
+    "json_schema": {"schema": ...}}``, ``{"type": "json_object"}`` or ``{"type": "text"}``), as LangChain's
+    agents bind it; None for free text."""
+    if response_format is None:
+        return json_schema
+    if json_schema is not None:
+        raise ValueError("give either json_schema or response_format, not both")
+    kind = response_format.get("type") if isinstance(response_format, Mapping) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    spec = response_format.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("schema"), Mapping):
+        raise ValueError(
+            f"unsupported response_format {response_format!r}: use {{'type': 'json_schema', 'json_schema': "
+            "{'name': ..., 'schema': {...}}}, {'type': 'json_object'} or {'type': 'text'}"
+        )
+    return dict(spec["schema"])
 
 
 def _offered_tools(tools: list[dict[str, Any]], tool_choice: Any) -> tuple[list[dict[str, Any]], str]:
@@ -108,6 +152,29 @@ def _reasoning(value: Any) -> bool | None:
     return bool(value) if value is not None else None
 
 
+def _reasoning_budget(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValueError(f"reasoning_budget must be a number of tokens (0 or more) or None, not {value!r}")
+    return value
+
+
+def render(request: ChatRequest, apply: Callable[[RenderInputs], _native.RenderResult]) -> _native.RenderResult:
+    """The rendered request (`apply`: a template worker's). A schema beside tools takes three renders,
+    since llama.cpp's chat code drops the tools where it is given a schema: the prompt and the reply's
+    parser with the tools, the grammar of a call (its "required" one), and the grammar of the answer
+    (`_tool_calls.call_or_answer_grammar` joins the two)."""
+    rendered = apply(request.render)
+    if request.answer_schema:
+        calls = apply(replace(request.render, tool_choice="required"))
+        answer = apply(replace(request.render, tools_json="", tool_choice="auto", json_schema=request.answer_schema))
+        rendered.grammar = call_or_answer_grammar(force_tool_call_grammar(calls.grammar), answer.grammar)
+        rendered.grammar_lazy = False
+        rendered.grammar_triggers = []
+    return rendered
+
+
 # -- the steps after rendering, which need the engine --------------------------------------------------
 
 
@@ -119,7 +186,8 @@ def request_params(
     options: dict[str, Any],
 ) -> _native.RequestParams:
     """The native request: the rendered prompt tokenized (with its media), the stop strings (`stop`,
-    then the template's own), and the grammar: the template's for tool calls, or the caller's."""
+    then the template's own), the grammar (the template's, for tool calls or a schema, or the caller's) and
+    the thinking: the template's tags and the budget."""
     prompt = rendered.prompt
     media_prompt = engine.tokenize_media(prompt, request.media) if request.media else None
     tokens = (
@@ -139,9 +207,25 @@ def request_params(
         sampling.grammar_is_tool_call = True
         sampling.grammar_lazy = rendered.grammar_lazy
         sampling.grammar_triggers = rendered.grammar_triggers
-        sampling.generation_prompt = rendered.generation_prompt
+    sampling.generation_prompt = rendered.generation_prompt
     sampling.preserved_tokens = rendered.preserved_tokens
+    _thinking(sampling, request, rendered)
     return params
+
+
+def _thinking(sampling: _native.SamplingParams, request: ChatRequest, rendered: _native.RenderResult) -> None:
+    """The template's thinking tags (llama.cpp's reasoning-budget sampler watches them, as llama-server
+    has it do) and the budget, where one is given and there is a thinking block to bound."""
+    if not (rendered.thinking_start_tag and rendered.thinking_end_tags):
+        return
+    tags = list(rendered.thinking_end_tags)
+    sampling.reasoning_start = rendered.thinking_start_tag
+    # The first is what the budget writes: the end tag as thinking templates write it (Qwen3's, DeepSeek-R1's:
+    # "\n</think>\n\n"). The bare tag alone, cut into a sentence, leaves a small model writing tags on: with
+    # Qwen2.5-0.5B under DeepSeek-R1's template it went on with "><think>" to max_tokens, and answered after this.
+    sampling.reasoning_end = [f"\n{tags[0]}\n\n", *tags]
+    if request.reasoning_budget is not None and request.reasoning is not False:
+        sampling.reasoning_budget = request.reasoning_budget
 
 
 def reply_parser(request: ChatRequest, rendered: _native.RenderResult) -> tuple[_native.ChatParser, bool]:

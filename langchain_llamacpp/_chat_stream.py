@@ -5,7 +5,8 @@ or parsed once into a message. Which tool calls the reply makes is decided by `_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, AIMessageChunk
@@ -17,6 +18,46 @@ import langchain_llamacpp._results as _results
 from langchain_llamacpp._logs import logger
 from langchain_llamacpp._messages import new_call_id, parse_tool_calls
 from langchain_llamacpp._tool_calls import ToolCallRules
+
+
+@dataclass(frozen=True)
+class Thinking:
+    """A chat template's thinking block: its tags, and whether the prompt opened it (the reply starts inside)."""
+
+    start: str
+    ends: tuple[str, ...]
+    opened: bool
+
+    @classmethod
+    def of(cls, rendered: _native.RenderResult) -> Thinking | None:
+        """The rendered template's thinking block; None where it has none that llama.cpp knows the tags of."""
+        start, ends = rendered.thinking_start_tag, tuple(t for t in rendered.thinking_end_tags if t)
+        if not start or not ends:
+            return None
+        prompt = rendered.generation_prompt
+        at = prompt.rfind(start)
+        return cls(start, ends, at >= 0 and not prompt[at + len(start) :].strip())
+
+    def tokens(self, text: str, ends: list[int]) -> int:
+        """How many of the reply's tokens (the i-th ends at `ends[i]` in `text`) are thinking: from the
+        start tag (the reply's start where the prompt opened the block) through the end tag, or to the
+        reply's end where the block never closed."""
+        if self.opened:
+            begin = 0
+        elif text.lstrip().startswith(self.start):
+            begin = len(text) - len(text.lstrip())
+        else:
+            return 0
+        after = begin if self.opened else begin + len(self.start)
+        closes = [at + len(tag) for tag in self.ends if (at := text.find(tag, after)) >= 0]
+        stop = min(closes, default=len(text))
+        count, start = 0, 0
+        for end in ends:
+            # A token is thinking where its text lies in the block (one whose text was held back: where it stands).
+            if start < stop and (end > begin or (end == start and start >= begin)):
+                count += 1
+            start = end
+        return count
 
 
 class ChatStream:
@@ -37,8 +78,11 @@ class ChatStream:
         logprobs: bool,
         model_name: str,
         speculative: bool,
+        thinking: Thinking | None = None,
     ) -> None:
         self._parser = parser
+        self._thinking = thinking
+        self._ends: list[int] = []  # where each token's text ends in `text` (where reasoning tokens are counted)
         self._needs_parse = parse
         # What the reply may call, and whether a call written as text counts (decided there, streaming or not).
         self._tools = tools or ToolCallRules({}, recover=False)
@@ -84,6 +128,7 @@ class ChatStream:
         for native in natives:
             if self._needs_parse:
                 self.text += native.text
+                _count_token(self._ends, native, len(self.text))
                 message = self.delta(self.text, partial=True)
             else:
                 message = AIMessageChunk(content=native.text) if native.text else None
@@ -142,7 +187,7 @@ class ChatStream:
             yield ChatGenerationChunk(message=rest)
         last = AIMessageChunk(
             content="",
-            usage_metadata=_results.usage_metadata(request),
+            usage_metadata=_results.usage_metadata(request, self._reasoning_tokens(self.text, self._ends)),
             response_metadata=self._metadata(request, bool(self._arguments)),
             chunk_position="last",
         )
@@ -152,7 +197,11 @@ class ChatStream:
 
     def message(self, request: _native.Request, natives: list[_native.Chunk]) -> AIMessage:
         """The whole reply, parsed once (no callback waits for tokens)."""
-        text = "".join(c.text for c in natives)
+        ends: list[int] = []
+        text = ""
+        for c in natives:
+            text += c.text
+            _count_token(ends, c, len(text))
         parsed = self._parse(text, partial=False) or {"content": text}
         tool_calls, invalid = parse_tool_calls(parsed.get("tool_calls") or [])
         metadata = self._metadata(request, bool(tool_calls))
@@ -163,16 +212,28 @@ class ChatStream:
             content=parsed.get("content") or "",
             tool_calls=tool_calls,
             invalid_tool_calls=invalid,
-            usage_metadata=_results.usage_metadata(request),
+            usage_metadata=_results.usage_metadata(request, self._reasoning_tokens(text, ends)),
             response_metadata=metadata,
             additional_kwargs=extra,
         )
+
+    def _reasoning_tokens(self, text: str, ends: list[int]) -> int | None:
+        """The reply's thinking tokens; None where the template has no thinking block."""
+        return self._thinking.tokens(text, ends) if self._thinking is not None else None
 
     def _metadata(self, request: _native.Request, has_tool_calls: bool) -> dict[str, Any]:
         metadata = _results.response_metadata(request, self._model_name, self._speculative, has_tool_calls)
         if self._recovered:
             metadata["tool_calls_recovered"] = True  # written as text by the model, read by _tool_calls
         return metadata
+
+
+def _count_token(ends: list[int], native: _native.Chunk, end: int) -> None:
+    """Note where a token's text ends (text released at the end, which is no token, joins the last one)."""
+    if native.token >= 0 or not ends:
+        ends.append(end)
+    else:
+        ends[-1] = end
 
 
 def _after(sent: str, now: str) -> str:

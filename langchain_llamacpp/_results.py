@@ -23,8 +23,9 @@ def usage(request: _native.Request) -> dict[str, int]:
     }
 
 
-def usage_metadata(request: _native.Request) -> UsageMetadata:
-    """Token counts, LangChain's names (a chat message's `usage_metadata`)."""
+def usage_metadata(request: _native.Request, reasoning: int | None = None) -> UsageMetadata:
+    """Token counts, LangChain's names (a chat message's `usage_metadata`); `reasoning`: the output's
+    thinking tokens, where the template has a thinking block."""
     u = usage(request)
     # mypy 2.4 reads langchain-core's NotRequired output_token_details as required.
     metadata: UsageMetadata = {  # type: ignore[typeddict-item]
@@ -33,6 +34,8 @@ def usage_metadata(request: _native.Request) -> UsageMetadata:
         "total_tokens": u["total_tokens"],
         "input_token_details": {"cache_read": u["cached_tokens"]},
     }
+    if reasoning is not None:
+        metadata["output_token_details"] = {"reasoning": reasoning}
     return metadata
 
 

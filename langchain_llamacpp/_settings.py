@@ -448,6 +448,11 @@ INTERNAL: dict[str, dict[str, str]] = {
             "preserved_tokens",
             "generation_prompt",
         )
+    }
+    | {
+        name: "set from the chat template's thinking tags and the chat's reasoning_budget "
+        "(_chat_request.request_params)"
+        for name in ("reasoning_budget", "reasoning_start", "reasoning_end")
     },
     "request": {
         "prompt": "the call's tokens (_request.request_params)",

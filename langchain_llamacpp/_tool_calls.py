@@ -12,6 +12,11 @@ Every path that returns a chat reply asks `ToolCallRules`: the final decision (`
 streaming, how much of the content may be shown before it is decided (`shown`), so that a stream and a
 single call give the same message. The server and tools with a response schema belong here too.
 
+Tools with a response schema: llama.cpp's chat code drops the tools where it is given a schema, so the
+grammar of such a reply is made here (`call_or_answer_grammar`): the template's grammar for a call, or the
+schema's for the answer, and the reply is read with the tools' parser. An answer held to a schema is its
+JSON alone, without the ```json fence the schema's grammar allows around it.
+
 Model output is untrusted: only the last `MAX_SCAN` characters are read, JSON nested deeper than
 `MAX_NESTING` stays text, and at most `MAX_STARTS` places where a call may start are tried.
 """
@@ -59,17 +64,24 @@ class ToolCallRules:
 
     schemas: Mapping[str, Any]
     recover: bool
+    structured: bool = False  # the answer is held to a JSON schema
 
     @classmethod
-    def for_request(cls, tools: list[dict[str, Any]], choice: str, recover: bool) -> ToolCallRules:
+    def for_request(
+        cls, tools: list[dict[str, Any]], choice: str, recover: bool, *, structured: bool = False
+    ) -> ToolCallRules:
         """The rules for a request with `tools` (OpenAI's format) and llama.cpp's `choice`: calls are
         recovered from text only where the model may choose ("auto"; "required" is held to the template's
-        format by a grammar, "none" calls nothing)."""
+        format by a grammar, "none" calls nothing) and its answer is free (`structured`: a grammar holds
+        calls and answer alike, and an answer is not to be read as calls)."""
         schemas = {t["function"]["name"]: t["function"].get("parameters") or {} for t in tools}
-        return cls(schemas, recover=recover and bool(tools) and choice == "auto")
+        recover = recover and bool(tools) and choice == "auto" and not structured
+        return cls(schemas, recover=recover, structured=structured)
 
     def decide(self, content: str, tool_calls: list[dict[str, Any]]) -> Decision:
         """The final content and calls of a reply, from the chat parser's (`tool_calls` as it gives them)."""
+        if self.structured and not tool_calls:
+            return Decision(_unfenced(content))
         if tool_calls or not self.recover:
             return Decision(content, tool_calls)
         for start, calls in self._reads(content, final=True):
@@ -80,6 +92,8 @@ class ToolCallRules:
     def shown(self, content: str) -> str:
         """What of a reply's partial content can be shown: all but what may still become a call (and
         trailing whitespace, which may precede one)."""
+        if self.structured:
+            return _unfenced_so_far(content)
         if not self.recover:
             return content
         for start, calls in self._reads(content, final=False):
@@ -284,6 +298,81 @@ def _deeper_than(value: Any, limit: int) -> bool:
 def _openai_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
     """A recovered call in the chat parser's shape (its id is given where the message is built)."""
     return {"id": "", "type": "function", "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+
+
+_FENCED = re.compile(r"\A\s*```(?:json)?\s*(.*?)\s*```\s*\Z", re.S)
+_FENCE_OPENING = re.compile(r"```(?:json)?\s*")
+
+
+def _unfenced(content: str) -> str:
+    """A structured answer's JSON, out of the ```json fence around it if there is one."""
+    fenced = _FENCED.match(content)
+    return fenced.group(1) if fenced else content
+
+
+def _unfenced_so_far(content: str) -> str:
+    """What of a partial structured answer is surely its JSON: no fence, nor what may become one."""
+    text = content.lstrip()
+    if "```json".startswith(text):
+        return ""
+    opening = _FENCE_OPENING.match(text)
+    if opening is None:
+        return content
+    return text[opening.end() :].rstrip("` \t\r\n")  # the closing fence may be coming
+
+
+# -- one grammar for a call or an answer ---------------------------------------------------------------
+
+_GBNF_WORD = re.compile(r"[A-Za-z0-9-]+")  # a rule name, as llama.cpp's grammar parser reads one
+
+
+def call_or_answer_grammar(calls: str, answer: str) -> str:
+    """One GBNF grammar that takes a reply of either grammar (both llama.cpp's, both starting at the
+    generation prompt): a tool call in the template's format, or the answer in the schema's JSON. Each
+    grammar's rules are renamed apart, as their helper rules share names."""
+    if not calls or not answer:
+        raise ValueError("tools with a response schema need the chat template's tool-call grammar and the schema's")
+    return "root ::= call-root | answer-root\n" + _renamed(calls, "call-") + "\n" + _renamed(answer, "answer-")
+
+
+def _renamed(grammar: str, prefix: str) -> str:
+    """`grammar` with `prefix` before every rule name (where defined and where used): the words outside
+    literals, character classes, repetition counts and comments."""
+    out, i, n = [], 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c == '"' or c == "[":
+            end = _literal_end(grammar, i, '"' if c == '"' else "]")
+        elif c == "{":
+            end = grammar.find("}", i) + 1
+        elif c == "#":
+            end = grammar.find("\n", i) % (n + 1)  # to the line's end, or the grammar's
+        else:
+            word = _GBNF_WORD.match(grammar, i)
+            if word is not None:
+                out.append(prefix + word.group())
+                i = word.end()
+                continue
+            end = i + 1
+        if end <= i:
+            raise ValueError(f"unterminated {c!r} in a tool-call or schema grammar")
+        out.append(grammar[i:end])
+        i = end
+    return "".join(out)
+
+
+def _literal_end(grammar: str, start: int, close: str) -> int:
+    """Where the literal or character class at `start` ends (after `close`, backslash escapes skipped); -1
+    where it does not."""
+    i = start + 1
+    while i < len(grammar):
+        if grammar[i] == "\\":
+            i += 2
+        elif grammar[i] == close:
+            return i + 1
+        else:
+            i += 1
+    return -1
 
 
 def tool_call_recovery(chat_options: Mapping[str, Any], default: bool) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from langchain_core._api import warn_deprecated
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams, LanguageModelInput
+from langchain_core.language_models import LangSmithParams, LanguageModelInput, ModelProfile
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.output_parsers import (
@@ -36,8 +36,8 @@ import langchain_llamacpp._request as _request
 import langchain_llamacpp._results as _results
 import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._base import LlamaCppBase
-from langchain_llamacpp._chat_request import CHAT_OPTIONS, chat_request, reply_parser, request_params
-from langchain_llamacpp._chat_stream import ChatStream
+from langchain_llamacpp._chat_request import CHAT_OPTIONS, chat_request, render, reply_parser, request_params
+from langchain_llamacpp._chat_stream import ChatStream, Thinking
 from langchain_llamacpp._messages import convert_tools_to_openai, normalize_tool_choice
 from langchain_llamacpp._params import PathText
 from langchain_llamacpp._readers import AsyncRequest, BlockingRequest
@@ -119,9 +119,19 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     - `False`: thinking is turned off where the chat template supports it (`enable_thinking`).
     - `None` (default): the model's default; its thinking, if any, stays in the text.
 
-    The split follows llama.cpp's own chat parser for the model's template. Can also be given per call:
-    `llm.invoke(..., reasoning=True)`.
+    The split follows llama.cpp's own chat parser for the model's template. Structured output
+    (`with_structured_output`) always separates it: the thinking comes first, unconstrained, and the
+    schema holds the answer after it. Can also be given per call: `llm.invoke(..., reasoning=True)`.
     """
+
+    reasoning_budget: int | None = Field(None, ge=0)
+    """The most tokens a model may think for (llama.cpp's reasoning-budget sampler, as llama-server's
+    `reasoning_budget_tokens`): past it the thinking block is closed with the template's own end tag and the
+    answer follows (free text, tool calls or the schema's JSON). `None` (default): no limit; `0`: the
+    block is closed at once. Bounds the thinking of templates whose tags llama.cpp knows (Qwen3, DeepSeek-R1
+    and its distills, ...); elsewhere it changes nothing but a warning that says so. The thinking tokens are reported in
+    `usage_metadata["output_token_details"]["reasoning"]`. Can also be given per call:
+    `llm.invoke(..., reasoning_budget=256)`."""
 
     enable_thinking: bool | None = Field(None, json_schema_extra={"deprecated": True})
     """Deprecated: use `reasoning` (`reasoning=False` turns thinking off, as `enable_thinking=False`
@@ -170,6 +180,12 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
     def is_lc_serializable(cls) -> bool:
         return True
 
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        # Tool calls and structured output are held to the template's format and the schema by grammars,
+        # tools and a response schema together (`_tool_calls.call_or_answer_grammar`): LangChain's agents
+        # then use the provider strategy for `response_format`.
+        return ModelProfile(tool_calling=True, tool_choice=True, tool_call_streaming=True, structured_output=True)
+
     @classmethod
     def get_lc_namespace(cls) -> list[str]:
         return ["langchain_llamacpp", "chat_models"]
@@ -184,6 +200,7 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             **self._base_identifying_params(),
             "chat_template": self.chat_template,
             "reasoning": self.reasoning,
+            "reasoning_budget": self.reasoning_budget,
             "mmproj_path": self.mmproj_path,
         }
 
@@ -233,6 +250,11 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         "function_calling" forces a call of a tool with that schema; "json_mode" constrains the
         reply to any JSON object (describe the shape in the prompt). `strict` is accepted for
         compatibility: the grammar already makes every method strict.
+
+        A model that thinks first (Qwen3, DeepSeek-R1 distills) thinks freely and the grammar holds
+        the answer after its thinking; `include_raw=True` gives the thinking in the raw message's
+        `additional_kwargs["reasoning_content"]`, `reasoning=False` turns it off where the template can,
+        and `reasoning_budget` bounds it.
         """
         if kwargs:
             raise ValueError(f"unexpected arguments: {sorted(kwargs)}")
@@ -299,10 +321,16 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             reasoning=self.reasoning,
             enable_thinking=self.enable_thinking is not False,
             media_marker=engine.media_marker,
+            reasoning_budget=self.reasoning_budget,
         )
-        rendered = self._chat_templates().apply(request.render)
+        rendered = render(request, self._chat_templates().apply)
+        thinking = Thinking.of(rendered)
         if request.reasoning and not rendered.supports_thinking:
-            self._say_no_thinking()
+            self._say_no_thinking(
+                "reasoning=True", "there is no reasoning to separate (additional_kwargs has no reasoning_content)"
+            )
+        elif request.reasoning_budget is not None and request.reasoning is not False and thinking is None:
+            self._say_no_thinking("reasoning_budget", "there is no thinking to bound")
         params = request_params(engine, request, rendered, _request.stop_list(self, stop), options)
         parser, parse = reply_parser(request, rendered)
         stream = ChatStream(
@@ -312,16 +340,16 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
             logprobs=options["logprobs"] is not None,
             model_name=self._model_name(),
             speculative=self._speculative,
+            thinking=thinking,
         )
         return _Call(engine, params, options, stream)
 
-    def _say_no_thinking(self) -> None:
-        """Warn (once per instance) that reasoning=True was asked of a template that has no thinking."""
+    def _say_no_thinking(self, setting: str, so: str) -> None:
+        """Warn (once per instance) that `setting` was asked of a template that has no thinking."""
         if not self._said_no_thinking:
             self._said_no_thinking = True
             warnings.warn(
-                f"reasoning=True has no effect: the chat template of {self._model_name()} has no thinking "
-                "mode, so there is no reasoning to separate (additional_kwargs has no reasoning_content)",
+                f"{setting} has no effect: the chat template of {self._model_name()} has no thinking mode, so {so}",
                 UserWarning,
                 stacklevel=_caller_stacklevel(),
             )

@@ -104,7 +104,10 @@ inline const Strings kDryBreakers = {"\n", ":", "\"", "*"};
     X(bool, grammar_is_tool_call, false, "A grammar from the chat template (prefilled with the generation prompt).") \
     X(GrammarTriggers, grammar_triggers, {}, "")                                                                   \
     X(Strings, preserved_tokens, {}, "Special tokens of the template that are output as text.")                    \
-    X(std::string, generation_prompt, "", "")
+    X(std::string, generation_prompt, "", "")                                                                     \
+    X(int, reasoning_budget, -1, "Tokens of thinking at most, then the block is closed; -1: no limit.")            \
+    X(std::string, reasoning_start, "", "The chat template's tag that opens a thinking block.")                    \
+    X(Strings, reasoning_end, {}, "The tags that close it; the first is written where the budget runs out.")
 
 struct SamplingParams {
     LCL_SAMPLING_PARAMS(LCL_DECLARE_FIELD)

@@ -67,6 +67,66 @@ void set_dry_xtc_sigma(const SamplingParams & s, int n_ctx_train, common_params_
     p.top_n_sigma = s.top_n_sigma;
 }
 
+// The tokens that open the thinking block. Where the generation prompt opened it already, as the prompt spells
+// them: a vocabulary without the tag may write "<think>\n" as "<think" ">\n", and the budget's matcher, fed the
+// prompt's tokens, would never see the tag's own "<think" ">". Else the tag's own tokens.
+llama_tokens start_tokens(const llama_vocab * vocab, const std::string & prompt, const std::string & tag) {
+    const size_t open = prompt.rfind(tag);
+    if (open == std::string::npos || prompt.find_first_not_of(" \t\r\n", open + tag.size()) != std::string::npos) {
+        return common_tokenize(vocab, tag, false, true);
+    }
+    const llama_tokens tokens = common_tokenize(vocab, prompt, false, true);
+    std::string text;
+    std::vector<size_t> ends;  // where each token's text ends
+    for (const llama_token t : tokens) {
+        text += common_token_to_piece(vocab, t, true);
+        ends.push_back(text.size());
+    }
+    const size_t at = text.rfind(tag);
+    if (at == std::string::npos) {
+        return common_tokenize(vocab, tag, false, true);
+    }
+    size_t first = 0;
+    while (ends[first] <= at) {
+        ++first;
+    }
+    size_t last = first;
+    while (ends[last] < at + tag.size()) {
+        ++last;
+    }
+    return llama_tokens(tokens.begin() + static_cast<std::ptrdiff_t>(first),
+                        tokens.begin() + static_cast<std::ptrdiff_t>(last) + 1);
+}
+
+// llama.cpp's reasoning-budget sampler (common/reasoning-budget.h), wired as llama-server wires it: the chat
+// template's thinking tags as tokens, the first end tag forced where the budget runs out. llama.cpp also runs it
+// without a budget under a lazy tool-call grammar, which it then keeps from triggering inside the thinking.
+void set_reasoning(common_params_sampling & p, const SamplingParams & s, const llama_vocab * vocab) {
+    if (s.reasoning_budget < -1) {
+        throw std::invalid_argument("reasoning_budget must be -1 (no limit) or a number of tokens, got " +
+                                    std::to_string(s.reasoning_budget));
+    }
+    p.generation_prompt = s.generation_prompt;  // where the template opened the thinking block already
+    for (const auto & tag : s.reasoning_end) {
+        if (!tag.empty()) {
+            p.reasoning_budget_end.push_back(common_tokenize(vocab, tag, false, true));
+        }
+    }
+    if (!s.reasoning_start.empty()) {
+        p.reasoning_budget_start = start_tokens(vocab, s.generation_prompt, s.reasoning_start);
+    }
+    if (p.reasoning_budget_start.empty() || p.reasoning_budget_end.empty()) {
+        if (s.reasoning_budget >= 0) {
+            throw std::invalid_argument("a reasoning budget needs the chat template's thinking tags (this one has none)");
+        }
+        p.reasoning_budget_start.clear();
+        p.reasoning_budget_end.clear();
+        return;
+    }
+    p.reasoning_budget_tokens = s.reasoning_budget;
+    p.reasoning_budget_forced = p.reasoning_budget_end.front();
+}
+
 // Our settings as llama.cpp's sampler settings, checked.
 common_params_sampling to_common(const RequestParams & request, const TokenRules & rules, const llama_vocab * vocab,
                                  const std::set<llama_token> & preserved) {
@@ -111,8 +171,8 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
         p.grammar = common_grammar(s.grammar_is_tool_call ? COMMON_GRAMMAR_TYPE_TOOL_CALLS : COMMON_GRAMMAR_TYPE_USER,
                                    s.grammar);
         p.grammar_lazy = s.grammar_lazy;
-        p.generation_prompt = s.generation_prompt;
     }
+    set_reasoning(p, s, vocab);
     p.preserved_tokens = preserved;
     for (const auto & t : s.grammar_triggers) {
         if (t.type < COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN || t.type > COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL) {
@@ -140,9 +200,11 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
 // the top choices), so it runs in the chain. Read from llama.cpp's own settings, so a setting we pass on
 // later is seen here. The ignore_eos bias is the argmax's own rule.
 bool picks_argmax(const common_params_sampling & p, size_t n_eog_bias) {
+    // A reasoning budget forces the end of the thinking block at its count: the chain's own step.
     return p.temp <= 0.0f && p.mirostat == 0 && p.grammar.grammar.empty() && p.penalty_repeat == 1.0f &&
            p.penalty_freq == 0.0f && p.penalty_present == 0.0f && p.dry_multiplier == 0.0f &&
-           p.xtc_probability <= 0.0f && p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias;
+           p.xtc_probability <= 0.0f && p.adaptive_target < 0.0f && p.logit_bias.size() == n_eog_bias &&
+           p.reasoning_budget_tokens < 0;
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ def _request(
     reasoning: bool | None = None,
     enable_thinking: bool = True,
     media_marker: str | None = None,
+    reasoning_budget: int | None = None,
 ) -> ChatRequest:
     return chat_request(
         messages,
@@ -41,6 +42,7 @@ def _request(
         reasoning=reasoning,
         enable_thinking=enable_thinking,
         media_marker=media_marker,
+        reasoning_budget=reasoning_budget,
     )
 
 
@@ -102,11 +104,49 @@ def test_a_tool_choice_without_tools_is_ignored() -> None:
     assert _request({"tool_choice": "required"}).tool_choice == "auto"
 
 
-def test_a_schema_with_tools_is_refused_unless_calls_are_off() -> None:
-    with pytest.raises(ValueError, match=r"structured output \(json_schema\) cannot be combined with bound tools"):
-        _request({"tools": TOOLS, "json_schema": SCHEMA})
-    request = _request({"tools": TOOLS, "tool_choice": "none", "json_schema": SCHEMA})
-    assert json.loads(request.render.json_schema) == SCHEMA
+def test_a_schema_beside_tools_the_model_may_call_is_rendered_apart() -> None:
+    request = _request({"tools": TOOLS, "json_schema": SCHEMA})
+    # llama.cpp would drop the tools for the schema: the tools are rendered, the schema's grammar is added.
+    assert request.render.json_schema == "" and json.loads(request.answer_schema) == SCHEMA
+    assert request.render.tools_json and request.parses_tool_calls
+    rules = request.tool_call_rules(True)
+    assert rules.structured and not rules.recover  # the grammar holds calls and answer: no JSON recovery
+    # With tool calls off, the schema is the request's own; with a call forced, there is no answer to shape.
+    off = _request({"tools": TOOLS, "tool_choice": "none", "json_schema": SCHEMA})
+    assert json.loads(off.render.json_schema) == SCHEMA and off.answer_schema == ""
+    forced = _request({"tools": TOOLS, "tool_choice": "get_time", "json_schema": SCHEMA})
+    assert forced.render.json_schema == forced.answer_schema == "" and not forced.structured
+
+
+def test_response_format_as_langchain_agents_bind_it() -> None:
+    spec = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": SCHEMA, "strict": True}}
+    request = _request({"response_format": spec})
+    assert json.loads(request.render.json_schema) == SCHEMA and request.structured
+    assert json.loads(_request({"response_format": {"type": "json_object"}}).render.json_schema) == {"type": "object"}
+    assert _request({"response_format": {"type": "text"}}).render.json_schema == ""
+    with pytest.raises(ValueError, match="unsupported response_format"):
+        _request({"response_format": {"type": "json_schema"}})
+    with pytest.raises(ValueError, match="either json_schema or response_format"):
+        _request({"response_format": spec, "json_schema": SCHEMA})
+
+
+def test_a_schema_separates_the_thinking() -> None:
+    # The answer held to the schema is the content alone, whatever `reasoning` is.
+    assert _request({"json_schema": SCHEMA}).render.reasoning_format == "auto"
+    off = _request({"json_schema": SCHEMA}, reasoning=False)
+    assert off.render.reasoning_format == "auto" and not off.render.enable_thinking
+
+
+@pytest.mark.parametrize(("field", "per_call", "budget"), [(None, None, None), (64, None, 64), (64, 0, 0)])
+def test_reasoning_budget(field: int | None, per_call: int | None, budget: int | None) -> None:
+    chat_options = {} if per_call is None else {"reasoning_budget": per_call}
+    assert _request(chat_options, reasoning_budget=field).reasoning_budget == budget
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "64", 2**31])
+def test_reasoning_budget_is_a_number_of_tokens(value: Any) -> None:
+    with pytest.raises(ValueError, match="reasoning_budget must be a number of tokens"):
+        _request({"reasoning_budget": value})
 
 
 def test_a_grammar_with_tools_or_a_schema_is_refused() -> None:

@@ -222,8 +222,8 @@ def _reply(tokens: list[str], *, stream: bool, rules: ToolCallRules = RULES) -> 
         stop_string="",
     )
     if not stream:
-        return reader.message(request, [SimpleNamespace(text=t) for t in tokens])
-    chunks = [c.message for c in reader.chunks(SimpleNamespace(text=t) for t in tokens)]
+        return reader.message(request, [SimpleNamespace(text=t, token=0) for t in tokens])
+    chunks = [c.message for c in reader.chunks(SimpleNamespace(text=t, token=0) for t in tokens)]
     total: AIMessageChunk = chunks[0] if chunks else AIMessageChunk(content="")
     for c in chunks[1:] + [c.message for c in reader.finish(request)]:
         total = total + c  # type: ignore[assignment]
