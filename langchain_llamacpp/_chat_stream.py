@@ -5,7 +5,7 @@ or parsed once into a message. Which tool calls the reply makes is decided by `_
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 

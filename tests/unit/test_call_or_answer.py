@@ -78,6 +78,13 @@ QWEN3 = {"thinking_start_tag": "<think>", "thinking_end_tags": ["</think>"], "ge
 R1 = {**QWEN3, "generation_prompt": "<\uff5cAssistant\uff5c><think>\n"}  # DeepSeek-R1's full-width bars
 
 
+def _rendered(fields: dict[str, object]) -> native.RenderResult:
+    rendered = native.RenderResult()
+    for name, value in fields.items():
+        setattr(rendered, name, value)
+    return rendered
+
+
 def _ends(tokens: list[str]) -> list[int]:
     ends, length = [], 0
     for token in tokens:
@@ -96,13 +103,6 @@ def _ends(tokens: list[str]) -> list[int]:
         (R1, ["Hmm", ".", "", "</think>", "Four"], 4),  # a token whose text came later counts where it stands
     ],
 )
-def _rendered(fields: dict[str, object]) -> native.RenderResult:
-    rendered = native.RenderResult()
-    for name, value in fields.items():
-        setattr(rendered, name, value)
-    return rendered
-
-
 def test_thinking_tokens(rendered: dict[str, object], tokens: list[str], thinking: int) -> None:
     block = Thinking.of(_rendered(rendered))
     assert block is not None and block.opened == (rendered is R1)
