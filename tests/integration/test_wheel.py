@@ -21,7 +21,9 @@ import pytest
 from tests.timing import SCALE
 
 ROOT = Path(__file__).resolve().parents[2]
-WHEEL = os.environ.get("LANGCHAIN_LLAMACPP_WHEEL", "")
+# Absolute: the venv fixture installs from a temporary folder, not the checkout.
+_NAMED = os.environ.get("LANGCHAIN_LLAMACPP_WHEEL", "")
+WHEEL = str((ROOT / _NAMED).resolve()) if _NAMED else ""
 QEMU = shutil.which("qemu-x86_64")
 
 pytestmark = [
