@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -128,6 +129,70 @@ void set_reasoning(common_params_sampling & p, const SamplingParams & s, const l
     p.reasoning_budget_forced = p.reasoning_budget_end.front();
 }
 
+// The text llama.cpp's sampler feeds a template's grammar before the reply (common_sampler_init): the
+// generation prompt re-tokenized on its own, less a first token that starts with a space the prompt does
+// not. Where the template's markers are not tokens of an SPM vocabulary, that first token ("_<") also holds
+// the marker's first character, so the text fed lacks it.
+std::string prefill_text(const llama_vocab * vocab, const std::string & generation_prompt) {
+    const llama_tokens tokens = common_tokenize(vocab, generation_prompt, false, true);
+    std::string text;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        const std::string piece = common_token_to_piece(vocab, tokens[i], true);
+        if (i == 0 && !piece.empty() && std::isspace(static_cast<unsigned char>(piece[0])) &&
+            !std::isspace(static_cast<unsigned char>(generation_prompt[0]))) {
+            continue;  // llama.cpp's rule
+        }
+        text += piece;
+    }
+    return text;
+}
+
+// `grammar` without `dropped` at the start of its root rule's first literal, where it starts so.
+std::optional<std::string> without_leading(const std::string & grammar, const std::string & dropped) {
+    size_t at = grammar.rfind("root ::=", 0) == 0 ? 0 : grammar.find("\nroot ::=");
+    if (at == std::string::npos) {
+        return std::nullopt;
+    }
+    at = grammar.find_first_not_of(' ', grammar.find("::=", at) + 3);
+    if (at == std::string::npos || grammar[at] != '"' ||
+        grammar.compare(at + 1, dropped.size(), dropped) != 0 ||
+        dropped.find_first_of("\\\"") != std::string::npos) {
+        return std::nullopt;
+    }
+    return grammar.substr(0, at + 1) + grammar.substr(at + 1 + dropped.size());
+}
+
+// A template's grammar that starts where llama.cpp's prefill leaves it: unchanged where the prefill spells the
+// generation prompt; where it lacks the prompt's first characters, the grammar without them.
+std::string fit_to_prefill(const llama_vocab * vocab, const std::string & generation_prompt,
+                           const std::string & grammar) {
+    const std::string fed = prefill_text(vocab, generation_prompt);
+    if (fed == generation_prompt) {
+        return grammar;
+    }
+    const size_t cut = generation_prompt.size() - std::min(fed.size(), generation_prompt.size());
+    if (generation_prompt.compare(cut, std::string::npos, fed) == 0) {
+        if (auto fitted = without_leading(grammar, generation_prompt.substr(0, cut))) {
+            return *fitted;
+        }
+    }
+    const auto shown = [](const std::string & t) {  // on one line, at most 80 bytes of it, whole characters
+        size_t end = std::min<size_t>(t.size(), 80);
+        while (end > 0 && end < t.size() && (static_cast<unsigned char>(t[end]) & 0xC0) == 0x80) {
+            --end;
+        }
+        std::string out;
+        for (const char c : t.substr(0, end)) {
+            out += c == '\n' ? std::string("\\n") : std::string(1, c);
+        }
+        return "'" + out + "'";
+    };
+    throw std::invalid_argument(
+        "invalid grammar: llama.cpp starts the grammar after the template's generation prompt " +
+        shown(generation_prompt) + ", and this model's tokenizer does not spell it back (it reads " + shown(fed) +
+        "): the template's markers are not tokens of this vocabulary, so the template does not fit the model");
+}
+
 // Our settings as llama.cpp's sampler settings, checked.
 common_params_sampling to_common(const RequestParams & request, const TokenRules & rules, const llama_vocab * vocab,
                                  const std::set<llama_token> & preserved) {
@@ -169,8 +234,10 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
         if (!error.empty()) {
             throw std::invalid_argument("invalid grammar: " + error);
         }
+        // llama.cpp feeds a template's grammar (not a caller's) the generation prompt first.
+        const bool prefilled = s.grammar_is_tool_call && !s.grammar_lazy && !s.generation_prompt.empty();
         p.grammar = common_grammar(s.grammar_is_tool_call ? COMMON_GRAMMAR_TYPE_TOOL_CALLS : COMMON_GRAMMAR_TYPE_USER,
-                                   s.grammar);
+                                   prefilled ? fit_to_prefill(vocab, s.generation_prompt, s.grammar) : s.grammar);
         p.grammar_lazy = s.grammar_lazy;
     }
     set_reasoning(p, s, vocab);
@@ -208,44 +275,6 @@ bool picks_argmax(const common_params_sampling & p, size_t n_eog_bias) {
            p.reasoning_budget_tokens < 0;
 }
 
-// Why llama.cpp's sampler could not start a grammar after the generation prompt, if that is why it failed.
-// It feeds the grammar the prompt's text re-tokenized on its own, dropping a first token that starts with a
-// space the prompt does not (common_sampler_init); where the template's markers are not tokens of this
-// vocabulary, that first token also holds the marker's first character ("<" of an SPM "_<"), so the
-// grammar, which starts with the marker, refuses the rest (and llama.cpp rethrows a bare std::exception).
-std::string prefill_error(const llama_vocab * vocab, const std::string & generation_prompt) {
-    if (generation_prompt.empty()) {
-        return {};
-    }
-    const llama_tokens tokens = common_tokenize(vocab, generation_prompt, false, true);
-    std::string text;
-    for (size_t i = 0; i < tokens.size(); ++i) {
-        const std::string piece = common_token_to_piece(vocab, tokens[i], true);
-        if (i == 0 && !piece.empty() && std::isspace(static_cast<unsigned char>(piece[0])) &&
-            !std::isspace(static_cast<unsigned char>(generation_prompt[0]))) {
-            continue;  // llama.cpp's rule
-        }
-        text += piece;
-    }
-    if (text == generation_prompt) {
-        return {};
-    }
-    const auto shown = [](const std::string & s) {  // on one line, at most 80 bytes of it, whole characters
-        size_t cut = std::min<size_t>(s.size(), 80);
-        while (cut > 0 && cut < s.size() && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) {
-            --cut;
-        }
-        std::string out;
-        for (const char c : s.substr(0, cut)) {
-            out += c == '\n' ? std::string("\\n") : std::string(1, c);
-        }
-        return "'" + out + "'";
-    };
-    return "llama.cpp starts the grammar after the template's generation prompt " + shown(generation_prompt) +
-           ", and this model's tokenizer does not spell it back (it reads " + shown(text) +
-           "): the template's markers are not tokens of this vocabulary, so the template does not fit the model";
-}
-
 }  // namespace
 
 void RequestSampler::ChainDeleter::operator()(common_sampler * chain) const { common_sampler_free(chain); }
@@ -270,8 +299,7 @@ RequestSampler::RequestSampler(const Model & model, const TokenRules & rules, co
     try {
         chain_.reset(common_sampler_init(model.get(), params));
     } catch (const std::exception & e) {
-        const std::string prefill = has_grammar_ ? prefill_error(model.vocab(), params.generation_prompt) : "";
-        throw std::invalid_argument("invalid grammar: " + (prefill.empty() ? capture.message(e.what()) : prefill));
+        throw std::invalid_argument(std::string("invalid grammar: ") + capture.message(e.what()));
     }
     if (!chain_) {
         throw std::invalid_argument("invalid sampling parameters: " + capture.message("sampler initialisation failed"));
