@@ -40,7 +40,7 @@ def test_a_file_gives_back_its_tokens_media_and_state() -> None:
         (b"", "truncated"),
         (FILE + b"\0", "trailing bytes"),
         (prompt_file(bytes(32), TOKENS, STATE), "key mismatch"),
-        (prompt_file(KEY, TOKENS, STATE, version=2), "format version 2"),
+        (prompt_file(KEY, TOKENS, STATE, version=1), "format version 1"),
         (mutate(FILE, [["field", "header_size", 96]]), "bad header size 96"),
         (b"GGUF" + FILE[4:], "bad magic"),
         (mutate(FILE, [["field", "payload_size", len(FILE)]]), "truncated"),
