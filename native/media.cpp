@@ -110,6 +110,21 @@ std::unique_ptr<mtmd_bitmap, BitmapFree> load_bitmap(mtmd_context * ctx, const s
     return bitmap;
 }
 
+// A media chunk of the prompt at `offset`: its cells, its positions (fewer for an M-RoPE image: its grid's
+// longer side), its file's hash.
+MediaChunk media_chunk(const mtmd_input_chunk * chunk, size_t offset) {
+    MediaChunk m;
+    m.offset = offset;
+    m.n_tokens = mtmd_input_chunk_get_n_tokens(chunk);
+    m.n_pos = static_cast<size_t>(mtmd_input_chunk_get_n_pos(chunk));
+    m.id = mtmd_input_chunk_get_id(chunk) ? mtmd_input_chunk_get_id(chunk) : "";
+    m.chunk.reset(mtmd_input_chunk_copy(chunk), mtmd_input_chunk_free);
+    if (m.n_pos == 0 || m.n_pos > m.n_tokens) {  // KvSequence counts positions as cells less a saving
+        throw std::invalid_argument("this projector places media at more positions than it has tokens");
+    }
+    return m;
+}
+
 }  // namespace
 
 std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const std::vector<std::string> & files) const {
@@ -159,15 +174,7 @@ std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const st
             out->tokens.insert(out->tokens.end(), tokens, tokens + n);
             continue;
         }
-        MediaChunk m;
-        m.offset = out->tokens.size();
-        m.n_tokens = mtmd_input_chunk_get_n_tokens(chunk);
-        m.id = mtmd_input_chunk_get_id(chunk) ? mtmd_input_chunk_get_id(chunk) : "";
-        m.n_pos = static_cast<size_t>(mtmd_input_chunk_get_n_pos(chunk));
-        m.chunk.reset(mtmd_input_chunk_copy(chunk), mtmd_input_chunk_free);
-        if (m.n_pos == 0 || m.n_pos > m.n_tokens) {  // KvSequence counts positions as cells less a shift
-            throw std::invalid_argument("this projector places media at more positions than it has tokens");
-        }
+        MediaChunk m = media_chunk(chunk, out->tokens.size());
         out->tokens.insert(out->tokens.end(), m.n_tokens, placeholder(m.id));
         out->media.push_back(std::move(m));
     }
