@@ -98,6 +98,55 @@ def test_follow_up_reads_the_image_from_the_cache(tiny_qwen2vl: tuple[str, str],
     assert second.content == fresh.content
 
 
+def test_an_edited_reply_cuts_the_cache_after_the_image(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
+    # The cached reply is not the one sent back: the cells past the common prefix go, cut at its position
+    # (one slot: the cut is in the slot that holds the conversation, not in a share to another).
+    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=1)
+    question = _ask(images["wide"])
+    chat.invoke([question])
+    edited = [question, AIMessage(content="A gradient."), HumanMessage(content="And the colours?")]
+    second = chat.invoke(edited)
+    nx, ny = grid(*SIZES["wide"])
+    assert _cache_read(second) > nx * ny
+    assert second.content == _chat(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(edited).content
+
+
+def test_a_prefix_shared_from_another_slot_keeps_the_positions(
+    tiny_qwen2vl: tuple[str, str], images: dict[str, Path]
+) -> None:
+    # The cells are copied by position (seq_cp up to the next position), then the copy continues.
+    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=6)
+    question = [_ask(images["tall"])]
+    first = chat.invoke(question)
+    engine = chat.load()
+    held = [i for i, tokens in enumerate(engine.cached_prompts()) if tokens]
+    assert len(held) == 1
+    copy = (held[0] + 1) % 6
+    engine.kv_copy(held[0], copy)
+    engine.kv_remove(held[0], 0)  # only the copy is left
+    assert engine.slot_tokens(copy) and not engine.slot_tokens(held[0])
+    follow_up = [*question, first, HumanMessage(content="And the colours?")]
+    second = chat.invoke(follow_up)
+    nx, ny = grid(*SIZES["tall"])
+    assert _cache_read(second) > nx * ny
+    assert second.content == _chat(tiny_qwen2vl, max_tokens=8, n_seq=7).invoke(follow_up).content
+
+
+def test_a_regenerated_prompt_shares_the_image_from_its_first_slot(
+    tiny_qwen2vl: tuple[str, str], images: dict[str, Path]
+) -> None:
+    # The first slot keeps prompt and reply; the same prompt again goes to an empty slot and shares the
+    # prompt's cells less its last token (seq_cp by position), which is then evaluated after the image.
+    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=8)
+    question = [_ask(images["wide"])]
+    first = chat.invoke(question)
+    again = chat.invoke(question)
+    assert len([tokens for tokens in chat.load().cached_prompts() if tokens]) == 2
+    nx, ny = grid(*SIZES["wide"])
+    assert _cache_read(again) > nx * ny
+    assert again.content == first.content
+
+
 def test_the_prompt_cache_on_disk_keeps_the_positions(
     tiny_qwen2vl: tuple[str, str], images: dict[str, Path], tmp_path: Path
 ) -> None:
