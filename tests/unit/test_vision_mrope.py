@@ -173,6 +173,19 @@ def test_prompt_lookup_drafts_after_an_image_give_the_same_text(
     assert stats.draft_tokens > 0 and stats.drafts_accepted > 0
 
 
+def test_a_draft_model_does_not_draft_for_a_prompt_with_an_image(
+    tiny_qwen2vl: tuple[str, str], images: dict[str, Path]
+) -> None:
+    # Its own context would need the image's embeddings and positions: the engine decodes without drafts.
+    question = [_ask(images["wide"])]
+    plain = _chat(tiny_qwen2vl).invoke(question)
+    drafting = _chat(tiny_qwen2vl, draft_model_path=tiny_qwen2vl[0], draft_min=2, n_seq=3)
+    assert drafting.invoke(question).content == plain.content
+    assert drafting.load().stats().draft_tokens == 0
+    drafting.invoke("Count: one two three one two three")  # text alone: the draft model drafts
+    assert drafting.load().stats().draft_tokens > 0
+
+
 def test_cells_of_an_m_rope_image_are_not_cut_or_moved(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
     chat = _chat(tiny_qwen2vl, max_tokens=2, n_seq=5)
     chat.invoke([_ask(images["wide"])])
