@@ -122,15 +122,17 @@ void read_sequence(Cursor & in, StoredPrompt & out) {
         throw BadPromptFile("bad media count " + std::to_string(m));
     }
     out.media.resize(m);
+    size_t end = 0;  // entries in order, apart: each media position is counted once (KvSequence::pos_at)
     for (auto & media : out.media) {
         media.offset = in.get<uint64_t>();
         media.n_tokens = in.get<uint64_t>();
         media.n_pos = in.get<uint64_t>();
         const auto id_size = in.get<uint32_t>();
-        if (media.n_tokens == 0 || media.offset >= n || media.n_tokens > n - media.offset || media.n_pos == 0 ||
-            media.n_pos > media.n_tokens || id_size > kMaxMediaId) {
+        if (media.offset < end || media.n_tokens == 0 || media.offset >= n || media.n_tokens > n - media.offset ||
+            media.n_pos == 0 || media.n_pos > media.n_tokens || id_size > kMaxMediaId) {
             throw BadPromptFile("bad media entry");
         }
+        end = media.offset + media.n_tokens;
         media.id.resize(id_size);
         in.take(media.id.data(), id_size);
     }

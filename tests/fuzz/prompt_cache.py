@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+from collections.abc import Sequence
 
 from tests.fuzz.common import Case
 
@@ -30,15 +31,16 @@ def prompt_file(
     key: bytes,
     tokens: list[int],
     state: bytes,
-    media: list[tuple[int, int, bytes]] = (),  # type: ignore[assignment]
+    media: Sequence[tuple[int, int, bytes] | tuple[int, int, bytes, int]] = (),
     version: int = VERSION,
 ) -> bytes:
     """A prompt cache file: header (magic, version, header size, key, payload size, sha256) and payload;
-    `media` as (offset, n_tokens, id), each taking as many positions as tokens."""
+    `media` as (offset, n_tokens, id), each taking as many positions as tokens, or (offset, n_tokens, id,
+    n_pos)."""
     payload = struct.pack("<I", len(tokens)) + struct.pack(f"<{len(tokens)}i", *tokens)
     payload += struct.pack("<I", len(media))
-    for offset, n_tokens, media_id in media:
-        payload += struct.pack("<QQQI", offset, n_tokens, n_tokens, len(media_id)) + media_id
+    for offset, n_tokens, media_id, *n_pos in media:
+        payload += struct.pack("<QQQI", offset, n_tokens, n_pos[0] if n_pos else n_tokens, len(media_id)) + media_id
     payload += struct.pack("<Q", len(state)) + state
     header = MAGIC + struct.pack("<II", version, HEADER) + key + struct.pack("<Q", len(payload))
     return header + hashlib.sha256(payload).digest() + payload

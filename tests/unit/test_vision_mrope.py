@@ -32,6 +32,13 @@ def _chat(model: tuple[str, str], **kwargs: object) -> ChatLlamaCpp:
     return ChatLlamaCpp(model_path=text, mmproj_path=mmproj, **{**settings, **kwargs})
 
 
+def _fresh(model: tuple[str, str], **kwargs: object) -> ChatLlamaCpp:
+    """A chat whose engine (shared by the instances with the same settings) holds nothing cached."""
+    chat = _chat(model, **kwargs)
+    chat.load().clear_cache()
+    return chat
+
+
 def _image(path: Path) -> dict[str, str]:
     return {"type": "image", "base64": base64.b64encode(path.read_bytes()).decode(), "mime_type": "image/png"}
 
@@ -66,6 +73,13 @@ def test_greedy_output_equals_llama_mtmd_cli(tiny_qwen2vl: tuple[str, str], imag
     assert answers[0] != answers[1]  # the image matters
 
 
+def test_an_image_in_several_batches(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
+    # 18 image tokens in batches of 8: the later batches start at the image's one time position again.
+    tall = [_ask(images["tall"])]
+    small = _chat(tiny_qwen2vl, n_batch=8, n_ubatch=8).invoke(tall)
+    assert small.content == _fresh(tiny_qwen2vl, n_seq=2).invoke(tall).content
+
+
 def test_two_images_in_one_message(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
     chat = _chat(tiny_qwen2vl)
     wide, tall = images["wide"], images["tall"]
@@ -93,7 +107,7 @@ def test_follow_up_reads_the_image_from_the_cache(tiny_qwen2vl: tuple[str, str],
     follow_up = [_ask(tall), first, HumanMessage(content="And the colours?")]
     second = chat.invoke(follow_up)
     assert _cache_read(second) > nx * ny  # the turn's prefix, image included, came from the cache
-    fresh = _chat(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up)  # another engine: nothing cached
+    fresh = _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up)
     assert _cache_read(fresh) == 0
     assert second.content == fresh.content
 
@@ -101,21 +115,21 @@ def test_follow_up_reads_the_image_from_the_cache(tiny_qwen2vl: tuple[str, str],
 def test_an_edited_reply_cuts_the_cache_after_the_image(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
     # The cached reply is not the one sent back: the cells past the common prefix go, cut at its position
     # (one slot: the cut is in the slot that holds the conversation, not in a share to another).
-    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=1)
+    chat = _fresh(tiny_qwen2vl, max_tokens=8, n_seq=1)
     question = _ask(images["wide"])
     chat.invoke([question])
     edited = [question, AIMessage(content="A gradient."), HumanMessage(content="And the colours?")]
     second = chat.invoke(edited)
     nx, ny = grid(*SIZES["wide"])
     assert _cache_read(second) > nx * ny
-    assert second.content == _chat(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(edited).content
+    assert second.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(edited).content
 
 
 def test_a_prefix_shared_from_another_slot_keeps_the_positions(
     tiny_qwen2vl: tuple[str, str], images: dict[str, Path]
 ) -> None:
     # The cells are copied by position (seq_cp up to the next position), then the copy continues.
-    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=6)
+    chat = _fresh(tiny_qwen2vl, max_tokens=8, n_seq=6)
     question = [_ask(images["tall"])]
     first = chat.invoke(question)
     engine = chat.load()
@@ -129,7 +143,7 @@ def test_a_prefix_shared_from_another_slot_keeps_the_positions(
     second = chat.invoke(follow_up)
     nx, ny = grid(*SIZES["tall"])
     assert _cache_read(second) > nx * ny
-    assert second.content == _chat(tiny_qwen2vl, max_tokens=8, n_seq=7).invoke(follow_up).content
+    assert second.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up).content
 
 
 def test_a_regenerated_prompt_shares_the_image_from_its_first_slot(
@@ -137,7 +151,7 @@ def test_a_regenerated_prompt_shares_the_image_from_its_first_slot(
 ) -> None:
     # The first slot keeps prompt and reply; the same prompt again goes to an empty slot and shares the
     # prompt's cells less its last token (seq_cp by position), which is then evaluated after the image.
-    chat = _chat(tiny_qwen2vl, max_tokens=8, n_seq=8)
+    chat = _fresh(tiny_qwen2vl, max_tokens=8, n_seq=6)
     question = [_ask(images["wide"])]
     first = chat.invoke(question)
     again = chat.invoke(question)
@@ -152,13 +166,13 @@ def test_the_prompt_cache_on_disk_keeps_the_positions(
 ) -> None:
     settings = {"max_tokens": 8, "prompt_cache_dir": str(tmp_path), "prompt_cache_min_tokens": 8}
     question = [_ask(images["wide"])]
-    first = _chat(tiny_qwen2vl, **settings).invoke(question)
+    first = _fresh(tiny_qwen2vl, **settings).invoke(question)
     assert list(tmp_path.glob("*.lcpc"))
     follow_up = [*question, first, HumanMessage(content="And the colours?")]
-    restored = _chat(tiny_qwen2vl, n_seq=3, **settings).invoke(follow_up)  # another engine: reads the file
+    restored = _fresh(tiny_qwen2vl, n_seq=3, **settings).invoke(follow_up)  # another engine: reads the file
     nx, ny = grid(*SIZES["wide"])
     assert _cache_read(restored) > nx * ny
-    assert restored.content == _chat(tiny_qwen2vl, max_tokens=8, n_seq=4).invoke(follow_up).content
+    assert restored.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up).content
 
 
 def test_prompt_lookup_drafts_after_an_image_give_the_same_text(
@@ -187,7 +201,7 @@ def test_a_draft_model_does_not_draft_for_a_prompt_with_an_image(
 
 
 def test_cells_of_an_m_rope_image_are_not_cut_or_moved(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
-    chat = _chat(tiny_qwen2vl, max_tokens=2, n_seq=5)
+    chat = _fresh(tiny_qwen2vl, max_tokens=2, n_seq=5)
     chat.invoke([_ask(images["wide"])])
     engine = chat.load()
     slot = next(i for i, tokens in enumerate(engine.cached_prompts()) if tokens)
