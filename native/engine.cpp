@@ -45,7 +45,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     if (draft) {
         const int n_ctx_draft = p.draft_n_ctx > 0 ? p.draft_n_ctx : engine->n_ctx_seq_;
         engine->drafter_ = std::make_unique<Drafter>(std::move(draft), *engine->model_, n_ctx_draft, p.n_seq,
-                                                     engine->unified_, p.n_batch, p.n_threads, p.f16_kv);
+                                                     engine->unified_, p.n_batch, p.n_threads, plan.type_k, plan.type_v);
         if (engine->context_->pool() != nullptr) {
             engine->drafter_->attach_threadpool(engine->context_->pool(), engine->context_->batch_pool());
         }
