@@ -195,8 +195,14 @@ void Engine::run_tasks() {
 
 void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
     n_keep = slot.kv.truncate(n_keep);
+    // One slot, no media, from a chunk boundary its cells are exact up to: the prompt is evaluated in a
+    // cold run's chunks (plan_batch gives a lone prompt n_batch tokens a step), its cells become exact.
+    const size_t granule = prompt_granule();
+    const bool exact = slots_.size() == 1 && granule > 0 && !pending.params.media && n_keep % granule == 0 &&
+                       n_keep == slot.kv.exact();
     const size_t reserve = unified_ ? reservation(pending.params) : 0;
     slot.begin(std::move(pending), n_keep, reserve);
+    slot.exact_prompt = exact;
     slot.sampler->prime(slot.params.prompt);
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.prompt_tokens_reused += static_cast<long long>(n_keep);

@@ -65,6 +65,7 @@ size_t KvSequence::truncate(size_t n) {
         n = 0;
     }
     tokens_.resize(n);
+    exact_ = std::min(exact_, n);
     forget_media_after(n);
     return n;
 }
@@ -75,6 +76,7 @@ void KvSequence::share(const KvSequence & donor, size_t n) {
     llama_memory_seq_cp(memory(), donor.id_, id_, 0, static_cast<llama_pos>(n));
     tokens_.assign(donor.tokens_.begin(), donor.tokens_.begin() + static_cast<long>(n));
     media_ = donor.media_;
+    exact_ = std::min(donor.exact_, n);
     forget_media_after(n);
 }
 
@@ -93,6 +95,7 @@ void KvSequence::erase(size_t from, size_t to) {
         llama_memory_seq_add(memory(), id_, static_cast<llama_pos>(to), -1, static_cast<llama_pos>(from) - static_cast<llama_pos>(to));
     }
     tokens_.erase(tokens_.begin() + static_cast<long>(from), tokens_.begin() + static_cast<long>(to));
+    exact_ = std::min(exact_, from);
     // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
     forget_media_after(from);
 }
@@ -104,7 +107,7 @@ std::vector<uint8_t> KvSequence::save_state() const {
 }
 
 bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<llama_token> & tokens,
-                         const std::vector<CachedMedia> & media) {
+                         const std::vector<CachedMedia> & media, size_t exact) {
     evict();
     const bool read = llama_state_seq_set_data(ctx_, state.data(), state.size(), id_) == state.size();
     // The cells must end where the tokens do (a sliding window keeps only the last of them).
@@ -114,6 +117,7 @@ bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<l
     }
     tokens_ = tokens;
     media_ = media;
+    exact_ = std::min(exact, tokens.size());
     return true;
 }
 

@@ -51,3 +51,25 @@ def test_a_prefix_saved_by_one_process_is_restored_by_the_next(smollm_path: str,
     data[len(data) // 2] ^= 0x40
     saved.write_bytes(bytes(data))
     assert _in_new_process(cached, SECOND) == [cold, 0, n_second]
+
+
+def test_with_default_kernels_a_restore_lands_on_the_cold_runs_chunks(smollm_path: str, tmp_path: Path) -> None:
+    # The CPU kernels round by micro-batch shape: the restored run evaluates the rest of the prompt from the
+    # largest chunk boundary (n_ubatch) within the saved prompt's whole chunks, as a cold run does, and
+    # gives its greedy answer. Small chunks: the prefix spans several, and neither prompt ends on one.
+    base = {"model_path": smollm_path, "max_tokens": 24, "temperature": 0, "n_ctx": 2048, "n_seq": 1}
+    base |= {"n_batch": 128, "n_ubatch": 128}
+    cached = {**base, "prompt_cache_dir": str(tmp_path)}
+    _, _, n_first = _in_new_process(cached, FIRST)
+    warm, n_cached, _ = _in_new_process(cached, SECOND)
+    cold, _, _ = _in_new_process(base, SECOND)
+    assert warm == cold
+    # The rule: the shared document's tokens, cut to a multiple of 128 (the first prompt's last partial
+    # chunk and its reply were computed in other shapes than a cold run of the second computes them).
+    from langchain_llamacpp import LlamaCpp
+
+    llm = LlamaCpp(model_path=smollm_path)
+    first, second = llm.get_token_ids(FIRST), llm.get_token_ids(SECOND)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert n_first == len(first) and n_first % 128 != 0 and shared % 128 != 0 and shared > 3 * 128
+    assert n_cached == min(shared, n_first // 128 * 128) // 128 * 128 and 0 < n_cached < shared
