@@ -124,9 +124,9 @@ private:
     // The chunk a cold prompt is evaluated in from position 0 (n_ubatch, or n_batch where n_ubatch does not
     // divide it); 0 under batch_invariant, whose outputs do not depend on it.
     size_t prompt_granule() const;
-    // How much of a saved sequence matching `n` prompt tokens to restore: on a memory that can be cut, the
-    // largest chunk boundary within its exact cells, so that the rest of the prompt is evaluated in the
-    // micro-batches of a cold run and the greedy output is the cold one (prompt_cache.h).
+    // How much of a saved sequence matching `n` prompt tokens to restore: with one slot, on a memory that
+    // can be cut, the largest chunk boundary within its exact cells, so that the rest of the prompt is
+    // evaluated in the micro-batches of a cold run and the greedy output is the cold one (prompt_cache.h).
     size_t restore_point(const StoredPrompt & read, size_t n) const;
     size_t reservation(const RequestParams & request) const;  // the cells a request may come to hold
     // Unified pool: room for `cells` more, made by evicting idle slots other than `keep`.

@@ -18,7 +18,8 @@
 // cold run's micro-batches. A cold prompt is evaluated in chunks of `granule` (n_ubatch, or n_batch where
 // n_ubatch does not divide it) from position 0; `exact` counts the leading cells that were computed that
 // way in whole chunks (not the last partial chunk of the prompt, not the reply). The engine restores at
-// most that many, rounded down to a multiple of its granule (Engine::restore_point).
+// most that many, rounded down to a multiple of its granule (Engine::restore_point). With several slots
+// (prompts share batches) or batch_invariant (no shape dependence) nothing is tracked or cut.
 //
 // The engine thread asks find() (an index of the files in memory, kept up to date by listing the
 // directory: no file read beyond its tokens); reading, checking and writing run on this cache's own
@@ -58,7 +59,8 @@ struct StoredPrompt {
     std::vector<llama_token> tokens;
     std::vector<CachedMedia> media;
     std::vector<uint8_t> state;
-    uint32_t granule = 0;  // the chunk size of the saving engine's prompt evaluation (0: batch_invariant)
+    uint32_t granule = 0;  // the chunk size of the saving engine's prompt evaluation (0: not tracked: several
+                           // slots, or batch_invariant)
     size_t exact = 0;      // leading cells that hold what a cold evaluation in those chunks gives
 };
 

@@ -108,8 +108,9 @@ size_t Engine::prompt_granule() const {
 size_t Engine::restore_point(const StoredPrompt & read, size_t n) const {
     // A sliding-window or recurrent memory cannot be cut back to a boundary: its saved sequences are
     // restored whole (they end after their reply, decoded a token per step: identity cannot hold there).
-    // Saved with other batch sizes: no restore point gives a cold run's shapes; what matches is restored.
-    const size_t granule = prompt_granule();
+    // Saved with other batch sizes or several slots (granule 0), or restored into one of several slots
+    // (whose prompts share batches): no restore point gives a cold run's shapes; what matches is restored.
+    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;
     if (disk_exact_ || granule == 0 || read.granule != granule) {
         return n;
     }
@@ -137,8 +138,8 @@ void Engine::save_to_disk(Slot & slot) {
     if (slot.kv.size() < saved.usable + min) {
         return;
     }
-    disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state(), static_cast<uint32_t>(prompt_granule()),
-                 slot.kv.exact()});
+    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;  // 0: its exact cells are not tracked
+    disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state(), static_cast<uint32_t>(granule), slot.kv.exact()});
 }
 
 size_t Engine::reservation(const RequestParams & request) const {

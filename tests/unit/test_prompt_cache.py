@@ -173,6 +173,13 @@ def test_with_default_kernels_a_restore_lands_on_a_chunk_boundary(tiny_model_pat
     ((cold, _, _),) = _in_new_process(base, [FOLLOW_UP])
     assert n_cached == min(shared, exact) // 8 * 8 and 0 < n_cached < shared
     assert warm == cold
+    # Several slots share batches (no identity promised): nothing tracked, all that matches restored.
+    several = {**cached, "n_seq": 2, "prompt_cache_dir": str(tmp_path / "several")}
+    _in_new_process(several, [PROMPT])
+    (saved,) = (tmp_path / "several").glob("*.lcpc")
+    data = saved.read_bytes()
+    assert _native._read_prompt_file(data, data[16:48])[3:] == (0, 0)
+    assert _in_new_process(several, [FOLLOW_UP])[0][1] >= shared  # (the engine's count has the BOS too)
 
 
 def test_a_damaged_file_is_ignored_with_a_warning(
