@@ -162,6 +162,9 @@ void Engine::sample_slot(Slot & slot, bool tail_row, llama_token guess) {
     if (!slot.generating()) {
         slot.state = SlotState::generating;
         slot.t_prompt_done = now_ms();
+        if (slot.exact_prompt) {  // whole chunks only: the last partial one is shaped by this prompt's length
+            slot.kv.set_exact(slot.kv.size() / prompt_granule() * prompt_granule());
+        }
         slot.request->usage.prompt_ms = slot.t_prompt_done - slot.t_start;
     }
     try {

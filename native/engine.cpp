@@ -45,7 +45,7 @@ std::shared_ptr<Engine> Engine::create(std::shared_ptr<Model> model, const Engin
     if (draft) {
         const int n_ctx_draft = p.draft_n_ctx > 0 ? p.draft_n_ctx : engine->n_ctx_seq_;
         engine->drafter_ = std::make_unique<Drafter>(std::move(draft), *engine->model_, n_ctx_draft, p.n_seq,
-                                                     engine->unified_, p.n_batch, p.n_threads, p.f16_kv);
+                                                     engine->unified_, p.n_batch, p.n_threads, plan.type_k, plan.type_v);
         if (engine->context_->pool() != nullptr) {
             engine->drafter_->attach_threadpool(engine->context_->pool(), engine->context_->batch_pool());
         }
@@ -195,8 +195,14 @@ void Engine::run_tasks() {
 
 void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
     n_keep = slot.kv.truncate(n_keep);
+    // One slot, no media, from a chunk boundary its cells are exact up to: the prompt is evaluated in a
+    // cold run's chunks (plan_batch gives a lone prompt n_batch tokens a step), its cells become exact.
+    const size_t granule = prompt_granule();
+    const bool exact = slots_.size() == 1 && granule > 0 && !pending.params.media && n_keep % granule == 0 &&
+                       n_keep == slot.kv.exact();
     const size_t reserve = unified_ ? reservation(pending.params) : 0;
     slot.begin(std::move(pending), n_keep, reserve);
+    slot.exact_prompt = exact;
     slot.sampler->prime(slot.params.prompt);
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.prompt_tokens_reused += static_cast<long long>(n_keep);

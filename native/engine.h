@@ -121,6 +121,13 @@ private:
     bool stored_prefix_ready(Pending & pending, const std::vector<SlotView> & views, size_t & stored);
     size_t restore_stored(Slot & slot, const Pending & pending, size_t prefix);  // the prefix kept
     void save_to_disk(Slot & slot);  // a finished request's sequence, where worth a file
+    // The chunk a cold prompt is evaluated in from position 0 (n_ubatch, or n_batch where n_ubatch does not
+    // divide it); 0 under batch_invariant, whose outputs do not depend on it.
+    size_t prompt_granule() const;
+    // How much of a saved sequence matching `n` prompt tokens to restore: with one slot, on a memory that
+    // can be cut, the largest chunk boundary within its exact cells, so that the rest of the prompt is
+    // evaluated in the micro-batches of a cold run and the greedy output is the cold one (prompt_cache.h).
+    size_t restore_point(const StoredPrompt & read, size_t n) const;
     size_t reservation(const RequestParams & request) const;  // the cells a request may come to hold
     // Unified pool: room for `cells` more, made by evicting idle slots other than `keep`.
     bool make_room(size_t cells, const Slot & keep);

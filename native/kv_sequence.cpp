@@ -88,6 +88,7 @@ size_t KvSequence::truncate(size_t n) {
         n = 0;
     }
     tokens_.resize(n);
+    exact_ = std::min(exact_, n);
     forget_media_after(n);
     return n;
 }
@@ -98,6 +99,7 @@ void KvSequence::share(const KvSequence & donor, size_t n) {
     llama_memory_seq_cp(memory(), donor.id_, id_, 0, donor.pos_at(n));
     tokens_.assign(donor.tokens_.begin(), donor.tokens_.begin() + static_cast<long>(n));
     media_ = donor.media_;
+    exact_ = std::min(donor.exact_, n);
     forget_media_after(n);
 }
 
@@ -126,6 +128,7 @@ void KvSequence::erase(size_t from, size_t to) {
         llama_memory_seq_add(memory(), id_, p1, -1, p0 - p1);
     }
     tokens_.erase(tokens_.begin() + static_cast<long>(from), tokens_.begin() + static_cast<long>(to));
+    exact_ = std::min(exact_, from);
     // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
     forget_media_after(from);
 }
@@ -137,7 +140,7 @@ std::vector<uint8_t> KvSequence::save_state() const {
 }
 
 bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<llama_token> & tokens,
-                         const std::vector<CachedMedia> & media) {
+                         const std::vector<CachedMedia> & media, size_t exact) {
     evict();
     const bool read = llama_state_seq_set_data(ctx_, state.data(), state.size(), id_) == state.size();
     tokens_ = tokens;
@@ -149,6 +152,7 @@ bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<l
         media_.clear();
         return false;
     }
+    exact_ = std::min(exact, tokens.size());
     return true;
 }
 

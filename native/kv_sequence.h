@@ -10,6 +10,7 @@
 // (llama_state_seq_*) is here too: the state goes with the tokens and media it holds (prompt_cache.h).
 #pragma once
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,10 @@ public:
     const std::vector<llama_token> & tokens() const { return tokens_; }
     bool holds_media() const { return !media_.empty(); }
     const std::vector<CachedMedia> & media() const { return media_; }
+    // Leading cells that hold what a cold evaluation of their tokens in the engine's prompt chunks gives
+    // (prompt_cache.h): the engine marks them; every edit of the cells keeps the count within what stays.
+    size_t exact() const { return exact_; }
+    void set_exact(size_t n) { exact_ = std::min(n, tokens_.size()); }
 
     // How many leading tokens of `prompt` are cached here: a media position counts only as a whole
     // chunk cached from the same file. At most prompt.size() - 1 (the last token is evaluated again for
@@ -70,7 +75,7 @@ public:
     // Replaces the cells with a saved state of exactly `tokens`' cells; false (and empty) where llama.cpp
     // refuses it (no room, another layout) or it holds other positions than the tokens say.
     bool restore(const std::vector<uint8_t> & state, const std::vector<llama_token> & tokens,
-                 const std::vector<CachedMedia> & media);
+                 const std::vector<CachedMedia> & media, size_t exact);
 
 private:
     llama_memory_t memory() const { return llama_get_memory(ctx_); }
@@ -81,6 +86,7 @@ private:
     llama_seq_id id_;
     std::vector<llama_token> tokens_;  // whose KV is in the cells, in position order
     std::vector<CachedMedia> media_;   // media in it (their positions hold placeholders), by offset
+    size_t exact_ = 0;                 // see exact()
 };
 
 }  // namespace lcl

@@ -395,7 +395,7 @@ void register_planner(nb::module_ & m) {
     m.def("_plan_placement", &lcl::plan_placement, "slots"_a, "prompt"_a, "reserve"_a, "unified"_a, "pool"_a,
           "stored"_a = 0);
     // The prompt cache's file check (prompt_cache.h), for its tests and the fuzz suite: (tokens, media
-    // offsets, state) or ValueError saying what is wrong.
+    // offsets, state, granule, exact) or ValueError saying what is wrong.
     m.def(
         "_read_prompt_file",
         [](nb::bytes data, nb::bytes key) {
@@ -414,7 +414,8 @@ void register_planner(nb::module_ & m) {
             for (const auto & m : out.media) {
                 offsets.push_back(m.offset);
             }
-            return nb::make_tuple(out.tokens, offsets, nb::bytes(reinterpret_cast<const char *>(out.state.data()), out.state.size()));
+            return nb::make_tuple(out.tokens, offsets, nb::bytes(reinterpret_cast<const char *>(out.state.data()), out.state.size()),
+                                  out.granule, out.exact);
         },
         "data"_a, "key"_a);
     m.def(

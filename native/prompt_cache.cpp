@@ -136,6 +136,11 @@ void read_sequence(Cursor & in, StoredPrompt & out) {
         media.id.resize(id_size);
         in.take(media.id.data(), id_size);
     }
+    out.granule = in.get<uint32_t>();
+    out.exact = in.get<uint64_t>();
+    if (out.exact > n) {
+        throw BadPromptFile("bad exact count " + std::to_string(out.exact));
+    }
 }
 
 std::string payload_head(const StoredPrompt & prompt) {
@@ -150,6 +155,8 @@ std::string payload_head(const StoredPrompt & prompt) {
         put<uint32_t>(out, static_cast<uint32_t>(media.id.size()));
         out += media.id;
     }
+    put<uint32_t>(out, prompt.granule);
+    put<uint64_t>(out, prompt.exact);
     put<uint64_t>(out, prompt.state.size());
     return out;
 }

@@ -11,7 +11,16 @@
 //   header (88 bytes, little-endian): "LCLPCACH" | u32 version | u32 header size | key[32] | u64 payload
 //   size | sha256(payload)[32]
 //   payload: u32 n | i32 tokens[n] | u32 m | m x (u64 offset, u64 n_tokens, u64 n_pos, u32 id size,
-//   id) | u64 state size | state (llama_state_seq_get_data of the sequence that held the tokens)
+//   id) | u32 granule | u64 exact | u64 state size | state (llama_state_seq_get_data of the sequence that
+//   held the tokens)
+//
+// Greedy identity with a cold start (default kernels): llama.cpp's CPU kernels round by the shape of a
+// micro-batch, so a restored run equals a cold one only where it evaluates the rest of the prompt in the
+// cold run's micro-batches. A cold prompt is evaluated in chunks of `granule` (n_ubatch, or n_batch where
+// n_ubatch does not divide it) from position 0; `exact` counts the leading cells that were computed that
+// way in whole chunks (not the last partial chunk of the prompt, not the reply). The engine restores at
+// most that many, rounded down to a multiple of its granule (Engine::restore_point). With several slots
+// (prompts share batches) or batch_invariant (no shape dependence) nothing is tracked or cut.
 //
 // The engine thread asks find() (an index of the files in memory, kept up to date by listing the
 // directory: no file read beyond its tokens); reading, checking and writing run on this cache's own
@@ -43,7 +52,8 @@ struct MediaPrompt;
 
 using CacheKey = std::array<uint8_t, 32>;
 
-constexpr uint32_t kPromptFileVersion = 2;  // 2: each media entry has its positions (M-RoPE)
+// 2: each media entry has its positions (M-RoPE); 3: the chunk size and the cells computed in whole chunks.
+constexpr uint32_t kPromptFileVersion = 3;
 constexpr size_t kPromptHeaderSize = 88;
 
 // A sequence as saved: its tokens, its media and llama.cpp's state of its cells.
@@ -51,6 +61,9 @@ struct StoredPrompt {
     std::vector<llama_token> tokens;
     std::vector<CachedMedia> media;
     std::vector<uint8_t> state;
+    uint32_t granule = 0;  // the chunk size of the saving engine's prompt evaluation (0: not tracked: several
+                           // slots, or batch_invariant)
+    size_t exact = 0;      // leading cells that hold what a cold evaluation in those chunks gives
 };
 
 // Why a file was not used ("truncated", "checksum mismatch", ...).

@@ -95,14 +95,31 @@ bool Engine::stored_prefix_ready(Pending & pending, const std::vector<SlotView> 
         const size_t n = std::min(matching_prefix(read->tokens, read->media, request.prompt, request.media.get()),
                                   request.prompt.size() - 1);
         const bool whole = n == read->tokens.size();
-        stored = (disk_exact_ && !whole) || read->tokens.size() > static_cast<size_t>(n_ctx_seq_) ? 0 : n;
+        stored = (disk_exact_ && !whole) || read->tokens.size() > static_cast<size_t>(n_ctx_seq_) ? 0 : restore_point(*read, n);
     }
     return true;
 }
 
+size_t Engine::prompt_granule() const {
+    const auto batch = static_cast<size_t>(params_.n_batch), ubatch = static_cast<size_t>(params_.n_ubatch);
+    return batch_invariant_ ? 0 : (batch % ubatch == 0 ? ubatch : batch);
+}
+
+size_t Engine::restore_point(const StoredPrompt & read, size_t n) const {
+    // A sliding-window or recurrent memory cannot be cut back to a boundary: its saved sequences are
+    // restored whole (they end after their reply, decoded a token per step: identity cannot hold there).
+    // Saved with other batch sizes or several slots (granule 0), or restored into one of several slots
+    // (whose prompts share batches): no restore point gives a cold run's shapes; what matches is restored.
+    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;
+    if (disk_exact_ || granule == 0 || read.granule != granule) {
+        return n;
+    }
+    return std::min(n, read.exact) / granule * granule;
+}
+
 size_t Engine::restore_stored(Slot & slot, const Pending & pending, size_t prefix) {
     const StoredPrompt & read = *pending.stored.get();
-    if (!slot.kv.restore(read.state, read.tokens, read.media)) {
+    if (!slot.kv.restore(read.state, read.tokens, read.media, read.exact)) {
         log_line(GGML_LOG_LEVEL_WARN, "prompt cache: llama.cpp did not take a saved state; evaluating the prompt");
         return 0;
     }
@@ -121,7 +138,8 @@ void Engine::save_to_disk(Slot & slot) {
     if (slot.kv.size() < saved.usable + min) {
         return;
     }
-    disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state()});
+    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;  // 0: its exact cells are not tracked
+    disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state(), static_cast<uint32_t>(granule), slot.kv.exact()});
 }
 
 size_t Engine::reservation(const RequestParams & request) const {

@@ -43,6 +43,7 @@ struct Slot {
     std::unique_ptr<StopMatcher> stop;
     double t_start = 0, t_prompt_done = 0;
     size_t reserved = 0;  // unified pool: cells this request may come to hold
+    bool exact_prompt = false;  // its prompt is evaluated in a cold run's chunks: its cells become exact (KvSequence::exact)
     // Speculative decoding: this step's draft (decoded after next_token), where it came from, this
     // request's acceptance of each source, and when to try the draft model again after it stopped paying.
     std::vector<llama_token> draft;

@@ -175,7 +175,7 @@ void check_vocab(const Model & draft, const Model & target) {
 }  // namespace
 
 Drafter::Drafter(std::shared_ptr<Model> draft, const Model & target, int n_ctx_seq, int n_seq, bool unified,
-                 int n_batch, int n_threads, bool f16_kv)
+                 int n_batch, int n_threads, ggml_type type_k, ggml_type type_v)
     : model_(std::move(draft)), n_batch_(n_batch) {
     if (model_->params().vocab_only) {
         throw std::invalid_argument("the draft model was loaded with vocab_only=True");
@@ -192,8 +192,12 @@ Drafter::Drafter(std::shared_ptr<Model> draft, const Model & target, int n_ctx_s
     cparams.kv_unified = unified;
     cparams.n_threads = n_threads;
     cparams.n_threads_batch = n_threads;
-    cparams.type_k = f16_kv ? GGML_TYPE_F16 : GGML_TYPE_F32;
-    cparams.type_v = cparams.type_k;
+    // The target's cache types (a quantized V cache needs flash attention, as in the target's context).
+    cparams.type_k = type_k;
+    cparams.type_v = type_v;
+    if (ggml_is_quantized(type_v)) {
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    }
     cparams.no_perf = true;
     ErrorCapture capture;
     ctx_.reset(llama_init_from_model(model_->get(), cparams));

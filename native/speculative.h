@@ -82,7 +82,7 @@ public:
     Drafter & operator=(const Drafter &) = delete;
     // Throws std::invalid_argument where the draft's vocabulary differs from the target's.
     Drafter(std::shared_ptr<Model> draft, const Model & target, int n_ctx_seq, int n_seq, bool unified, int n_batch,
-            int n_threads, bool f16_kv);
+            int n_threads, ggml_type type_k, ggml_type type_v);
 
     struct Job {
         int seq = 0;

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tests.fuzz.common import Case
 
 MAGIC = b"LCLPCACH"
-VERSION = 2
+VERSION = 3
 HEADER = 88
 # name -> (offset, struct format) in the header
 FIELDS = {"version": (8, "<I"), "header_size": (12, "<I"), "payload_size": (48, "<Q")}
@@ -33,6 +33,8 @@ def prompt_file(
     state: bytes,
     media: Sequence[tuple[int, int, bytes] | tuple[int, int, bytes, int]] = (),
     version: int = VERSION,
+    granule: int = 512,
+    exact: int = 0,
 ) -> bytes:
     """A prompt cache file: header (magic, version, header size, key, payload size, sha256) and payload;
     `media` as (offset, n_tokens, id), each taking as many positions as tokens, or (offset, n_tokens, id,
@@ -41,7 +43,7 @@ def prompt_file(
     payload += struct.pack("<I", len(media))
     for offset, n_tokens, media_id, *n_pos in media:
         payload += struct.pack("<QQQI", offset, n_tokens, n_pos[0] if n_pos else n_tokens, len(media_id)) + media_id
-    payload += struct.pack("<Q", len(state)) + state
+    payload += struct.pack("<IQ", granule, exact) + struct.pack("<Q", len(state)) + state
     header = MAGIC + struct.pack("<II", version, HEADER) + key + struct.pack("<Q", len(payload))
     return header + hashlib.sha256(payload).digest() + payload
 
@@ -58,7 +60,7 @@ def payload_fields(data: bytes) -> dict[str, int]:
     at = media_at + 4
     for _ in range(struct.unpack_from("<I", data, media_at)[0]):
         at += 28 + struct.unpack_from("<I", data, at + 24)[0]
-    return {"n_tokens": HEADER, "n_media": media_at, "state_size": at}
+    return {"n_tokens": HEADER, "n_media": media_at, "exact": at + 4, "state_size": at + 12}
 
 
 def mutate(base: bytes, ops: list[list[object]]) -> bytes:
@@ -78,7 +80,7 @@ def mutate(base: bytes, ops: list[list[object]]) -> bytes:
         elif kind == "key":
             data[16:48] = bytes.fromhex(str(op[1]))
         elif kind == "forge":  # a count of the payload, then the checksum made to match
-            fmt = "<Q" if op[1] == "state_size" else "<I"
+            fmt = "<Q" if op[1] in ("state_size", "exact") else "<I"
             try:
                 at = payload_fields(bytes(data))[str(op[1])]
                 struct.pack_into(fmt, data, at, int(op[2]) % (1 << (8 * struct.calcsize(fmt))))
@@ -105,7 +107,7 @@ def _op(rng: random.Random) -> list[object]:
     if kind == "key":
         return ["key", rng.randbytes(32).hex()]
     counts = [0, 1, 2, 7, 2**24, 2**24 + 1, 2**32 - 1, 2**63, rng.randrange(1 << 16)]
-    return ["forge", rng.choice(["n_tokens", "n_media", "state_size"]), rng.choice(counts)]
+    return ["forge", rng.choice(["n_tokens", "n_media", "exact", "state_size"]), rng.choice(counts)]
 
 
 def prompt_cache_cases(rng: random.Random, n: int) -> list[Case]:

@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.texts import chatml
+
 DOCUMENT = "".join(
     f"Section {i}. The committee reviewed item {i} of the plan: its cost, its schedule and the risks the "
     f"engineers listed, and agreed to revisit item {i} in the next quarterly meeting after the audit.\n"
     for i in range(1, 20)
 )
-FIRST = DOCUMENT + "\nQuestion: which section mentions item 3? Answer:"
-SECOND = DOCUMENT + "\nQuestion: what did the committee review? Answer:"
+# As chat turns (SmolLM2 is a ChatML instruct model): a bare completion of these ends at once, and two
+# empty answers would be equal whatever the cache did.
+FIRST = chatml(DOCUMENT + "\nWhich section mentions item 3?")
+SECOND = chatml(DOCUMENT + "\nWhat did the committee agree to do about each item?")
 
 _SCRIPT = """
 import json, sys
@@ -42,7 +46,7 @@ def test_a_prefix_saved_by_one_process_is_restored_by_the_next(smollm_path: str,
     (saved,) = tmp_path.glob("*.lcpc")
     warm, n_cached, n_second = _in_new_process(cached, SECOND)
     cold, n_cold, _ = _in_new_process(base, SECOND)
-    assert n_first >= 512 and n_cold == 0  # type: ignore[operator]
+    assert n_first >= 512 and n_cold == 0 and cold != ""  # type: ignore[operator]
     # The shared document is restored; the rest of the prompt evaluated.
     assert n_first - 20 < n_cached < n_second  # type: ignore[operator]
     assert warm == cold
@@ -51,3 +55,25 @@ def test_a_prefix_saved_by_one_process_is_restored_by_the_next(smollm_path: str,
     data[len(data) // 2] ^= 0x40
     saved.write_bytes(bytes(data))
     assert _in_new_process(cached, SECOND) == [cold, 0, n_second]
+
+
+def test_with_default_kernels_a_restore_lands_on_the_cold_runs_chunks(smollm_path: str, tmp_path: Path) -> None:
+    # The CPU kernels round by micro-batch shape: the restored run evaluates the rest of the prompt from the
+    # largest chunk boundary (n_ubatch) within the saved prompt's whole chunks, as a cold run does, and
+    # gives its greedy answer. Small chunks: the prefix spans several, and neither prompt ends on one.
+    base = {"model_path": smollm_path, "max_tokens": 24, "temperature": 0, "n_ctx": 2048, "n_seq": 1}
+    base |= {"n_batch": 128, "n_ubatch": 128}
+    cached = {**base, "prompt_cache_dir": str(tmp_path)}
+    _, _, n_first = _in_new_process(cached, FIRST)
+    warm, n_cached, _ = _in_new_process(cached, SECOND)
+    cold, _, _ = _in_new_process(base, SECOND)
+    assert warm == cold and len(str(cold)) > 40
+    # The rule: the shared document's tokens, cut to a multiple of 128 (the first prompt's last partial
+    # chunk and its reply were computed in other shapes than a cold run of the second computes them).
+    from langchain_llamacpp import LlamaCpp
+
+    llm = LlamaCpp(model_path=smollm_path)
+    first, second = llm.get_token_ids(FIRST), llm.get_token_ids(SECOND)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert n_first == len(first) and n_first % 128 != 0 and shared % 128 != 0 and shared > 3 * 128
+    assert n_cached == min(shared, n_first // 128 * 128) // 128 * 128 and 0 < n_cached < shared

@@ -37,9 +37,14 @@ def llama_log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
+def _all_kv_types(log: pytest.LogCaptureFixture) -> list[tuple[str, ...]]:
+    """The K and V cache types of each context made, by llama.cpp's own accounting."""
+    return [m.groups() for r in log.records if (m := KV_CACHE.search(r.getMessage()))]
+
+
 def _kv_types(log: pytest.LogCaptureFixture) -> tuple[str, str]:
-    """The K and V cache types of the last context made, by llama.cpp's own accounting."""
-    found = [m.groups() for r in log.records if (m := KV_CACHE.search(r.getMessage()))]
+    """The K and V cache types of the last context made."""
+    found = _all_kv_types(log)
     assert found, "no KV cache line in llama.cpp's log"
     return found[-1][0], found[-1][1]
 
@@ -58,6 +63,23 @@ def test_cache_types_in_each_class(cls: type, head32_path: str, llama_log: pytes
     assert _kv_types(llama_log) == ("q8_0", "q4_0")
     if cls is LlamaCpp:
         assert instance.invoke("Hello") != ""  # a quantized V: flash attention was turned on
+
+
+def test_a_draft_models_context_takes_the_cache_types(head32_path: str, llama_log: pytest.LogCaptureFixture) -> None:
+    # The model drafting for itself: the target's context, then the draft's, each with the types asked
+    # (a quantized V: flash attention on in both); every draft is accepted, as with an f16 cache.
+    llm = _make(
+        LlamaCpp, head32_path, cache_type_k="q8_0", cache_type_v="q4_0", draft_model_path=head32_path, draft_min=4,
+        batch_invariant=True, max_tokens=24, ignore_eos=True,
+    )  # fmt: skip
+    llm.load()
+    assert _all_kv_types(llama_log) == [("q8_0", "q4_0")] * 2
+    gen = llm.generate(["one two three four"]).generations[0][0]
+    info = gen.generation_info or {}
+    assert info["draft_n"] > 0 and info["draft_n_accepted"] == info["draft_n"]
+    llama_log.clear()
+    _make(LlamaCpp, head32_path, f16_kv=False, draft_model_path=head32_path).load()  # f16_kv=False: f32 in both
+    assert _all_kv_types(llama_log) == [("f32", "f32")] * 2
 
 
 def test_quantized_v_cache_needs_flash_attention(head32_path: str) -> None:

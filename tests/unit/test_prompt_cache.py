@@ -20,13 +20,13 @@ from tests.fuzz.prompt_cache import FOLLOW_UP, HEADER, PROMPT, mutate, prompt_fi
 KEY = bytes(range(32))
 TOKENS = [1, 2, 3, -7, -7, 9]
 STATE = b"llama.cpp's state bytes" * 10
-FILE = prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha-of-the-image")])
+FILE = prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha-of-the-image")], granule=4, exact=4)
 
 
-def test_a_file_gives_back_its_tokens_media_and_state() -> None:
-    assert _native._read_prompt_file(FILE, KEY) == (TOKENS, [3], STATE)
+def test_a_file_gives_back_its_tokens_media_state_and_exact_cells() -> None:
+    assert _native._read_prompt_file(FILE, KEY) == (TOKENS, [3], STATE, 4, 4)
     m_rope = prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha-of-the-image", 1)])  # 2 cells at 1 position
-    assert _native._read_prompt_file(m_rope, KEY) == (TOKENS, [3], STATE)
+    assert _native._read_prompt_file(m_rope, KEY) == (TOKENS, [3], STATE, 512, 0)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +50,7 @@ def test_a_file_gives_back_its_tokens_media_and_state() -> None:
         (mutate(FILE, [["forge", "n_tokens", 2**32 - 1]]), "bad token count"),
         (mutate(FILE, [["forge", "n_tokens", 0]]), "bad token count"),
         (mutate(FILE, [["forge", "n_media", 7]]), "bad media count"),
+        (mutate(FILE, [["forge", "exact", len(TOKENS) + 1]]), "bad exact count"),
         (mutate(FILE, [["forge", "state_size", 2**63]]), "bad state size"),
         (reseal(FILE[:-3]), "truncated"),
         # Media entries whose positions could not be counted: more positions than cells, none, overlapping.
@@ -156,6 +157,35 @@ def test_a_new_process_restores_what_an_earlier_one_saved(tiny_model_path: str, 
     n_saved = len(LlamaCpp(model_path=tiny).get_token_ids(PROMPT)) - 1
     assert n_cold == 0 and n_saved <= n_cached < n_prompt  # type: ignore[operator]
     assert warm == cold
+
+
+def test_with_default_kernels_a_restore_lands_on_a_chunk_boundary(tiny_model_path: str, tmp_path: Path) -> None:
+    # Without batch_invariant the kernels round by micro-batch shape: the file records how many leading
+    # cells a cold evaluation's whole chunks (n_ubatch from position 0) computed, and a restore keeps the
+    # largest chunk boundary within them, so the rest is evaluated as a cold run evaluates it.
+    tiny = str(Path(tiny_model_path).resolve())
+    base = {**SETTINGS, "model_path": tiny, "batch_invariant": False, "n_seq": 1, "n_batch": 8, "n_ubatch": 8}
+    cached = {**base, "prompt_cache_dir": str(tmp_path), "prompt_cache_min_tokens": 8}
+    _in_new_process(cached, [PROMPT])
+    (saved,) = tmp_path.glob("*.lcpc")
+    data = saved.read_bytes()
+    tokens, _, _, granule, exact = _native._read_prompt_file(data, data[16:48])  # the file's own key
+    first = LlamaCpp(model_path=tiny).get_token_ids(PROMPT)
+    second = LlamaCpp(model_path=tiny).get_token_ids(FOLLOW_UP)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    # The prompt's whole chunks: not its last partial one, not the reply.
+    assert (granule, exact) == (8, len(first) // 8 * 8) and len(first) % 8 != 0 and len(tokens) > len(first)
+    ((warm, n_cached, _),) = _in_new_process(cached, [FOLLOW_UP])
+    ((cold, _, _),) = _in_new_process(base, [FOLLOW_UP])
+    assert n_cached == min(shared, exact) // 8 * 8 and 0 < n_cached < shared
+    assert warm == cold
+    # Several slots share batches (no identity promised): nothing tracked, all that matches restored.
+    several = {**cached, "n_seq": 2, "prompt_cache_dir": str(tmp_path / "several")}
+    _in_new_process(several, [PROMPT])
+    (saved,) = (tmp_path / "several").glob("*.lcpc")
+    data = saved.read_bytes()
+    assert _native._read_prompt_file(data, data[16:48])[3:] == (0, 0)
+    assert _in_new_process(several, [FOLLOW_UP])[0][1] >= shared  # (the engine's count has the BOS too)
 
 
 def test_a_damaged_file_is_ignored_with_a_warning(
