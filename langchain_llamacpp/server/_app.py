@@ -86,7 +86,7 @@ def _routes(app: FastAPI, api: OpenAIAPI, max_body_bytes: int) -> None:
             result = await _until_disconnect(request, call(body))
             if result is None:
                 return Response(status_code=499)  # the client closed the connection (nginx's code); unread
-            if isinstance(result, dict):
+            if isinstance(result, (dict, list)):  # a list: a rerank answer in TEI's shape
                 return JSONResponse(result)
             return _EventStream(_sse(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -107,10 +107,12 @@ def _routes(app: FastAPI, api: OpenAIAPI, max_body_bytes: int) -> None:
     chat = generation("chat", api.acreate_chat_completion)
     completions = generation("completions", api.acreate_completion)
     embeddings = generation("embeddings", api.acreate_embedding)
+    rerank = generation("rerank", api.acreate_rerank)
     for path, endpoint, handler, methods in (
         ("/v1/chat/completions", "chat", chat, ["POST"]),
         ("/v1/completions", "completions", completions, ["POST"]),
         ("/v1/embeddings", "embeddings", embeddings, ["POST"]),
+        *((path, "rerank", rerank, ["POST"]) for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking")),
         ("/v1/models", "models", models, ["GET"]),
         ("/v1/models/{model:path}", "models", model, ["GET"]),
         ("/metrics", "metrics", metrics, ["GET"]),

@@ -21,6 +21,7 @@ from langchain_llamacpp.server._errors import BadRequest
 MAX_CHOICES = 16  # `n`: choices per request, each a request of its own to the engine
 MAX_STOPS = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_RERANK_DOCUMENTS = 1000  # Cohere's and Jina's limit per request
 
 # OpenAI's sampling fields and llama.cpp's (llama-server's names where they differ) -> the call option.
 _SAMPLING = {
@@ -83,6 +84,19 @@ class EmbeddingRequest:
     texts: list[str]
     base64: bool
     dimensions: int | None
+
+
+@dataclass
+class RerankRequest:
+    """A `/v1/rerank` body, as llama-server reads it: Jina's shape (`documents`, results with
+    `relevance_score`), or TEI's (`texts`, a bare list with `score`, and `text` with `return_text`)."""
+
+    model: str | None
+    query: str
+    documents: list[str]
+    top_n: int
+    tei: bool
+    return_text: bool
 
 
 def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
@@ -172,7 +186,22 @@ def chat_request(body: Any) -> ChatRequest:
         if reasoning not in ("none", "auto", "deepseek"):
             raise BadRequest("reasoning_format must be 'none', 'auto' or 'deepseek'", param="reasoning_format")
         options["reasoning"] = None if reasoning == "none" else True
+    budget = _reasoning_budget(body)
+    if budget is not None:
+        options["reasoning_budget"] = budget
     return request
+
+
+def _reasoning_budget(body: Mapping[str, Any]) -> int | None:
+    """llama-server's `reasoning_budget_tokens` (or `thinking_budget_tokens`): tokens of thinking at most;
+    -1 or absent: the model's own setting (the server's `--reasoning-budget`)."""
+    for name in ("reasoning_budget_tokens", "thinking_budget_tokens"):
+        value = _get(body, name, (int,), "an integer")
+        if value is not None:
+            if not -1 <= value < 2**31:
+                raise BadRequest(f"{name} must be -1 (the server's default) or 0 or more, not {value}", param=name)
+            return None if value == -1 else value
+    return None
 
 
 def _messages(messages: Any) -> list[BaseMessage]:
@@ -303,3 +332,25 @@ def embedding_request(body: Any) -> EmbeddingRequest:
         raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
     dimensions = _get(body, "dimensions", (int,), "an integer")
     return EmbeddingRequest(_get(body, "model", (str,), "a string"), texts, encoding == "base64", dimensions)
+
+
+def rerank_request(body: Any) -> RerankRequest:
+    """A `/v1/rerank` body (also `/rerank`, `/v1/reranking`: llama-server's routes)."""
+    body = _body(body)
+    query = _get(body, "query", (str,), "a string")
+    if query is None:
+        raise BadRequest("query must be given, a string", param="query")
+    tei = "texts" in body and "documents" not in body
+    name = "texts" if tei else "documents"
+    documents = body.get(name)
+    if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
+        raise BadRequest(f"{name} must be a non-empty list of strings", param=name)
+    if len(documents) > MAX_RERANK_DOCUMENTS:
+        raise BadRequest(f"at most {MAX_RERANK_DOCUMENTS} {name} per request", param=name)
+    top_n = _get(body, "top_n", (int,), "an integer")
+    if top_n is not None and top_n < 1:
+        raise BadRequest(f"top_n must be 1 or more, not {top_n}", param="top_n")
+    flag = "return_text" if tei else "return_documents"
+    return_text = bool(_get(body, flag, (bool,), "a boolean"))
+    model = _get(body, "model", (str,), "a string")
+    return RerankRequest(model, query, documents, len(documents) if top_n is None else top_n, tei, return_text)
