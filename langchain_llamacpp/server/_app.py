@@ -22,7 +22,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from langchain_llamacpp.server._api import OpenAIAPI
-from langchain_llamacpp.server._errors import APIError, BadRequest, NotFound, TooLarge, Unauthorized, from_exception
+from langchain_llamacpp.server._errors import (
+    APIError,
+    BadRequest,
+    NotAllowed,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    from_exception,
+)
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # inline images are base64 in the JSON body
 _OPEN_PATHS = frozenset({"/health"})
@@ -50,9 +58,7 @@ def create_app(api: OpenAIAPI, settings: HTTPSettings | None = None) -> FastAPI:
 
     @app.exception_handler(405)
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        error = APIError(f"method {request.method} not allowed on {request.url.path}")
-        error.status, error.kind = 405, "invalid_request_error"
-        return _error(error)
+        return _error(NotAllowed(f"method {request.method} not allowed on {request.url.path}"))
 
     if settings.api_key:
         app.add_middleware(_APIKey, key=settings.api_key)

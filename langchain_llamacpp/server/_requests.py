@@ -111,6 +111,17 @@ def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str)
     return value
 
 
+def _texts(body: Mapping[str, Any], name: str, *, one: bool) -> list[str]:
+    """`body[name]`: a non-empty list of strings, or with `one` also a single string (a list of it)."""
+    value = body.get(name)
+    if one and isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        what = "a string or a non-empty list of strings (not token ids)" if one else "a non-empty list of strings"
+        raise BadRequest(f"{name} must be {what}", param=name)
+    return value
+
+
 def _option(name: str, option: str, value: Any) -> Any:
     if isinstance(value, bool) and option not in _BOOLEAN_OPTIONS:  # pydantic would take True for 1.0
         raise BadRequest(f"{name} must be a number, not a boolean", param=name)
@@ -296,10 +307,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
 def completion_request(body: Any) -> CompletionRequest:
     """A `/v1/completions` body read into `LlamaCpp._astream`'s arguments."""
     body = _body(body)
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise BadRequest("prompt must be a string or a non-empty list of strings (not token ids)", param="prompt")
+    prompts = _texts(body, "prompt", one=True)
     if len(prompts) > MAX_CHOICES:
         raise BadRequest(f"at most {MAX_CHOICES} prompts per request", param="prompt")
     request = CompletionRequest(**_generation(body), prompts=prompts)
@@ -323,10 +331,7 @@ def completion_request(body: Any) -> CompletionRequest:
 def embedding_request(body: Any) -> EmbeddingRequest:
     """A `/v1/embeddings` body."""
     body = _body(body)
-    texts = body.get("input")
-    texts = [texts] if isinstance(texts, str) else texts
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("input must be a string or a non-empty list of strings (not token ids)", param="input")
+    texts = _texts(body, "input", one=True)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
@@ -342,9 +347,7 @@ def rerank_request(body: Any) -> RerankRequest:
         raise BadRequest("query must be given, a string", param="query")
     tei = "texts" in body and "documents" not in body
     name = "texts" if tei else "documents"
-    documents = body.get(name)
-    if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
-        raise BadRequest(f"{name} must be a non-empty list of strings", param=name)
+    documents = _texts(body, name, one=False)
     if len(documents) > MAX_RERANK_DOCUMENTS:
         raise BadRequest(f"at most {MAX_RERANK_DOCUMENTS} {name} per request", param=name)
     top_n = _get(body, "top_n", (int,), "an integer")
