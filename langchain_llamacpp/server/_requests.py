@@ -222,7 +222,7 @@ def _messages(messages: Any) -> list[BaseMessage]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise BadRequest(f"{where} must be an object", param=where)
-        if message.get("role") not in _ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in _ROLES:
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}", param=f"{where}.role")
         content = message.get("content")
         if isinstance(content, list):
@@ -230,15 +230,33 @@ def _messages(messages: Any) -> list[BaseMessage]:
                 _check_part(part, f"{where}.content[{j}]")
         elif content is not None and not isinstance(content, str):
             raise BadRequest(f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+        _check_tool_calls(message.get("tool_calls"), f"{where}.tool_calls")
     try:
         return convert_to_messages([{**m, "content": m.get("content") or ""} for m in messages])
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # LangChain's reading of what is left
         raise BadRequest(f"messages: {str(e).splitlines()[0]}", param="messages") from None
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    """An assistant message's calls: OpenAI's `{"id", "type": "function", "function": {"name", "arguments"}}`."""
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where} must be a list of tool calls", param=where)
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("arguments"), str)
+        ):
+            shape = "{'type': 'function', 'function': {'name': a string, 'arguments': a JSON string}}"
+            raise BadRequest(f"{where}[{i}] must be {shape}", param=f"{where}[{i}]")
 
 
 def _check_part(part: Any, where: str) -> None:
     """A content part: text, or media given inline. A server reads no file and fetches no URL a client names."""
-    if not isinstance(part, dict) or part.get("type") not in _PART_TYPES:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str) or part["type"] not in _PART_TYPES:
         raise BadRequest(f"{where} must be a part of type {sorted(_PART_TYPES)}", param=where)
     if part["type"] == "image_url":
         ref = part.get("image_url")
