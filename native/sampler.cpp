@@ -1,6 +1,7 @@
 #include "sampler.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -207,6 +208,44 @@ bool picks_argmax(const common_params_sampling & p, size_t n_eog_bias) {
            p.reasoning_budget_tokens < 0;
 }
 
+// Why llama.cpp's sampler could not start a grammar after the generation prompt, if that is why it failed.
+// It feeds the grammar the prompt's text re-tokenized on its own, dropping a first token that starts with a
+// space the prompt does not (common_sampler_init); where the template's markers are not tokens of this
+// vocabulary, that first token also holds the marker's first character ("<" of an SPM "_<"), so the
+// grammar, which starts with the marker, refuses the rest (and llama.cpp rethrows a bare std::exception).
+std::string prefill_error(const llama_vocab * vocab, const std::string & generation_prompt) {
+    if (generation_prompt.empty()) {
+        return {};
+    }
+    const llama_tokens tokens = common_tokenize(vocab, generation_prompt, false, true);
+    std::string text;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        const std::string piece = common_token_to_piece(vocab, tokens[i], true);
+        if (i == 0 && !piece.empty() && std::isspace(static_cast<unsigned char>(piece[0])) &&
+            !std::isspace(static_cast<unsigned char>(generation_prompt[0]))) {
+            continue;  // llama.cpp's rule
+        }
+        text += piece;
+    }
+    if (text == generation_prompt) {
+        return {};
+    }
+    const auto shown = [](const std::string & s) {  // on one line, at most 80 bytes of it, whole characters
+        size_t cut = std::min<size_t>(s.size(), 80);
+        while (cut > 0 && cut < s.size() && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) {
+            --cut;
+        }
+        std::string out;
+        for (const char c : s.substr(0, cut)) {
+            out += c == '\n' ? std::string("\\n") : std::string(1, c);
+        }
+        return "'" + out + "'";
+    };
+    return "llama.cpp starts the grammar after the template's generation prompt " + shown(generation_prompt) +
+           ", and this model's tokenizer does not spell it back (it reads " + shown(text) +
+           "): the template's markers are not tokens of this vocabulary, so the template does not fit the model";
+}
+
 }  // namespace
 
 void RequestSampler::ChainDeleter::operator()(common_sampler * chain) const { common_sampler_free(chain); }
@@ -231,7 +270,8 @@ RequestSampler::RequestSampler(const Model & model, const TokenRules & rules, co
     try {
         chain_.reset(common_sampler_init(model.get(), params));
     } catch (const std::exception & e) {
-        throw std::invalid_argument(std::string("invalid grammar: ") + capture.message(e.what()));
+        const std::string prefill = has_grammar_ ? prefill_error(model.vocab(), params.generation_prompt) : "";
+        throw std::invalid_argument("invalid grammar: " + (prefill.empty() ? capture.message(e.what()) : prefill));
     }
     if (!chain_) {
         throw std::invalid_argument("invalid sampling parameters: " + capture.message("sampler initialisation failed"));

@@ -160,3 +160,25 @@ def test_complete_grammar_with_end_of_generation_banned_stops(tiny_model_path: s
     result = llm.generate(["hi"], ignore_eos=True).generations[0][0]
     assert result.text == "yes"
     assert result.generation_info is not None and result.generation_info["finish_reason"] == "stop"
+
+
+def test_a_template_whose_markers_the_vocabulary_lacks(tmp_path: Path) -> None:
+    """Structured output after thinking: llama.cpp starts the schema's grammar after the template's generation
+    prompt, re-tokenized on its own. The tiny model's SPM vocabulary has no token for DeepSeek-R1's markers
+    and writes the prompt's first character inside a space-led token, which llama.cpp drops; it then
+    rethrew a bare std::exception ("invalid grammar: std::exception"). Now the error says why."""
+    from pydantic import BaseModel
+
+    from tests.tiny_model import write_tiny_model
+
+    class Answer(BaseModel):
+        city: str
+
+    templates = Path(__file__).resolve().parents[2] / "vendor" / "llama.cpp" / "models" / "templates"
+    r1 = (templates / "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja").read_text()
+    path = write_tiny_model(tmp_path / "r1.gguf", chat_template=r1)
+    chat = ChatLlamaCpp(model_path=str(path), max_tokens=8, temperature=0, reasoning=True, reasoning_budget=4)
+    with pytest.raises(ValueError, match="does not spell it back") as info:
+        chat.with_structured_output(Answer, method="json_schema").invoke("Where?")
+    assert "std::exception" not in str(info.value)
+    assert "<\uff5cAssistant\uff5c>" in str(info.value)  # the prompt it names (fullwidth bars)
