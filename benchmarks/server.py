@@ -153,7 +153,7 @@ def latency(path: str, threads: int, rounds: int) -> list[str]:
                 model.invoke("Say hello.")
                 times[side].append((time.perf_counter() - started) * 1000)
     mine, theirs = statistics.median(times["remote"]), statistics.median(times["local"])
-    return [f"| `invoke`, 8 tokens: in-process ms / through the server ms | {mine:.0f} | {theirs:.0f} (in-process) | "
+    return [f"| `invoke`, 8 tokens: through the server ms / in-process ms | {mine:.0f} | {theirs:.0f} (in-process) | "
             f"{mine / theirs:.2f} (+{mine - theirs:.0f} ms) |"]  # fmt: skip
 
 
