@@ -13,14 +13,9 @@ steps. A task passes when the agent's last message contains one of the expected 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +26,7 @@ from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langchain_core.tools import BaseTool, tool  # noqa: E402
 
+from benchmarks.common import llama_server  # noqa: E402
 from langchain_llamacpp import ChatLlamaCpp  # noqa: E402
 from tests.models import get  # noqa: E402
 
@@ -153,45 +149,6 @@ def ours(path: str, threads: int, recovery: bool) -> ChatLlamaCpp:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def llama_server(path: str, threads: int) -> Iterator[str]:
-    """llama.cpp's server on `path` (built from the vendored tree, as upstream builds it), on loopback only;
-    yields its base URL."""
-    from tests.llama_tools import reference_tool
-
-    port = _free_port()
-    args = [
-        str(reference_tool("llama-server")),
-        "-m", path, "--jinja", "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(N_CTX), "-np", "1", "-t", str(threads), "--no-repack", "--no-webui",
-    ]  # fmt: skip
-    server = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                log = server.stderr.read() if server.stderr else ""
-                raise RuntimeError(f"llama-server exited {server.returncode}: {log[-2000:]}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become ready in 300 s")
-            time.sleep(0.5)
-        yield f"{url}/v1"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 def through_server(base_url: str) -> BaseChatModel:
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
@@ -247,7 +204,7 @@ def measure(
             if side == "server":
                 if not _server_available():
                     continue
-                with llama_server(path, threads) as url:
+                with llama_server(path, threads, N_CTX) as url:
                     results[name, side] = score(through_server(url), f"{name}/{side}", tasks)
             else:
                 results[name, side] = score(ours(path, threads, side == "on"), f"{name}/{side}", tasks)

@@ -6,12 +6,15 @@ median ratio with its range over rounds (`Series`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +209,51 @@ def sequential_and_batched(llm: LlamaCpp, prompts: list[str]) -> tuple[float, fl
     t0 = time.perf_counter()
     llm.batch(prompts)
     return sequential, time.perf_counter() - t0
+
+
+# -- servers in processes of their own ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running(args: list[str], port: int, ready_s: float = 600) -> Iterator[str]:
+    """A server process started with `args` (listening on loopback at `port`), once its /health answers;
+    yields its /v1 URL, and stops it at the end."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if process.poll() is not None:
+                log = process.stderr.read() if process.stderr else ""
+                raise RuntimeError(f"{args[0]} exited {process.returncode}: {log[-2000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                if reply.status == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args[0]} did not become ready in {ready_s:.0f} s")
+            time.sleep(0.5)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def llama_server(path: str, threads: int, n_ctx: int, slots: int = 1) -> contextlib.AbstractContextManager[str]:
+    """llama.cpp's own server on `path` (built from the vendored tree, as upstream builds it), `slots` sharing
+    `n_ctx` cells, on loopback only; yields its /v1 URL."""
+    from tests.llama_tools import reference_tool
+
+    port = free_port()
+    args = [
+        str(reference_tool("llama-server")),
+        "-m", path, "--jinja", "--host", "127.0.0.1", "--port", str(port),
+        "-c", str(n_ctx), "-np", str(slots), "-t", str(threads), "--no-repack", "--no-webui",
+    ]  # fmt: skip
+    return running(args, port)

@@ -18,7 +18,9 @@ interleaved with a reference, llama.cpp's tools, the community side), engine.py 
 cache, long, gaps, invariant), prompt_cache.py (disk: the prompt cache on disk, across processes), embed.py
 (embed), serving.py (defaults, speculative), stall.py (stall), agents.py (agents: multi-step agent tasks, scored
 on the answer, not timed), kv_cache.py (kvcache: quantized KV cache memory, speed and perplexity against f16 and
-llama-perplexity; Gemma 3's sliding-window slots); decode_shielded.py (its own command: invoke() vs llama-bench
+llama-perplexity; Gemma 3's sliding-window slots), server.py (server: the OpenAI-compatible server against
+llama-server -np 8, HTTP latency, tool calls through it; `python -m benchmarks.server --smoke` checks it runs);
+decode_shielded.py (its own command: invoke() vs llama-bench
 under SCHED_FIFO, for a loaded machine).
 """
 
@@ -48,6 +50,7 @@ from benchmarks.engine import (  # noqa: E402
 )
 from benchmarks.kv_cache import section_kv_cache  # noqa: E402
 from benchmarks.prompt_cache import section_prompt_cache  # noqa: E402
+from benchmarks.server import section_server  # noqa: E402
 from benchmarks.serving import section_defaults, section_speculative  # noqa: E402
 from benchmarks.stall import section_stall  # noqa: E402
 from langchain_llamacpp import native  # noqa: E402
@@ -67,6 +70,7 @@ SECTIONS = {
     "stall": section_stall,
     "agents": section_agents,
     "kvcache": section_kv_cache,
+    "server": section_server,
 }
 
 

@@ -10,7 +10,8 @@ against the same calls in-process.
 - tools: 10 tool-calling requests with `tool_choice="auto"`: the calls `ChatLlamaCpp` makes in-process and the
   ones through our server (ChatOpenAI), which must be the same; llama-server --jinja's beside them.
 
-    python -m benchmarks.server [--model smollm2] [--threads 2] [--rounds 3] [--only throughput ttft latency tools]
+    python -m benchmarks.server [--model smollm2] [--threads 2] [--rounds 3] [--only throughput latency tools]
+        [--smoke]  (1 round, 8 tokens, 2 tool requests: that it runs, not figures)
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from benchmarks.common import interleave
+from benchmarks.common import free_port, interleave, llama_server, running
 from langchain_llamacpp import ChatLlamaCpp
 from tests import models
 
@@ -72,59 +69,21 @@ TOOL_PROMPTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def running(args: list[str], port: int) -> Iterator[str]:
-    """A server process started with `args`, once /health answers; yields its /v1 URL."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if process.poll() is not None:
-                log = process.stderr.read() if process.stderr else ""
-                raise RuntimeError(f"{args[0]} exited {process.returncode}: {log[-2000:]}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                if reply.status == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args[0]} did not become ready in 600 s")
-            time.sleep(0.5)
-        yield f"{url}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
-
-
-def ours(path: str, threads: int) -> Iterator[str]:
-    port = _free_port()
+def ours(path: str, threads: int) -> contextlib.AbstractContextManager[str]:
+    port = free_port()
     args = [sys.executable, "-m", "langchain_llamacpp.server", "--model", f"local={path}", "--port", str(port)]
     args += ["--n-ctx", str(N_CTX), "--n-seq", str(SLOTS), "--n-threads", str(threads)]
     return running(args, port)
 
 
-def llama_server(path: str, threads: int) -> Iterator[str]:
-    from tests.llama_tools import reference_tool
-
-    port = _free_port()
-    args = [
-        str(reference_tool("llama-server")),
-        "-m", path, "--jinja", "--host", "127.0.0.1", "--port", str(port),
-        "-c", str(N_CTX), "-np", str(SLOTS), "-t", str(threads), "--no-repack", "--no-webui",
-    ]  # fmt: skip
-    return running(args, port)
+def theirs(path: str, threads: int) -> contextlib.AbstractContextManager[str]:
+    return llama_server(path, threads, N_CTX, SLOTS)
 
 
 # -- throughput and time to first token ------------------------------------------------------------------
 
 
-async def _streams(url: str) -> tuple[float, float]:
+async def _streams(url: str, tokens_each: int) -> tuple[float, float]:
     """(tokens per second over SLOTS concurrent streams, their median time to first token in ms)."""
     client = openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
     started = time.perf_counter()
@@ -135,7 +94,7 @@ async def _streams(url: str) -> tuple[float, float]:
         stream = await client.chat.completions.create(
             model="local",
             messages=PROMPT,  # type: ignore[arg-type]
-            max_tokens=TOKENS,
+            max_tokens=tokens_each,
             temperature=0,
             stream=True,
             stream_options={"include_usage": True},
@@ -154,23 +113,23 @@ async def _streams(url: str) -> tuple[float, float]:
     return sum(t for t, _ in results) / elapsed, statistics.median(f for _, f in results) * 1000
 
 
-def throughput(path: str, threads: int, rounds: int) -> list[str]:
-    with ours(path, threads) as mine, llama_server(path, threads) as theirs:
-        asyncio.run(_streams(mine))  # warm-up: caches, first-call costs
-        asyncio.run(_streams(theirs))
+def throughput(path: str, threads: int, rounds: int, tokens_each: int = TOKENS) -> list[str]:
+    with ours(path, threads) as mine, theirs(path, threads) as reference_url:
+        asyncio.run(_streams(mine, tokens_each))  # warm-up: caches, first-call costs
+        asyncio.run(_streams(reference_url, tokens_each))
         ttft: dict[str, list[float]] = {"ours": [], "llama-server": []}
 
         def measure(url: str, side: str) -> float:
-            rate, first = asyncio.run(_streams(url))
+            rate, first = asyncio.run(_streams(url, tokens_each))
             ttft[side].append(first)
             return rate
 
         reference, series = interleave(
-            rounds, lambda: measure(theirs, "llama-server"), ours=lambda: measure(mine, "ours")
+            rounds, lambda: measure(reference_url, "llama-server"), ours=lambda: measure(mine, "ours")
         )
     ratio = series["ours"]
     return [
-        f"| {SLOTS} concurrent streams x {TOKENS} tokens, tokens/s | {ratio.value()} | {reference:.1f} | "
+        f"| {SLOTS} concurrent streams x {tokens_each} tokens, tokens/s | {ratio.value()} | {reference:.1f} | "
         f"{ratio.ratio()} |",
         f"| median time to first token, ms | {statistics.median(ttft['ours']):.0f} | "
         f"{statistics.median(ttft['llama-server']):.0f} | "
@@ -194,7 +153,7 @@ def latency(path: str, threads: int, rounds: int) -> list[str]:
                 model.invoke("Say hello.")
                 times[side].append((time.perf_counter() - started) * 1000)
     mine, theirs = statistics.median(times["remote"]), statistics.median(times["local"])
-    return [f"| `invoke`, 8 tokens: in-process ms / through the server ms | {mine:.0f} | {theirs:.0f} (in-process) | "
+    return [f"| `invoke`, 8 tokens: through the server ms / in-process ms | {mine:.0f} | {theirs:.0f} (in-process) | "
             f"{mine / theirs:.2f} (+{mine - theirs:.0f} ms) |"]  # fmt: skip
 
 
@@ -205,31 +164,51 @@ def _calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
     return [(c["name"], c["args"]) for c in message.tool_calls]
 
 
-def tools(path: str, threads: int) -> list[str]:
+def tools(path: str, threads: int, prompts: list[str]) -> list[str]:
     fields = {"model_path": path, "n_threads": threads, "temperature": 0, "max_tokens": 96, "n_ctx": N_CTX}
     local_model = ChatLlamaCpp(**fields, n_seq=SLOTS)
     local = local_model.bind_tools([WEATHER, POPULATION], tool_choice="auto")
     got: dict[str, list[list[tuple[str, dict[str, Any]]]]] = {"local": [], "ours": [], "llama-server": []}
-    for prompt in TOOL_PROMPTS:
+    for prompt in prompts:
         local_model.load().clear_cache()  # each from an empty cache, as the servers' first requests are not
         got["local"].append(_calls(local.invoke(prompt)))
     local_model.close()
-    for side, server in (("ours", ours), ("llama-server", llama_server)):
+    for side, server in (("ours", ours), ("llama-server", theirs)):
         with server(path, threads) as url:
             chat = ChatOpenAI(base_url=url, api_key=SecretStr("none"), model="local", temperature=0, max_tokens=96)
             bound = chat.bind_tools([WEATHER, POPULATION], tool_choice="auto")
-            for prompt in TOOL_PROMPTS:
+            for prompt in prompts:
                 got[side].append(_calls(bound.invoke(prompt)))
-    for i, prompt in enumerate(TOOL_PROMPTS):
+    for i, prompt in enumerate(prompts):
         print(f"  {prompt!r}: " + json.dumps({side: calls[i] for side, calls in got.items()}), flush=True)
     same = sum(a == b for a, b in zip(got["local"], got["ours"], strict=True))
     called = {side: sum(bool(c) for c in calls) for side, calls in got.items()}
     return [
-        f"| tool calls, {len(TOOL_PROMPTS)} requests, tool_choice=auto: same calls as in-process | {same}/"
-        f"{len(TOOL_PROMPTS)} | | |",
+        f"| tool calls, {len(prompts)} requests, tool_choice=auto: same calls as in-process | {same}/"
+        f"{len(prompts)} | | |",
         f"| requests answered with a tool call: in-process / ours / llama-server --jinja | {called['local']} / "
         f"{called['ours']} / {called['llama-server']} | | |",
     ]
+
+
+def table(
+    path: str, tool_path: str, threads: int, parts: list[str], rounds: int, tokens_each: int, prompts: list[str]
+) -> list[str]:
+    lines = ["| measure | ours | reference | ratio |", "|---|---|---|---|"]
+    if "throughput" in parts:
+        lines += throughput(path, threads, rounds, tokens_each)
+    if "latency" in parts:
+        lines += latency(path, threads, rounds)
+    if "tools" in parts:
+        lines += tools(tool_path, threads, prompts)
+    return lines
+
+
+def section_server(threads: int, lines: list[str]) -> None:
+    """The section for benchmarks/run.py (`./dev bench --only server`)."""
+    path, tool_path = str(models.get("smollm2")), str(models.get("qwen"))
+    lines.append("\n## The OpenAI-compatible server against llama-server (benchmarks/server.py)\n")
+    lines.extend(table(path, tool_path, threads, ["throughput", "latency", "tools"], 3, TOKENS, TOOL_PROMPTS))
 
 
 def main() -> int:
@@ -239,16 +218,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="+", default=["throughput", "latency", "tools"])
+    parser.add_argument(
+        "--smoke", action="store_true", help="a check that every part runs: 1 round, 8 tokens, 2 tool requests"
+    )
     args = parser.parse_args()
+    rounds, tokens_each, prompts = (1, 8, TOOL_PROMPTS[:2]) if args.smoke else (args.rounds, TOKENS, TOOL_PROMPTS)
     path, tool_path = str(models.get(args.model)), str(models.get(args.tool_model))
-    lines = ["| measure | ours | reference | ratio |", "|---|---|---|---|"]
-    if "throughput" in args.only:
-        lines += throughput(path, args.threads, args.rounds)
-    if "latency" in args.only:
-        lines += latency(path, args.threads, args.rounds)
-    if "tools" in args.only:
-        lines += tools(tool_path, args.threads)
-    print("\n".join(lines))
+    print("\n".join(table(path, tool_path, args.threads, args.only, rounds, tokens_each, prompts)))
     return 0
 
 

@@ -151,19 +151,25 @@ class LlamaCppReranker(
     def scores(self, query: str, documents: Sequence[str]) -> list[float]:
         """Each document's relevance to `query`, in the documents' order: the model's raw score (a logit for
         bge-reranker: higher is more relevant; not normalized)."""
+        return self._scores_and_tokens(query, documents)[0]
+
+    def _scores_and_tokens(self, query: str, documents: Sequence[str]) -> tuple[list[float], int]:
+        """`scores`, and the tokens of the pairs scored (the server's usage)."""
         if isinstance(documents, str):
             raise TypeError("documents must be a list of strings, not one string")
         if not documents:
-            return []
+            return [], 0
         engine = self.load()
         out: list[float] = []
+        tokens = 0
         try:
             with quiet_at_exit():
                 for group in self._groups(query, documents):
                     out.extend(engine.rerank(group))
+                    tokens += sum(len(pair) for pair in group)
         finally:
             flush_native_logs(self.verbose)
-        return out
+        return out, tokens
 
     def rerank(self, query: str, documents: Sequence[str]) -> list[tuple[int, float]]:
         """(index, score) of every document, the most relevant first (ties keep the documents' order)."""

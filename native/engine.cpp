@@ -99,8 +99,14 @@ int Engine::n_ctx_total() const { return static_cast<int>(llama_n_ctx(ctx())); }
 int Engine::pooling() const { return static_cast<int>(llama_pooling_type(ctx())); }
 
 Engine::Stats Engine::stats() {
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    return stats_;
+    Stats copy;
+    {
+        std::lock_guard<std::mutex> lock(stats_mutex_);
+        copy = stats_;
+    }
+    copy.slots_busy = slots_busy_.load();
+    copy.queue_length = static_cast<long long>(queue_.size());
+    return copy;
 }
 
 std::unique_ptr<Request> Engine::submit(RequestParams params, int notify_fd) {
@@ -272,6 +278,11 @@ void Engine::reap_cancelled() {
     }
 }
 
+void Engine::count_busy() {
+    const auto busy = std::count_if(slots_.begin(), slots_.end(), [](const auto & slot) { return slot->active(); });
+    slots_busy_.store(static_cast<int>(busy));
+}
+
 void Engine::loop() {
     const auto any_active = [&] {
         return std::any_of(slots_.begin(), slots_.end(), [](const auto & slot) { return slot->active(); });
@@ -282,6 +293,7 @@ void Engine::loop() {
         // (a regenerated answer) finds that slot's cache free instead of taking an empty slot.
         reap_cancelled();
         assign_pending();
+        count_busy();
         try {
             step();
         } catch (const std::exception & e) {
@@ -291,6 +303,7 @@ void Engine::loop() {
                 }
             }
         }
+        count_busy();
     }
     // Shutting down: nothing may wait forever on this engine.
     for (auto & slot : slots_) {

@@ -11,6 +11,7 @@
 // sampling), request.cpp (the channel to the caller).
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -45,7 +46,9 @@ struct Slot;
     X(long long, draft_tokens, "Speculative decoding: tokens drafted and checked.")                                 \
     X(long long, drafts_accepted, "Drafted tokens that were right.")                                                \
     X(long long, guesses_accepted, "batch_invariant: tail rows whose guess was right (a second token).")            \
-    X(double, media_ms, "Encoding and decoding images and audio.")
+    X(double, media_ms, "Encoding and decoding images and audio.")                                                  \
+    X(long long, slots_busy, "Now, not a counter: slots with a request (as of the last step).")                     \
+    X(long long, queue_length, "Now, not a counter: requests waiting for a slot.")
 
 struct EngineStats {
     LCL_ENGINE_STATS(LCL_DECLARE_COUNTER)
@@ -106,6 +109,7 @@ private:
     // engine.cpp: the loop and a request's life in its slot.
     void loop();
     void reap_cancelled();
+    void count_busy();  // slots_busy_ from the slots (engine thread)
     void start_slot(Slot & slot, Pending && pending, size_t n_keep);  // n_keep: reusable_prefix()
     void finish_slot(Slot & slot, const std::string & reason, const std::string & error = {});
     void emit_token(Slot & slot, llama_token token, int batch_index);
@@ -206,6 +210,7 @@ private:
     RequestQueue queue_;
     std::mutex stats_mutex_;
     Stats stats_;
+    std::atomic<int> slots_busy_{0};  // set by the engine thread after placing and after each step
     std::thread thread_;
 };
 

@@ -1,4 +1,5 @@
-"""`OpenAIAPI`: OpenAI's chat, completion and embedding calls in-process, answered by the package's own classes.
+"""`OpenAIAPI`: OpenAI's chat, completion and embedding calls (and llama-server's rerank) in-process,
+answered by the package's own classes.
 
 Each model is a `ChatLlamaCpp` and a `LlamaCpp` on one shared engine (one KV pool, one batch), and each
 request runs through the classes' own entry points (`_astream`): the same options, template, grammar,
@@ -24,6 +25,7 @@ from langchain_llamacpp._settings import DEFAULT_N_SEQ
 from langchain_llamacpp.chat_models import ChatLlamaCpp
 from langchain_llamacpp.embeddings import LlamaCppEmbeddings
 from langchain_llamacpp.llms import LlamaCpp
+from langchain_llamacpp.rerankers import LlamaCppReranker
 from langchain_llamacpp.server._errors import APIError, BadRequest, NotFound, Overloaded, from_exception
 
 _T = TypeVar("_T")
@@ -86,6 +88,21 @@ class _Embedder:
 
 
 @dataclass
+class _Reranker:
+    name: str
+    reranker: LlamaCppReranker
+    gate: _Gate
+
+
+# Each kind of model, and where its requests go (to say so when a request names a model of another kind).
+_ENDPOINTS = {
+    "chat or completion": "/v1/chat/completions or /v1/completions",
+    "embedding": "/v1/embeddings",
+    "reranking": "/v1/rerank",
+}
+
+
+@dataclass
 class _Counters:
     """What /metrics reports besides the engines' own counters."""
 
@@ -112,7 +129,8 @@ class OpenAIAPI:
 
     `models` maps a model id to the fields of `ChatLlamaCpp` for it (`model_path` and any other field:
     `n_ctx`, `n_seq`, `temperature`, `chat_template`, `mmproj_path`, ...); the first is the default for
-    requests that name none. `embedding_models` maps ids to the fields of `LlamaCppEmbeddings`.
+    requests that name none. `embedding_models` maps ids to the fields of `LlamaCppEmbeddings`,
+    `reranker_models` to those of `LlamaCppReranker` (llama-server's `/v1/rerank`).
 
     `create_chat_completion(messages=..., tools=..., stream=...)` and the others take OpenAI's request
     fields and return OpenAI's response dicts, or with `stream=True` an iterator of chunk dicts; the `a`
@@ -125,18 +143,28 @@ class OpenAIAPI:
         models: Mapping[str, Mapping[str, Any]] | None = None,
         embedding_models: Mapping[str, Mapping[str, Any]] | None = None,
         *,
+        reranker_models: Mapping[str, Mapping[str, Any]] | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
     ) -> None:
-        if not models and not embedding_models:
-            raise ValueError("give at least one model (models= or embedding_models=)")
+        if not models and not embedding_models and not reranker_models:
+            raise ValueError("give at least one model (models=, embedding_models= or reranker_models=)")
         self._models = {name: self._model(name, dict(fields), max_queue) for name, fields in (models or {}).items()}
         self._embedders = {
             name: _Embedder(name, LlamaCppEmbeddings(**fields), _Gate(name, 1, max_queue))
             for name, fields in (embedding_models or {}).items()
         }
-        both = set(self._models) & set(self._embedders)
-        if both:
-            raise ValueError(f"model ids used twice: {sorted(both)}")
+        self._rerankers = {
+            name: _Reranker(name, LlamaCppReranker(**fields), _Gate(name, 1, max_queue))
+            for name, fields in (reranker_models or {}).items()
+        }
+        names = [*self._models, *self._embedders, *self._rerankers]
+        if len(set(names)) < len(names):
+            raise ValueError(f"model ids used twice: {sorted({n for n in names if names.count(n) > 1})}")
+        self._kinds: dict[str, Mapping[str, Any]] = {
+            "chat or completion": self._models,
+            "embedding": self._embedders,
+            "reranking": self._rerankers,
+        }
         self.created = int(time.time())
         self.counters = _Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,37 +185,38 @@ class OpenAIAPI:
             model.load()
         for embedder in self._embedders.values():
             embedder.embeddings.load()
+        for reranker in self._rerankers.values():
+            reranker.reranker.load()
 
     def list_models(self) -> dict[str, Any]:
         """`GET /v1/models`."""
-        names = [*self._models, *self._embedders]
+        names = [name for table in self._kinds.values() for name in table]
         return {"object": "list", "data": [self.retrieve_model(name) for name in names]}
 
     def retrieve_model(self, name: str) -> dict[str, Any]:
         """`GET /v1/models/{name}`."""
-        if name not in self._models and name not in self._embedders:
+        if not any(name in table for table in self._kinds.values()):
             raise NotFound(f"the model {name!r} does not exist", param="model", code="model_not_found")
         return {"id": name, "object": "model", "created": self.created, "owned_by": "langchain-llamacpp"}
 
-    def _generating(self, name: str | None) -> _Model:
+    def _served(self, kind: str, name: str | None) -> Any:
+        """The model of `kind` a request names (its first one where it names none): a 404 for an unknown
+        id, a 400 for a model of another kind."""
+        table = self._kinds[kind]
         if name is None:
-            if not self._models:
-                raise BadRequest("this server has no chat or completion model", param="model")
-            return next(iter(self._models.values()))
-        if name in self._models:
-            return self._models[name]
-        if name in self._embedders:
-            raise BadRequest(f"{name!r} is an embedding model: use /v1/embeddings", param="model")
+            if not table:
+                raise BadRequest(f"this server has no {kind} model", param="model")
+            return next(iter(table.values()))
+        if name in table:
+            return table[name]
+        for other, models in self._kinds.items():
+            if name in models:
+                raise BadRequest(f"{name!r} is a {other} model: use {_ENDPOINTS[other]}", param="model")
         raise NotFound(f"the model {name!r} does not exist", param="model", code="model_not_found")
 
-    def _embedder(self, name: str | None) -> _Embedder:
-        if name is None and self._embedders:
-            return next(iter(self._embedders.values()))
-        if name in self._embedders:
-            return self._embedders[name]
-        if name in self._models or name is None:
-            raise BadRequest(f"{name or 'the default model'!r} is not an embedding model", param="model")
-        raise NotFound(f"the model {name!r} does not exist", param="model", code="model_not_found")
+    def _generating(self, name: str | None) -> _Model:
+        model: _Model = self._served("chat or completion", name)
+        return model
 
     # -- chat ----------------------------------------------------------------------------------------
 
@@ -323,7 +352,7 @@ class OpenAIAPI:
         """`POST /v1/embeddings`: the texts as given (a retrieval model's task prefix, if it wants one, is
         the client's to write: nomic-embed-text's `search_document: `)."""
         request = _requests.embedding_request(body if body is not None else fields)
-        embedder = self._embedder(request.model)
+        embedder: _Embedder = self._served("embedding", request.model)
         release = embedder.gate.admit(1)
         try:
             vectors, tokens = await _offloop.off_loop(functools.partial(_embed, embedder.embeddings, request))
@@ -344,6 +373,30 @@ class OpenAIAPI:
         result = self._blocking(self.acreate_embedding(body, **fields))
         assert isinstance(result, dict)
         return result
+
+    # -- reranking ------------------------------------------------------------------------------------
+
+    async def acreate_rerank(self, body: Mapping[str, Any] | None = None, **fields: Any) -> Any:
+        """`POST /v1/rerank` (llama-server's): each document's relevance to the query, the most relevant
+        first, `top_n` of them. Jina's shape (`documents` -> `results` of index and `relevance_score`, with
+        `document` where `return_documents`), or TEI's (`texts` -> a list of index and `score`, with `text`
+        where `return_text`), as llama-server answers each."""
+        request = _requests.rerank_request(body if body is not None else fields)
+        reranker: _Reranker = self._served("reranking", request.model)
+        release = reranker.gate.admit(1)
+        try:
+            call = functools.partial(reranker.reranker._scores_and_tokens, request.query, request.documents)
+            scores, tokens = await _offloop.off_loop(call)
+        except Exception as e:
+            raise from_exception(e) from e
+        finally:
+            release()
+        self.counters.add_usage(reranker.name, {"prompt_tokens": tokens})
+        return _responses.rerank_response(request, reranker.name, scores, tokens)
+
+    def create_rerank(self, body: Mapping[str, Any] | None = None, **fields: Any) -> Any:
+        """`acreate_rerank`, blocking."""
+        return self._run_on_loop(self.acreate_rerank(body, **fields))
 
     # -- the blocking API on a private event loop ------------------------------------------------------
 
@@ -386,23 +439,31 @@ class OpenAIAPI:
                 )
             for (model, kind), count in sorted(self.counters.tokens.items()):
                 lines.add(f"{kind}_tokens_total", "counter", f"{kind.capitalize()} tokens", count, model=model)
-        for gate in [m.gate for m in self._models.values()] + [e.gate for e in self._embedders.values()]:
-            waiting = max(gate.in_flight - gate.slots, 0)
-            lines.add(
-                "requests_in_flight", "gauge", "Requests admitted and not yet answered", gate.in_flight, model=gate.name
-            )
-            lines.add("queue_length", "gauge", "Requests waiting for a slot", waiting, model=gate.name)
-            lines.add("slots_busy", "gauge", "Slots with a request", gate.in_flight - waiting, model=gate.name)
-            lines.add("slots_total", "gauge", "Sequence slots", gate.slots, model=gate.name)
-        for entry in self._models.values():
-            engine = entry.chat._loaded
-            if engine is not None:
-                stats = engine.stats()
-                for key in stats.FIELDS:
-                    kind = "gauge" if key.startswith("max_") else "counter"  # max_batch: the largest so far
-                    value = getattr(stats, key)
-                    lines.add(f"engine_{key}", kind, f"The engine's {key} since it started", value, model=entry.name)
+        for kind, table in self._kinds.items():
+            for entry in table.values():
+                engine = entry.chat._loaded if kind == "chat or completion" else None
+                _gate_metrics(lines, entry.gate, engine.stats() if engine is not None else None)
         return lines.text()
+
+
+# The engine's figures of now (the others count since it started; max_*: the largest so far).
+_ENGINE_NOW = ("slots_busy", "queue_length")
+
+
+def _gate_metrics(lines: _Metrics, gate: _Gate, stats: Any) -> None:
+    """A model's requests, slots and queue: from its engine where it has one loaded (the engine's own
+    queue and slots), else from the server's admission counts; and the engine's counters."""
+    waiting = max(gate.in_flight - gate.slots, 0)
+    busy, queued = (gate.in_flight - waiting, waiting) if stats is None else (stats.slots_busy, stats.queue_length)
+    name = gate.name
+    lines.add("requests_in_flight", "gauge", "Requests admitted and not yet answered", gate.in_flight, model=name)
+    lines.add("queue_length", "gauge", "Requests waiting for a slot", queued, model=name)
+    lines.add("slots_busy", "gauge", "Slots with a request", busy, model=name)
+    lines.add("slots_total", "gauge", "Sequence slots", gate.slots, model=name)
+    for key in stats.FIELDS if stats is not None else ():
+        if key not in _ENGINE_NOW:
+            kind = "gauge" if key.startswith("max_") else "counter"  # max_batch: the largest so far
+            lines.add(f"engine_{key}", kind, f"The engine's {key} since it started", getattr(stats, key), model=name)
 
 
 class _Metrics:

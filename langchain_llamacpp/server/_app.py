@@ -22,7 +22,15 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from langchain_llamacpp.server._api import OpenAIAPI
-from langchain_llamacpp.server._errors import APIError, BadRequest, NotFound, TooLarge, Unauthorized, from_exception
+from langchain_llamacpp.server._errors import (
+    APIError,
+    BadRequest,
+    NotAllowed,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    from_exception,
+)
 
 DEFAULT_MAX_BODY_BYTES = 32 << 20  # inline images are base64 in the JSON body
 _OPEN_PATHS = frozenset({"/health"})
@@ -50,9 +58,7 @@ def create_app(api: OpenAIAPI, settings: HTTPSettings | None = None) -> FastAPI:
 
     @app.exception_handler(405)
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        error = APIError(f"method {request.method} not allowed on {request.url.path}")
-        error.status, error.kind = 405, "invalid_request_error"
-        return _error(error)
+        return _error(NotAllowed(f"method {request.method} not allowed on {request.url.path}"))
 
     if settings.api_key:
         app.add_middleware(_APIKey, key=settings.api_key)
@@ -86,7 +92,7 @@ def _routes(app: FastAPI, api: OpenAIAPI, max_body_bytes: int) -> None:
             result = await _until_disconnect(request, call(body))
             if result is None:
                 return Response(status_code=499)  # the client closed the connection (nginx's code); unread
-            if isinstance(result, dict):
+            if isinstance(result, (dict, list)):  # a list: a rerank answer in TEI's shape
                 return JSONResponse(result)
             return _EventStream(_sse(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -107,10 +113,12 @@ def _routes(app: FastAPI, api: OpenAIAPI, max_body_bytes: int) -> None:
     chat = generation("chat", api.acreate_chat_completion)
     completions = generation("completions", api.acreate_completion)
     embeddings = generation("embeddings", api.acreate_embedding)
+    rerank = generation("rerank", api.acreate_rerank)
     for path, endpoint, handler, methods in (
         ("/v1/chat/completions", "chat", chat, ["POST"]),
         ("/v1/completions", "completions", completions, ["POST"]),
         ("/v1/embeddings", "embeddings", embeddings, ["POST"]),
+        *((path, "rerank", rerank, ["POST"]) for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking")),
         ("/v1/models", "models", models, ["GET"]),
         ("/v1/models/{model:path}", "models", model, ["GET"]),
         ("/metrics", "metrics", metrics, ["GET"]),

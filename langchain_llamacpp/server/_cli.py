@@ -8,6 +8,8 @@ settings; flags add to it and win over it:
       qwen: {model_path: qwen2.5-coder-0.5b-instruct-q4_k_m.gguf, n_ctx: 8192, temperature: 0.2}
     embedding_models:           # id -> LlamaCppEmbeddings fields
       nomic: {model_path: nomic-embed-text-v1.5.f16.gguf}
+    reranker_models:            # id -> LlamaCppReranker fields (POST /v1/rerank)
+      bge: {model_path: bge-reranker-v2-m3-Q8_0.gguf}
     port: 8000
     max_queue: 64
 """
@@ -29,14 +31,15 @@ from langchain_llamacpp.server._app import DEFAULT_MAX_BODY_BYTES, HTTPSettings,
 
 API_KEY_VARIABLE = "LANGCHAIN_LLAMACPP_API_KEY"
 # Flags that set a field of every generating model (unless its config entry sets it).
-_MODEL_FLAGS = ("n_ctx", "n_seq", "n_batch", "n_threads", "n_gpu_layers", "max_tokens", "timeout")
+_MODEL_FLAGS = ("n_ctx", "n_seq", "n_batch", "n_threads", "n_gpu_layers", "max_tokens", "timeout", "reasoning_budget")
+_MODEL_KINDS = ("models", "embedding_models", "reranker_models")
 _SERVER_KEYS = ("host", "port", "api_key", "max_body_bytes", "max_queue", "cors_origins")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="langchain-llamacpp serve",
-        description="An OpenAI-compatible server (chat completions, completions, embeddings) on local GGUF "
+        description="An OpenAI-compatible server (chat completions, completions, embeddings, rerank) on local GGUF "
         "models, answered by langchain-llamacpp's engine.",
     )
     models = p.add_argument_group("models")
@@ -48,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     models.add_argument(
         "--embedding-model", action="append", default=[], metavar="[ID=]PATH", help="an embedding model (repeatable)"
     )
+    models.add_argument(
+        "--reranker-model", action="append", default=[], metavar="[ID=]PATH",
+        help="a reranking model for POST /v1/rerank (repeatable)",
+    )  # fmt: skip
     models.add_argument(
         "--mmproj", action="append", default=[], metavar="[ID=]PATH",
         help="the multimodal projector of model ID (default: the default model): messages may carry images",
@@ -61,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     fields.add_argument("--n-gpu-layers", type=int, help="layers offloaded to the GPU (-1: all)")
     fields.add_argument("--max-tokens", type=int, help="tokens per reply when a request sets none (default 256)")
     fields.add_argument("--timeout", type=float, help="seconds a request may take, queue included")
+    fields.add_argument(
+        "--reasoning-budget",
+        type=int,
+        help="tokens of thinking at most, as llama-server's (-1: unbounded, the default); a request's "
+        "reasoning_budget_tokens wins",
+    )
     server = p.add_argument_group("server")
     server.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
     server.add_argument("--port", type=int, help="port (default 8000)")
@@ -115,49 +128,54 @@ def read_config(path: str) -> dict[str, Any]:
         raise SystemExit(f"config file {path}: use .yaml, .yml, .json or .toml")
     if not isinstance(loaded, dict):
         raise SystemExit(f"config file {path}: the top level must be a mapping")
-    unknown = set(loaded) - {"models", "embedding_models", *_SERVER_KEYS}
+    unknown = set(loaded) - {*_MODEL_KINDS, *_SERVER_KEYS}
     if unknown:
         raise SystemExit(f"config file {path}: unknown keys {sorted(unknown)}")
     return loaded
 
 
-def settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(models, embedding models, server settings) from the config file and the flags."""
+def settings(args: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """({models, embedding_models, reranker_models}, server settings) from the config file and the flags."""
     config = read_config(args.config) if args.config else {}
-    models: dict[str, Any] = {k: dict(v) for k, v in (config.get("models") or {}).items()}
-    embedding: dict[str, Any] = {k: dict(v) for k, v in (config.get("embedding_models") or {}).items()}
-    for spec in args.model:
-        name, path = _named(spec)
-        models[name or _model_id(path)] = {"model_path": path}
-    for spec in args.embedding_model:
-        name, path = _named(spec)
-        embedding[name or _model_id(path)] = {"model_path": path}
+    kinds = {kind: {k: dict(v) for k, v in (config.get(kind) or {}).items()} for kind in _MODEL_KINDS}
+    for kind, specs in zip(_MODEL_KINDS, (args.model, args.embedding_model, args.reranker_model), strict=True):
+        for spec in specs:
+            name, path = _named(spec)
+            kinds[kind][name or _model_id(path)] = {"model_path": path}
+    models = kinds["models"]
     for spec in args.mmproj:
         name, path = _named(spec)
         target = name or next(iter(models), None)
         if target not in models:
             raise SystemExit(f"--mmproj {spec}: no model {target!r} (give --model first, or ID=PATH)")
         models[target]["mmproj_path"] = path
+    if args.reasoning_budget is not None and args.reasoning_budget < -1:
+        raise SystemExit(f"--reasoning-budget must be -1 (unbounded) or 0 or more, not {args.reasoning_budget}")
     for flag in _MODEL_FLAGS:
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and not (flag == "reasoning_budget" and value == -1):
             for fields in models.values():
                 fields.setdefault(flag, value)
     server = {key: config[key] for key in _SERVER_KEYS if key in config}
     server.update({key: getattr(args, key) for key in _SERVER_KEYS if getattr(args, key) is not None})
     server.setdefault("api_key", os.environ.get(API_KEY_VARIABLE) or None)
     if args.verbose:
-        for fields in [*models.values(), *embedding.values()]:
+        for fields in [fields for table in kinds.values() for fields in table.values()]:
             fields.setdefault("verbose", True)
-    return models, embedding, server
+    return kinds, server
 
 
 def build(args: argparse.Namespace) -> tuple[OpenAIAPI, FastAPI, dict[str, Any]]:
     """The API and app for `args`, and the server settings (host, port)."""
-    models, embedding, server = settings(args)
-    if not models and not embedding:
-        raise SystemExit("give a model: --model PATH, --embedding-model PATH or --config FILE")
-    api = OpenAIAPI(models, embedding, max_queue=server.get("max_queue", DEFAULT_MAX_QUEUE))
+    kinds, server = settings(args)
+    if not any(kinds.values()):
+        raise SystemExit("give a model: --model PATH, --embedding-model PATH, --reranker-model PATH or --config FILE")
+    api = OpenAIAPI(
+        kinds["models"],
+        kinds["embedding_models"],
+        reranker_models=kinds["reranker_models"],
+        max_queue=server.get("max_queue", DEFAULT_MAX_QUEUE),
+    )
     http = HTTPSettings(
         api_key=server.get("api_key"),
         max_body_bytes=server.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),

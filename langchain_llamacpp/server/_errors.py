@@ -10,10 +10,17 @@ from typing import Any
 
 
 class APIError(Exception):
-    """A request that cannot be answered: `status` is its HTTP status, `param` the field at fault."""
+    """A request that cannot be answered: `status` is its HTTP status, `param` the field at fault. A kind of
+    error is a subclass that names its status (`class NotFound(APIError, status=404)`); its OpenAI `type`
+    follows from it (the client's fault below 500, the server's from 500)."""
 
     status = 500
     kind = "server_error"
+
+    def __init_subclass__(cls, status: int = 500, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status
+        cls.kind = "invalid_request_error" if status < 500 else "server_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -26,54 +33,40 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
-class BadRequest(APIError):
+class BadRequest(APIError, status=400):
     """400: the request is malformed or asks for what cannot be done; `param` names the field."""
 
-    status = 400
-    kind = "invalid_request_error"
 
-
-class Unauthorized(APIError):
+class Unauthorized(APIError, status=401):
     """401: no API key, or the wrong one."""
-
-    status = 401
-    kind = "invalid_request_error"
 
     def __init__(self) -> None:
         super().__init__("missing or invalid API key: send it as 'Authorization: Bearer KEY'", code="invalid_api_key")
         self.headers = {"WWW-Authenticate": "Bearer"}
 
 
-class NotFound(APIError):
+class NotFound(APIError, status=404):
     """404: an unknown model or route."""
 
-    status = 404
-    kind = "invalid_request_error"
+
+class NotAllowed(APIError, status=405):
+    """405: a route asked with a method it does not answer."""
 
 
-class TooLarge(APIError):
+class TooLarge(APIError, status=413):
     """413: a request body over the server's limit."""
 
-    status = 413
-    kind = "invalid_request_error"
 
-
-class Overloaded(APIError):
+class Overloaded(APIError, status=503):
     """503: the model's queue is full; the client may retry after `Retry-After` seconds."""
-
-    status = 503
-    kind = "server_error"
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message, code="server_overloaded")
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
-class Timeout(APIError):
+class Timeout(APIError, status=504):
     """504: the request ran past its `timeout` and was cancelled."""
-
-    status = 504
-    kind = "server_error"
 
 
 def from_exception(error: BaseException) -> APIError:

@@ -21,6 +21,7 @@ from langchain_llamacpp.server._errors import BadRequest
 MAX_CHOICES = 16  # `n`: choices per request, each a request of its own to the engine
 MAX_STOPS = 16
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_RERANK_DOCUMENTS = 1000  # Cohere's and Jina's limit per request
 
 # OpenAI's sampling fields and llama.cpp's (llama-server's names where they differ) -> the call option.
 _SAMPLING = {
@@ -85,6 +86,19 @@ class EmbeddingRequest:
     dimensions: int | None
 
 
+@dataclass
+class RerankRequest:
+    """A `/v1/rerank` body, as llama-server reads it: Jina's shape (`documents`, results with
+    `relevance_score`), or TEI's (`texts`, a bare list with `score`, and `text` with `return_text`)."""
+
+    model: str | None
+    query: str
+    documents: list[str]
+    top_n: int
+    tei: bool
+    return_text: bool
+
+
 def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
     """`body[name]` if it is one of `kinds` (None if absent or null); bool is not taken for a number."""
     value = body.get(name)
@@ -94,6 +108,17 @@ def _get(body: Mapping[str, Any], name: str, kinds: tuple[type, ...], what: str)
         raise BadRequest(f"{name} must be {what}, not a boolean", param=name)
     if not isinstance(value, kinds):
         raise BadRequest(f"{name} must be {what}, not {type(value).__name__}", param=name)
+    return value
+
+
+def _texts(body: Mapping[str, Any], name: str, *, one: bool) -> list[str]:
+    """`body[name]`: a non-empty list of strings, or with `one` also a single string (a list of it)."""
+    value = body.get(name)
+    if one and isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        what = "a string or a non-empty list of strings (not token ids)" if one else "a non-empty list of strings"
+        raise BadRequest(f"{name} must be {what}", param=name)
     return value
 
 
@@ -172,7 +197,22 @@ def chat_request(body: Any) -> ChatRequest:
         if reasoning not in ("none", "auto", "deepseek"):
             raise BadRequest("reasoning_format must be 'none', 'auto' or 'deepseek'", param="reasoning_format")
         options["reasoning"] = None if reasoning == "none" else True
+    budget = _reasoning_budget(body)
+    if budget is not None:
+        options["reasoning_budget"] = budget
     return request
+
+
+def _reasoning_budget(body: Mapping[str, Any]) -> int | None:
+    """llama-server's `reasoning_budget_tokens` (or `thinking_budget_tokens`): tokens of thinking at most;
+    -1 or absent: the model's own setting (the server's `--reasoning-budget`)."""
+    for name in ("reasoning_budget_tokens", "thinking_budget_tokens"):
+        value = _get(body, name, (int,), "an integer")
+        if value is not None:
+            if not -1 <= value < 2**31:
+                raise BadRequest(f"{name} must be -1 (the server's default) or 0 or more, not {value}", param=name)
+            return None if value == -1 else value
+    return None
 
 
 def _messages(messages: Any) -> list[BaseMessage]:
@@ -182,7 +222,7 @@ def _messages(messages: Any) -> list[BaseMessage]:
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise BadRequest(f"{where} must be an object", param=where)
-        if message.get("role") not in _ROLES:
+        if not isinstance(message.get("role"), str) or message["role"] not in _ROLES:
             raise BadRequest(f"{where}.role must be one of {sorted(_ROLES)}", param=f"{where}.role")
         content = message.get("content")
         if isinstance(content, list):
@@ -190,15 +230,33 @@ def _messages(messages: Any) -> list[BaseMessage]:
                 _check_part(part, f"{where}.content[{j}]")
         elif content is not None and not isinstance(content, str):
             raise BadRequest(f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+        _check_tool_calls(message.get("tool_calls"), f"{where}.tool_calls")
     try:
         return convert_to_messages([{**m, "content": m.get("content") or ""} for m in messages])
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # LangChain's reading of what is left
         raise BadRequest(f"messages: {str(e).splitlines()[0]}", param="messages") from None
+
+
+def _check_tool_calls(calls: Any, where: str) -> None:
+    """An assistant message's calls: OpenAI's `{"id", "type": "function", "function": {"name", "arguments"}}`."""
+    if calls is None:
+        return
+    if not isinstance(calls, list):
+        raise BadRequest(f"{where} must be a list of tool calls", param=where)
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not (
+            isinstance(function, dict)
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("arguments"), str)
+        ):
+            shape = "{'type': 'function', 'function': {'name': a string, 'arguments': a JSON string}}"
+            raise BadRequest(f"{where}[{i}] must be {shape}", param=f"{where}[{i}]")
 
 
 def _check_part(part: Any, where: str) -> None:
     """A content part: text, or media given inline. A server reads no file and fetches no URL a client names."""
-    if not isinstance(part, dict) or part.get("type") not in _PART_TYPES:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str) or part["type"] not in _PART_TYPES:
         raise BadRequest(f"{where} must be a part of type {sorted(_PART_TYPES)}", param=where)
     if part["type"] == "image_url":
         ref = part.get("image_url")
@@ -267,10 +325,7 @@ def _response_format(value: Any) -> dict[str, Any] | None:
 def completion_request(body: Any) -> CompletionRequest:
     """A `/v1/completions` body read into `LlamaCpp._astream`'s arguments."""
     body = _body(body)
-    prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-        raise BadRequest("prompt must be a string or a non-empty list of strings (not token ids)", param="prompt")
+    prompts = _texts(body, "prompt", one=True)
     if len(prompts) > MAX_CHOICES:
         raise BadRequest(f"at most {MAX_CHOICES} prompts per request", param="prompt")
     request = CompletionRequest(**_generation(body), prompts=prompts)
@@ -294,12 +349,29 @@ def completion_request(body: Any) -> CompletionRequest:
 def embedding_request(body: Any) -> EmbeddingRequest:
     """A `/v1/embeddings` body."""
     body = _body(body)
-    texts = body.get("input")
-    texts = [texts] if isinstance(texts, str) else texts
-    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise BadRequest("input must be a string or a non-empty list of strings (not token ids)", param="input")
+    texts = _texts(body, "input", one=True)
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise BadRequest("encoding_format must be 'float' or 'base64'", param="encoding_format")
     dimensions = _get(body, "dimensions", (int,), "an integer")
     return EmbeddingRequest(_get(body, "model", (str,), "a string"), texts, encoding == "base64", dimensions)
+
+
+def rerank_request(body: Any) -> RerankRequest:
+    """A `/v1/rerank` body (also `/rerank`, `/v1/reranking`: llama-server's routes)."""
+    body = _body(body)
+    query = _get(body, "query", (str,), "a string")
+    if query is None:
+        raise BadRequest("query must be given, a string", param="query")
+    tei = "texts" in body and "documents" not in body
+    name = "texts" if tei else "documents"
+    documents = _texts(body, name, one=False)
+    if len(documents) > MAX_RERANK_DOCUMENTS:
+        raise BadRequest(f"at most {MAX_RERANK_DOCUMENTS} {name} per request", param=name)
+    top_n = _get(body, "top_n", (int,), "an integer")
+    if top_n is not None and top_n < 1:
+        raise BadRequest(f"top_n must be 1 or more, not {top_n}", param="top_n")
+    flag = "return_text" if tei else "return_documents"
+    return_text = bool(_get(body, flag, (bool,), "a boolean"))
+    model = _get(body, "model", (str,), "a string")
+    return RerankRequest(model, query, documents, len(documents) if top_n is None else top_n, tei, return_text)

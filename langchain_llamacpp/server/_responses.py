@@ -17,6 +17,8 @@ from typing import Any
 from langchain_core.messages import AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
 
+import langchain_llamacpp.server._requests as _requests
+
 _FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 
 
@@ -236,3 +238,24 @@ def embedding_data(vectors: list[list[float]], base64_encoded: bool) -> list[dic
         }
         for i, v in enumerate(vectors)
     ]
+
+
+def rerank_response(request: _requests.RerankRequest, model: str, scores: list[float], tokens: int) -> Any:
+    """llama-server's rerank answer (format_response_rerank): the `top_n` best, best first (ties in the
+    documents' order); TEI's shape is the bare list."""
+    ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])[: request.top_n]
+    if request.tei:
+        return [
+            {"index": i, "score": score, **({"text": request.documents[i]} if request.return_text else {})}
+            for i, score in ranked
+        ]
+    results = [
+        {
+            "index": i,
+            "relevance_score": score,
+            **({"document": {"text": request.documents[i]}} if request.return_text else {}),
+        }
+        for i, score in ranked
+    ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return {"model": model, "object": "list", "usage": usage, "results": results}

@@ -18,6 +18,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from langchain_llamacpp.server import HTTPSettings, OpenAIAPI, create_app
 from tests.serving import API_KEY, model_settings, serving
+from tests.standard_settings import ModelCapabilities
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,7 @@ def server_url(smollm_path: str, qwen_path: str, nomic_path: str) -> Iterator[st
         yield f"{url}/v1"
 
 
-class TestChatOpenAIOnTheServer(ChatModelIntegrationTests):
+class TestChatOpenAIOnTheServer(ModelCapabilities, ChatModelIntegrationTests):
     @pytest.fixture(autouse=True)
     def _server(self, server_url: str) -> None:
         type(self)._url = server_url
@@ -51,14 +52,6 @@ class TestChatOpenAIOnTheServer(ChatModelIntegrationTests):
             "max_retries": 0,
             "http_async_client": httpx.AsyncClient(timeout=600),
         }
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     @property
     def supports_model_override(self) -> bool:

@@ -104,3 +104,22 @@ def test_a_template_without_thinking_ignores_the_budget_with_a_warning(qwen_path
         message = chat.invoke(QUESTION, reasoning_budget=4)
     assert message.content == chat.invoke(QUESTION).content
     assert message.usage_metadata is not None and "output_token_details" not in message.usage_metadata
+
+
+def test_the_server_passes_llama_servers_budget(qwen_path: str) -> None:
+    """The server reads llama-server's `reasoning_budget_tokens` (`thinking_budget_tokens` alike: the unit
+    tests) into the chat's `reasoning_budget`; the model's field (the server's `--reasoning-budget`) is the
+    default. Without a budget this model never answers (test_only_the_budget_closes_the_thinking)."""
+    from langchain_llamacpp.server import OpenAIAPI
+
+    fields = {"model_path": qwen_path, "chat_template": R1, "temperature": 0, "max_tokens": 20}
+    api = OpenAIAPI({"r1": fields, "r1-budget": {**fields, "reasoning_budget": 8}})
+    expected = _chat(qwen_path, R1, max_tokens=20).invoke(QUESTION, reasoning=True, reasoning_budget=8)
+    assert isinstance(expected.content, str) and expected.content.strip()
+    messages = [{"role": "user", "content": QUESTION}]
+    for model, extra in (("r1", {"reasoning_budget_tokens": 8}), ("r1-budget", {"reasoning_budget_tokens": -1})):
+        reply = api.create_chat_completion(model=model, messages=messages, reasoning_format="deepseek", **extra)
+        assert isinstance(reply, dict)
+        message = reply["choices"][0]["message"]
+        assert message["content"] == expected.content, (model, extra)
+        assert message["reasoning_content"] == expected.additional_kwargs["reasoning_content"]

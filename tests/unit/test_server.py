@@ -33,6 +33,10 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": [{"type": "video"}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": [{"type": ["text"]}]}]}, "messages[0].content[0]"),
+        ({"messages": [{"role": "assistant", "tool_calls": [[1]]}]}, "messages[0].tool_calls[0]"),
+        ({"messages": [{"role": "assistant", "tool_calls": {"id": 1}}]}, "messages[0].tool_calls"),
         ({**CHAT, "model": 3}, "model"),
         ({**CHAT, "temperature": "hot"}, "temperature"),
         ({**CHAT, "temperature": -1}, "temperature"),
@@ -57,6 +61,8 @@ CHAT = {"messages": [{"role": "user", "content": "hi"}]}
         ({**CHAT, "reasoning_format": "loud"}, "reasoning_format"),
         ({**CHAT, "dry_sequence_breakers": ["x"] * 33}, "dry_sequence_breakers"),
         ({**CHAT, "xtc_probability": 2}, "xtc_probability"),
+        ({**CHAT, "reasoning_budget_tokens": -2}, "reasoning_budget_tokens"),
+        ({**CHAT, "thinking_budget_tokens": "16"}, "thinking_budget_tokens"),
     ],
 )
 def test_a_bad_chat_field_is_a_400_naming_it(body: dict[str, Any], param: str) -> None:
@@ -112,6 +118,22 @@ def test_chat_fields_become_the_classes_options() -> None:
     assert _requests.chat_request({**CHAT, "response_format": {"type": "json_object"}}).options["json_schema"] == {
         "type": "object"
     }
+
+
+def test_a_reasoning_budget_as_llama_server_reads_it() -> None:
+    def budget(**fields: Any) -> Any:
+        return _requests.chat_request({**CHAT, **fields}).options.get("reasoning_budget", "unset")
+
+    assert budget(reasoning_budget_tokens=16) == 16
+    assert budget(thinking_budget_tokens=0) == 0
+    assert budget(reasoning_budget_tokens=8, thinking_budget_tokens=99) == 8  # llama-server reads this one first
+    assert budget(reasoning_budget_tokens=-1) == "unset"  # -1: the model's own (the server's --reasoning-budget)
+    assert budget() == "unset"
+    for flag, expected in ((["--reasoning-budget", "32"], 32), (["--reasoning-budget", "-1"], None)):
+        kinds, _ = _cli.settings(_cli.parser().parse_args(["--model", "/m/a.gguf", *flag]))
+        assert kinds["models"]["a"].get("reasoning_budget") == expected
+    with pytest.raises(SystemExit, match="reasoning-budget"):
+        _cli.settings(_cli.parser().parse_args(["--model", "/m/a.gguf", "--reasoning-budget", "-5"]))
 
 
 @pytest.mark.parametrize(
@@ -188,7 +210,8 @@ def test_config_file_and_flags(tmp_path: Path, suffix: str, monkeypatch: pytest.
             "8123",
         ]
     )
-    models, embedding, server = _cli.settings(args)
+    kinds, server = _cli.settings(args)
+    models, embedding = kinds["models"], kinds["embedding_models"]
     assert list(models) == ["qwen", "SmolLM2"]  # the config's first: the default
     assert models["qwen"] == {"model_path": "/m/qwen.gguf", "n_ctx": 8192, "mmproj_path": "/m/mmproj.gguf"}
     assert models["SmolLM2"] == {"model_path": "/m/SmolLM2.gguf", "n_ctx": 2048}
@@ -281,7 +304,7 @@ def test_a_full_queue_is_a_503_with_retry_after(api: OpenAIAPI, client: httpx.Cl
     busy = client.post("/v1/chat/completions", json=CHAT)
     assert _error(busy, 503)["code"] == "server_overloaded"
     assert busy.headers["Retry-After"] == "1"
-    assert 'llamacpp_slots_busy{model="tiny"} 1' in client.get("/metrics").text
+    assert 'llamacpp_requests_in_flight{model="tiny"} 1' in client.get("/metrics").text
     first.close()  # type: ignore[attr-defined]  # a generator
     # The stream closed early: its request is cancelled and its place given back.
     reply = client.post("/v1/chat/completions", json=CHAT)
