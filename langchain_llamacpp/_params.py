@@ -89,6 +89,27 @@ def model_as_path(cls: type, values: dict[str, Any]) -> None:
     )
 
 
+class LocalModelChecks(BaseModel):
+    """What the embedding and reranking classes check at construction: OllamaEmbeddings' `model=` taken as
+    `model_path`, the files (`check_files`) and `model_kwargs`. (`LlamaCppParams` checks the same among
+    its own: its `model=` handling also takes langchain_community's other arguments.)"""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_as_path(cls, values: Any) -> Any:
+        """`model=`: a file's path is taken as `model_path`; anything else is refused."""
+        if isinstance(values, dict) and "model" in values:
+            values = dict(values)
+            model_as_path(cls, values)
+        return values
+
+    @model_validator(mode="after")
+    def _check_files(self) -> LocalModelChecks:
+        check_files(self)
+        _settings.check_model_kwargs(type(self), getattr(self, "model_kwargs", {}))
+        return self
+
+
 class LlamaCppParams(FromPretrainedMixin, NativeStateMixin, HardwareParams):
     """Model, context and sampling settings common to the llama.cpp LangChain classes."""
 

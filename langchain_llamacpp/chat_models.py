@@ -24,7 +24,8 @@ from langchain_core.output_parsers import (
 )
 from langchain_core.output_parsers.openai_tools import PydanticToolsParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import Runnable, RunnableGenerator, RunnablePassthrough
+from langchain_core.runnables.utils import AddableDict
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
@@ -298,7 +299,9 @@ class ChatLlamaCpp(LlamaCppBase, BaseChatModel):
         parser_with_fallback = RunnablePassthrough.assign(
             parsed=itemgetter("raw") | parser, parsing_error=lambda _: None
         ).with_fallbacks([RunnablePassthrough.assign(parsed=lambda _: None)], exception_key="parsing_error")
-        return RunnableMap(raw=llm) | parser_with_fallback
+        # The model first, so that a call's own options (`reasoning=False`, `reasoning_budget=...`) reach it:
+        # ChatOpenAI's `RunnableMap(raw=llm)` drops them. Chunks still stream as {"raw": chunk}.
+        return llm | RunnableGenerator(_as_raw, _aas_raw) | parser_with_fallback
 
     # -- request preparation ----------------------------------------------------------------
 
@@ -469,3 +472,14 @@ def _chunk_to_message(chunk: BaseMessage) -> AIMessage:
         additional_kwargs=chunk.additional_kwargs,
         id=chunk.id,
     )
+
+
+def _as_raw(chunks: Iterator[Any]) -> Iterator[AddableDict]:
+    """Each chunk of the model's reply as `include_raw`'s {"raw": chunk} (summed as RunnableMap's are)."""
+    for chunk in chunks:
+        yield AddableDict(raw=chunk)
+
+
+async def _aas_raw(chunks: AsyncIterator[Any]) -> AsyncIterator[AddableDict]:
+    async for chunk in chunks:
+        yield AddableDict(raw=chunk)

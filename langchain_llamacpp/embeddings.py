@@ -18,7 +18,7 @@ import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._hardware import HardwareParams
 from langchain_llamacpp._lifecycle import NativeStateMixin, quiet_at_exit
 from langchain_llamacpp._logs import flush_native_logs
-from langchain_llamacpp._params import PathText, check_files, model_as_path
+from langchain_llamacpp._params import LocalModelChecks, PathText
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.native import Engine
@@ -61,7 +61,7 @@ def step_groups(tokenized: Iterable[list[int]], limit: int, max_texts: int) -> I
         yield group
 
 
-class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, HardwareParams, Embeddings):
+class LlamaCppEmbeddings(LocalModelChecks, FromPretrainedMixin, NativeStateMixin, HardwareParams, Embeddings):
     """Embeddings with a local GGUF model through llama.cpp.
 
     Works with embedding models (BERT-style: nomic-embed-text, bge, e5, mxbai, ...) with their own
@@ -175,23 +175,12 @@ class LlamaCppEmbeddings(FromPretrainedMixin, NativeStateMixin, HardwareParams, 
     _loaded: Engine | None = PrivateAttr(default=None)
     _prefixes: tuple[str, str] = PrivateAttr(default=("", ""))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _model_as_path(cls, values: Any) -> Any:
-        """OllamaEmbeddings' `model=`: a file's path is taken as `model_path`; anything else is refused."""
-        if isinstance(values, dict) and "model" in values:
-            values = dict(values)
-            model_as_path(cls, values)
-        return values
-
     @model_validator(mode="after")
     def _check(self) -> LlamaCppEmbeddings:
-        check_files(self)
         if self.vocab_only:
             raise ValueError("vocab_only=True loads no weights, so nothing can be embedded")
         if self.pooling is not None and self.pooling_type is not None:
             raise ValueError("give pooling_type or pooling, not both")
-        _settings.check_model_kwargs(type(self), self.model_kwargs)
         return self
 
     def load(self) -> Engine:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
 import langchain_llamacpp._native as _native
 import langchain_llamacpp._offloop as _offloop
@@ -18,7 +18,7 @@ import langchain_llamacpp._settings as _settings
 from langchain_llamacpp._docs import DocumentedFields
 from langchain_llamacpp._lifecycle import NativeStateMixin, quiet_at_exit
 from langchain_llamacpp._logs import flush_native_logs
-from langchain_llamacpp._params import PathText, check_files, model_as_path
+from langchain_llamacpp._params import LocalModelChecks, PathText
 from langchain_llamacpp._pretrained import FromPretrainedMixin
 from langchain_llamacpp._text import valid_text
 from langchain_llamacpp.embeddings import step_groups
@@ -29,7 +29,9 @@ from langchain_llamacpp.native import Engine
 _MAX_CUTS = 4
 
 
-class LlamaCppReranker(FromPretrainedMixin, NativeStateMixin, DocumentedFields, BaseDocumentCompressor):
+class LlamaCppReranker(
+    LocalModelChecks, FromPretrainedMixin, NativeStateMixin, DocumentedFields, BaseDocumentCompressor
+):
     """Reranking with a local cross-encoder GGUF model through llama.cpp (bge-reranker, jina-reranker,
     Qwen3-Reranker, ...: models converted with rank pooling and a classifier head).
 
@@ -109,21 +111,6 @@ class LlamaCppReranker(FromPretrainedMixin, NativeStateMixin, DocumentedFields, 
     e.g. ``flash_attn``, ``n_threads_batch``, ``kv_overrides``, ``rpc_servers``."""
 
     _loaded: Engine | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_as_path(cls, values: Any) -> Any:
-        """`model=`: a file's path is taken as `model_path`; anything else is refused."""
-        if isinstance(values, dict) and "model" in values:
-            values = dict(values)
-            model_as_path(cls, values)
-        return values
-
-    @model_validator(mode="after")
-    def _check(self) -> LlamaCppReranker:
-        check_files(self)
-        _settings.check_model_kwargs(type(self), self.model_kwargs)
-        return self
 
     def load(self) -> Engine:
         """Load the model now (otherwise on first use); ``ValueError`` if it is not a reranker."""

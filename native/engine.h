@@ -133,8 +133,8 @@ private:
     void step_invariant();
     size_t invariant_chunk(size_t left) const;  // prompt tokens for the next batch-invariant call
     // Whether a batch-invariant decode needs a second output row after its `n_tokens` tokens of which
-    // `n_outputs` are outputs, at position `next` (room permitting: a full context has none).
-    bool needs_tail_row(int n_tokens, int n_outputs, llama_pos next) const;
+    // `n_outputs` are outputs, after which the sequence holds `cells` (room permitting: a full context has none).
+    bool needs_tail_row(int n_tokens, int n_outputs, size_t cells) const;
     // A guess at the token after the slot's next one, for its tail row (batch_invariant).
     llama_token guess_next_token(Slot & slot) const;
     // The slot's cached tokens and its next token, in Slot::continued: the text a draft or guess continues.

@@ -28,10 +28,33 @@ size_t matching_prefix(const std::vector<llama_token> & tokens, const std::vecto
         const MediaChunk * wanted = media ? media->starting_at(i) : nullptr;
         const auto cached = std::find_if(held.begin(), held.end(), [&](const CachedMedia & m) { return m.offset == i; });
         if (wanted == nullptr || cached == held.end() || cached->id != wanted->id ||
-            cached->n_tokens != wanted->n_tokens || i + wanted->n_tokens > n) {
+            cached->n_tokens != wanted->n_tokens || cached->n_pos != wanted->n_pos || i + wanted->n_tokens > n) {
             return i;
         }
         i += wanted->n_tokens - 1;
+    }
+    return n;
+}
+
+llama_pos KvSequence::pos_at(size_t i) const {
+    auto pos = static_cast<llama_pos>(i);
+    for (const auto & m : media_) {
+        if (m.offset >= i) {
+            continue;
+        }
+        if (i < m.offset + m.n_tokens) {
+            return pos - static_cast<llama_pos>(i - m.offset);  // inside: the media's first position
+        }
+        pos -= static_cast<llama_pos>(m.n_tokens - m.n_pos);
+    }
+    return pos;
+}
+
+size_t KvSequence::whole_media_start(size_t n) const {
+    for (const auto & m : media_) {
+        if (m.offset < n && n < m.offset + m.n_tokens) {
+            return m.offset;
+        }
     }
     return n;
 }
@@ -45,7 +68,7 @@ size_t KvSequence::reusable_prefix(const std::vector<llama_token> & prompt, cons
         // A sliding-window cache drops positions that fell out of every window. The token after
         // the prefix attends to the n_swa positions before it: they must all still be there.
         const llama_pos pos_min = llama_memory_seq_pos_min(memory(), id_);
-        if (pos_min > std::max(0, static_cast<int>(n) - n_swa)) {
+        if (pos_min > std::max(0, pos_at(n) - n_swa)) {
             n = 0;
         }
     }
@@ -55,12 +78,12 @@ size_t KvSequence::reusable_prefix(const std::vector<llama_token> & prompt, cons
 void KvSequence::append_media(const MediaChunk & chunk, const std::vector<llama_token> & prompt) {
     const auto begin = prompt.begin() + static_cast<long>(chunk.offset);
     tokens_.insert(tokens_.end(), begin, begin + static_cast<long>(chunk.n_tokens));
-    media_.push_back({chunk.offset, chunk.n_tokens, chunk.id});
+    media_.push_back({chunk.offset, chunk.n_tokens, chunk.n_pos, chunk.id});
 }
 
 size_t KvSequence::truncate(size_t n) {
-    n = std::min(n, tokens_.size());
-    if (n == 0 || !llama_memory_seq_rm(memory(), id_, static_cast<llama_pos>(n), -1)) {
+    n = whole_media_start(std::min(n, tokens_.size()));  // a media chunk's cells go whole or not at all
+    if (n == 0 || !llama_memory_seq_rm(memory(), id_, pos_at(n), -1)) {
         llama_memory_seq_rm(memory(), id_, -1, -1);  // all, or a memory that cannot cut a sequence: start over
         n = 0;
     }
@@ -70,9 +93,9 @@ size_t KvSequence::truncate(size_t n) {
 }
 
 void KvSequence::share(const KvSequence & donor, size_t n) {
-    n = std::min(n, donor.size());
+    n = donor.whole_media_start(std::min(n, donor.size()));
     llama_memory_seq_rm(memory(), id_, -1, -1);
-    llama_memory_seq_cp(memory(), donor.id_, id_, 0, static_cast<llama_pos>(n));
+    llama_memory_seq_cp(memory(), donor.id_, id_, 0, donor.pos_at(n));
     tokens_.assign(donor.tokens_.begin(), donor.tokens_.begin() + static_cast<long>(n));
     media_ = donor.media_;
     forget_media_after(n);
@@ -85,12 +108,22 @@ void KvSequence::erase(size_t from, size_t to) {
     if (from >= to) {
         return;
     }
-    if (!llama_memory_seq_rm(memory(), id_, static_cast<llama_pos>(from), static_cast<llama_pos>(to))) {
+    const bool moves_later = to < tokens_.size();
+    for (const auto & m : media_) {
+        if (m.n_pos != m.n_tokens && m.offset + m.n_tokens > from && (moves_later || m.offset < from)) {
+            throw std::invalid_argument("cells " + std::to_string(m.offset) + " to " + std::to_string(m.offset + m.n_tokens) +
+                                        " hold an image with M-RoPE positions, which cannot be cut or moved: remove "
+                                        "from its first cell or before it to the end");
+        }
+    }
+    const llama_pos p0 = pos_at(from);
+    const llama_pos p1 = pos_at(to);
+    if (!llama_memory_seq_rm(memory(), id_, p0, p1)) {
         throw std::runtime_error("this model's memory cannot remove a part of a sequence");
     }
-    if (to < tokens_.size()) {
+    if (moves_later) {
         // Later tokens move down so that positions stay contiguous.
-        llama_memory_seq_add(memory(), id_, static_cast<llama_pos>(to), -1, static_cast<llama_pos>(from) - static_cast<llama_pos>(to));
+        llama_memory_seq_add(memory(), id_, p1, -1, p0 - p1);
     }
     tokens_.erase(tokens_.begin() + static_cast<long>(from), tokens_.begin() + static_cast<long>(to));
     // Media from `from` on are forgotten: their placeholders no longer count as a cached prefix.
@@ -107,13 +140,15 @@ bool KvSequence::restore(const std::vector<uint8_t> & state, const std::vector<l
                          const std::vector<CachedMedia> & media) {
     evict();
     const bool read = llama_state_seq_set_data(ctx_, state.data(), state.size(), id_) == state.size();
-    // The cells must end where the tokens do (a sliding window keeps only the last of them).
-    if (!read || llama_memory_seq_pos_max(memory(), id_) + 1 != static_cast<llama_pos>(tokens.size())) {
-        llama_memory_seq_rm(memory(), id_, -1, -1);
-        return false;
-    }
     tokens_ = tokens;
     media_ = media;
+    // The cells must end where the tokens and media say (a sliding window keeps only the last of them).
+    if (!read || llama_memory_seq_pos_max(memory(), id_) + 1 != next_pos()) {
+        llama_memory_seq_rm(memory(), id_, -1, -1);
+        tokens_.clear();
+        media_.clear();
+        return false;
+    }
     return true;
 }
 

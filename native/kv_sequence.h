@@ -3,8 +3,10 @@
 // media are kept with the cells behind private members, so that the three cannot drift apart. Every
 // edit of the cells updates the tokens in the same call.
 //
-// Positions are the token index today (next_pos() == size()); a model that places several positions
-// per token (M-RoPE images) changes next_pos() alone. Saving and restoring a sequence
+// Positions are the cell index except after an M-RoPE image (Qwen2-VL and kin): its nx*ny cells all sit
+// at one position in llama.cpp's cell bookkeeping (libmtmd gives each its time, row and column in the
+// batch), and the text after it continues max(nx, ny) positions on. pos_at() maps a cell index to its
+// position from the media held; every edit cuts at whole media. Saving and restoring a sequence
 // (llama_state_seq_*) is here too: the state goes with the tokens and media it holds (prompt_cache.h).
 #pragma once
 
@@ -19,6 +21,7 @@ namespace lcl {
 struct CachedMedia {
     size_t offset = 0;
     size_t n_tokens = 0;
+    size_t n_pos = 0;  // positions it takes (MediaChunk::n_pos): n_tokens but for M-RoPE images
     std::string id;
 };
 
@@ -34,7 +37,9 @@ public:
     llama_seq_id id() const { return id_; }
     size_t size() const { return tokens_.size(); }  // cells held
     bool empty() const { return tokens_.empty(); }
-    llama_pos next_pos() const { return static_cast<llama_pos>(tokens_.size()); }  // where the next token goes
+    llama_pos next_pos() const { return pos_at(tokens_.size()); }  // where the next token goes
+    // The position of cell i (i <= size()): a cell of an M-RoPE image gives the image's first position.
+    llama_pos pos_at(size_t i) const;
     const std::vector<llama_token> & tokens() const { return tokens_; }
     bool holds_media() const { return !media_.empty(); }
     const std::vector<CachedMedia> & media() const { return media_; }
@@ -56,7 +61,8 @@ public:
     void share(const KvSequence & donor, size_t n);
     // Drops the cells decoded past the tokens held: fillers, refused drafts, a media chunk that failed.
     void drop_uncommitted();
-    // Removes the cells [from, to) and moves the later ones down; throws where the memory cannot.
+    // Removes the cells [from, to) and moves the later ones down; throws where the memory cannot, or
+    // where it would cut or move an M-RoPE image (its cells' positions cannot be shifted as text's).
     void erase(size_t from, size_t to);
 
     // llama.cpp's state of these cells (llama_state_seq_get_data): what the prompt cache saves.
@@ -69,6 +75,7 @@ public:
 private:
     llama_memory_t memory() const { return llama_get_memory(ctx_); }
     void forget_media_after(size_t end);
+    size_t whole_media_start(size_t n) const;  // n, or the start of the media chunk n falls inside
 
     llama_context * ctx_;
     llama_seq_id id_;

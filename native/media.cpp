@@ -72,13 +72,6 @@ Vision::Vision(const std::string & mmproj_path, llama_model * model, int n_threa
         throw std::invalid_argument("failed to load the projector " + mmproj_path + ": " +
                                     capture.message("not an mmproj GGUF for this model"));
     }
-    if (mtmd_decode_use_mrope(ctx_)) {
-        mtmd_free(ctx_);
-        ctx_ = nullptr;
-        throw std::invalid_argument("the projector " + mmproj_path +
-                                    " is for a model with M-RoPE positions (Qwen2-VL and its successors), "
-                                    "which this version does not support yet");
-    }
 }
 
 Vision::~Vision() {
@@ -115,6 +108,21 @@ std::unique_ptr<mtmd_bitmap, BitmapFree> load_bitmap(mtmd_context * ctx, const s
                                     ", which this projector does not take");
     }
     return bitmap;
+}
+
+// A media chunk of the prompt at `offset`: its cells, its positions (fewer for an M-RoPE image: its grid's
+// longer side), its file's hash.
+MediaChunk media_chunk(const mtmd_input_chunk * chunk, size_t offset) {
+    MediaChunk m;
+    m.offset = offset;
+    m.n_tokens = mtmd_input_chunk_get_n_tokens(chunk);
+    m.n_pos = static_cast<size_t>(mtmd_input_chunk_get_n_pos(chunk));
+    m.id = mtmd_input_chunk_get_id(chunk) ? mtmd_input_chunk_get_id(chunk) : "";
+    m.chunk.reset(mtmd_input_chunk_copy(chunk), mtmd_input_chunk_free);
+    if (m.n_pos == 0 || m.n_pos > m.n_tokens) {  // KvSequence counts positions as cells less a saving
+        throw std::invalid_argument("this projector places media at more positions than it has tokens");
+    }
+    return m;
 }
 
 }  // namespace
@@ -166,15 +174,7 @@ std::shared_ptr<MediaPrompt> Vision::tokenize(const std::string & text, const st
             out->tokens.insert(out->tokens.end(), tokens, tokens + n);
             continue;
         }
-        MediaChunk m;
-        m.offset = out->tokens.size();
-        m.n_tokens = mtmd_input_chunk_get_n_tokens(chunk);
-        m.id = mtmd_input_chunk_get_id(chunk) ? mtmd_input_chunk_get_id(chunk) : "";
-        m.chunk.reset(mtmd_input_chunk_copy(chunk), mtmd_input_chunk_free);
-        if (static_cast<size_t>(mtmd_input_chunk_get_n_pos(chunk)) != m.n_tokens) {
-            throw std::invalid_argument("this projector places media at other positions than it has tokens (M-RoPE), "
-                                        "which this version does not support yet");
-        }
+        MediaChunk m = media_chunk(chunk, out->tokens.size());
         out->tokens.insert(out->tokens.end(), m.n_tokens, placeholder(m.id));
         out->media.push_back(std::move(m));
     }
@@ -210,8 +210,8 @@ std::string Vision::eval(llama_context * ctx, const MediaChunk & media, llama_po
         return "could not encode or decode an image (code " + std::to_string(rc) + "): " +
                capture.message("see the log (verbose=True)");
     }
-    if (static_cast<size_t>(new_n_past - n_past) != media.n_tokens) {
-        return "the projector placed an image at other positions than it has tokens";
+    if (static_cast<size_t>(new_n_past - n_past) != media.n_pos) {
+        return "the projector placed an image at other positions than it said";
     }
     return {};
 }

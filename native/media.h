@@ -21,7 +21,8 @@ constexpr size_t kMaxMediaBytes = 64 << 20;
 
 struct MediaChunk {
     size_t offset = 0;    // its first position in the prompt
-    size_t n_tokens = 0;  // positions it fills
+    size_t n_tokens = 0;  // cells (KV entries) it fills
+    size_t n_pos = 0;     // positions it takes: n_tokens, or fewer for M-RoPE images (max of its grid's sides)
     std::string id;       // sha256 of the file's bytes
     std::shared_ptr<mtmd_input_chunk> chunk;
 };
@@ -48,7 +49,8 @@ public:
     // Images are decoded and preprocessed here, in the caller's thread.
     std::shared_ptr<MediaPrompt> tokenize(const std::string & text, const std::vector<std::string> & files) const;
     // Encodes one chunk with the projector and decodes its embeddings into `seq` from position
-    // n_past, on the engine's thread. Returns an error message, or "".
+    // n_past (M-RoPE: libmtmd gives each image token its time, row and column positions from there),
+    // on the engine's thread. Returns an error message, or "".
     std::string eval(llama_context * ctx, const MediaChunk & media, llama_pos n_past, llama_seq_id seq, int n_batch);
 
     // Why a chunk cannot be decoded with these batch sizes, or "".

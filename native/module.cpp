@@ -339,7 +339,8 @@ void register_engine(nb::module_ & m) {
              "Append tokens to an idle slot's sequence; the logits of the last token (or of every token).")
         .def("kv_remove", &lcl::Engine::kv_remove, "slot"_a, "p0"_a, "p1"_a = -1,
              nb::call_guard<lcl::ReleaseGil>(),
-             "Drop positions [p0, p1) of a slot's sequence (p1=-1: to the end); later ones shift down.")
+             "Drop cells [p0, p1) of a slot's sequence, as slot_tokens lists them (p1=-1: to the end); later "
+             "ones shift down. An image with M-RoPE positions (Qwen2-VL and kin) is not cut or moved: ValueError.")
         .def("kv_copy", &lcl::Engine::kv_copy, "src"_a, "dst"_a, nb::call_guard<lcl::ReleaseGil>(),
              "Make slot dst a copy of slot src (shared prefix for branching).")
         .def("slot_tokens", &lcl::Engine::slot_tokens, "slot"_a, nb::call_guard<lcl::ReleaseGil>(),

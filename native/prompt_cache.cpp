@@ -118,17 +118,21 @@ void read_sequence(Cursor & in, StoredPrompt & out) {
     out.tokens.resize(n);
     in.take(out.tokens.data(), n * sizeof(llama_token));
     const auto m = in.get<uint32_t>();
-    if (m > n || size_t(m) * 20 > in.left()) {  // an entry takes 20 bytes at least
+    if (m > n || size_t(m) * 28 > in.left()) {  // an entry takes 28 bytes at least
         throw BadPromptFile("bad media count " + std::to_string(m));
     }
     out.media.resize(m);
+    size_t end = 0;  // entries in order, apart: each media position is counted once (KvSequence::pos_at)
     for (auto & media : out.media) {
         media.offset = in.get<uint64_t>();
         media.n_tokens = in.get<uint64_t>();
+        media.n_pos = in.get<uint64_t>();
         const auto id_size = in.get<uint32_t>();
-        if (media.n_tokens == 0 || media.offset >= n || media.n_tokens > n - media.offset || id_size > kMaxMediaId) {
+        if (media.offset < end || media.n_tokens == 0 || media.offset >= n || media.n_tokens > n - media.offset ||
+            media.n_pos == 0 || media.n_pos > media.n_tokens || id_size > kMaxMediaId) {
             throw BadPromptFile("bad media entry");
         }
+        end = media.offset + media.n_tokens;
         media.id.resize(id_size);
         in.take(media.id.data(), id_size);
     }
@@ -142,6 +146,7 @@ std::string payload_head(const StoredPrompt & prompt) {
     for (const auto & media : prompt.media) {
         put<uint64_t>(out, media.offset);
         put<uint64_t>(out, media.n_tokens);
+        put<uint64_t>(out, media.n_pos);
         put<uint32_t>(out, static_cast<uint32_t>(media.id.size()));
         out += media.id;
     }

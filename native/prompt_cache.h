@@ -10,8 +10,8 @@
 // processes may share the directory); the least recently used go first past max_bytes.
 //   header (88 bytes, little-endian): "LCLPCACH" | u32 version | u32 header size | key[32] | u64 payload
 //   size | sha256(payload)[32]
-//   payload: u32 n | i32 tokens[n] | u32 m | m x (u64 offset, u64 n_tokens, u32 id size, id) | u64 state
-//   size | state (llama_state_seq_get_data of the sequence that held the tokens)
+//   payload: u32 n | i32 tokens[n] | u32 m | m x (u64 offset, u64 n_tokens, u64 n_pos, u32 id size,
+//   id) | u64 state size | state (llama_state_seq_get_data of the sequence that held the tokens)
 //
 // The engine thread asks find() (an index of the files in memory, kept up to date by listing the
 // directory: no file read beyond its tokens); reading, checking and writing run on this cache's own
@@ -43,7 +43,7 @@ struct MediaPrompt;
 
 using CacheKey = std::array<uint8_t, 32>;
 
-constexpr uint32_t kPromptFileVersion = 1;
+constexpr uint32_t kPromptFileVersion = 2;  // 2: each media entry has its positions (M-RoPE)
 constexpr size_t kPromptHeaderSize = 88;
 
 // A sequence as saved: its tokens, its media and llama.cpp's state of its cells.

@@ -1,8 +1,10 @@
 #include "sampler.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -127,6 +129,70 @@ void set_reasoning(common_params_sampling & p, const SamplingParams & s, const l
     p.reasoning_budget_forced = p.reasoning_budget_end.front();
 }
 
+// The text llama.cpp's sampler feeds a template's grammar before the reply (common_sampler_init): the
+// generation prompt re-tokenized on its own, less a first token that starts with a space the prompt does
+// not. Where the template's markers are not tokens of an SPM vocabulary, that first token ("_<") also holds
+// the marker's first character, so the text fed lacks it.
+std::string prefill_text(const llama_vocab * vocab, const std::string & generation_prompt) {
+    const llama_tokens tokens = common_tokenize(vocab, generation_prompt, false, true);
+    std::string text;
+    for (size_t i = 0; i < tokens.size(); ++i) {
+        const std::string piece = common_token_to_piece(vocab, tokens[i], true);
+        if (i == 0 && !piece.empty() && std::isspace(static_cast<unsigned char>(piece[0])) &&
+            !std::isspace(static_cast<unsigned char>(generation_prompt[0]))) {
+            continue;  // llama.cpp's rule
+        }
+        text += piece;
+    }
+    return text;
+}
+
+// `grammar` without `dropped` at the start of its root rule's first literal, where it starts so.
+std::optional<std::string> without_leading(const std::string & grammar, const std::string & dropped) {
+    size_t at = grammar.rfind("root ::=", 0) == 0 ? 0 : grammar.find("\nroot ::=");
+    if (at == std::string::npos) {
+        return std::nullopt;
+    }
+    at = grammar.find_first_not_of(' ', grammar.find("::=", at) + 3);
+    if (at == std::string::npos || grammar[at] != '"' ||
+        grammar.compare(at + 1, dropped.size(), dropped) != 0 ||
+        dropped.find_first_of("\\\"") != std::string::npos) {
+        return std::nullopt;
+    }
+    return grammar.substr(0, at + 1) + grammar.substr(at + 1 + dropped.size());
+}
+
+// A template's grammar that starts where llama.cpp's prefill leaves it: unchanged where the prefill spells the
+// generation prompt; where it lacks the prompt's first characters, the grammar without them.
+std::string fit_to_prefill(const llama_vocab * vocab, const std::string & generation_prompt,
+                           const std::string & grammar) {
+    const std::string fed = prefill_text(vocab, generation_prompt);
+    if (fed == generation_prompt) {
+        return grammar;
+    }
+    const size_t cut = generation_prompt.size() - std::min(fed.size(), generation_prompt.size());
+    if (generation_prompt.compare(cut, std::string::npos, fed) == 0) {
+        if (auto fitted = without_leading(grammar, generation_prompt.substr(0, cut))) {
+            return *fitted;
+        }
+    }
+    const auto shown = [](const std::string & t) {  // on one line, at most 80 bytes of it, whole characters
+        size_t end = std::min<size_t>(t.size(), 80);
+        while (end > 0 && end < t.size() && (static_cast<unsigned char>(t[end]) & 0xC0) == 0x80) {
+            --end;
+        }
+        std::string out;
+        for (const char c : t.substr(0, end)) {
+            out += c == '\n' ? std::string("\\n") : std::string(1, c);
+        }
+        return "'" + out + "'";
+    };
+    throw std::invalid_argument(
+        "invalid grammar: llama.cpp starts the grammar after the template's generation prompt " +
+        shown(generation_prompt) + ", and this model's tokenizer does not spell it back (it reads " + shown(fed) +
+        "): the template's markers are not tokens of this vocabulary, so the template does not fit the model");
+}
+
 // Our settings as llama.cpp's sampler settings, checked.
 common_params_sampling to_common(const RequestParams & request, const TokenRules & rules, const llama_vocab * vocab,
                                  const std::set<llama_token> & preserved) {
@@ -168,8 +234,10 @@ common_params_sampling to_common(const RequestParams & request, const TokenRules
         if (!error.empty()) {
             throw std::invalid_argument("invalid grammar: " + error);
         }
+        // llama.cpp feeds a template's grammar (not a caller's) the generation prompt first.
+        const bool prefilled = s.grammar_is_tool_call && !s.grammar_lazy && !s.generation_prompt.empty();
         p.grammar = common_grammar(s.grammar_is_tool_call ? COMMON_GRAMMAR_TYPE_TOOL_CALLS : COMMON_GRAMMAR_TYPE_USER,
-                                   s.grammar);
+                                   prefilled ? fit_to_prefill(vocab, s.generation_prompt, s.grammar) : s.grammar);
         p.grammar_lazy = s.grammar_lazy;
     }
     set_reasoning(p, s, vocab);

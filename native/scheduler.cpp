@@ -259,7 +259,7 @@ void Engine::step_invariant() {
         }
         // One output: add a second, and make it a guess at the token after this one (see
         // decode_slots: where the guess is right, two tokens come out of one pass, exactly).
-        const bool tail = needs_tail_row(n_real, n_real, slots_[lo]->kv.next_pos() + 1);
+        const bool tail = needs_tail_row(n_real, n_real, slots_[lo]->kv.size() + 1);
         decode_slots(lo, hi, tail ? lo : -1, tail ? guess_next_token(*slots_[lo]) : LLAMA_TOKEN_NULL);
         lo = hi;
     }
@@ -270,16 +270,16 @@ void Engine::step_invariant() {
         const size_t left = slot->params.prompt.size() - slot->n_prompt_done;
         const size_t take = invariant_chunk(left);
         slot->n_take = static_cast<int>(take);
-        const bool tail = needs_tail_row(static_cast<int>(take), take == left ? 1 : 0,
-                                         slot->kv.next_pos() + static_cast<llama_pos>(take));
+        const bool tail = needs_tail_row(static_cast<int>(take), take == left ? 1 : 0, slot->kv.size() + take);
         decode_slots(slot->id, slot->id, tail ? slot->id : -1);
     }
 }
 
-bool Engine::needs_tail_row(int n_tokens, int n_outputs, llama_pos next) const {
+bool Engine::needs_tail_row(int n_tokens, int n_outputs, size_t cells) const {
     // Under batch_invariant no matrix product has one row: a call with one output (or one token) gets a
-    // second output row at the next position, removed after (room permitting: a full context has none).
-    return batch_invariant_ && (n_outputs == 1 || n_tokens == 1) && next < n_ctx_seq_;
+    // second output row at the next position, removed after (room permitting: counted in cells, as an
+    // M-RoPE image takes fewer positions than cells).
+    return batch_invariant_ && (n_outputs == 1 || n_tokens == 1) && cells < static_cast<size_t>(n_ctx_seq_);
 }
 
 size_t Engine::invariant_chunk(size_t left) const {

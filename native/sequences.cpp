@@ -77,7 +77,7 @@ std::vector<std::vector<float>> Engine::evaluate(int slot_id, const std::vector<
                 n_outputs += output;
             }
             const auto next = slot.kv.next_pos() + static_cast<llama_pos>(end - done);
-            const bool tail = needs_tail_row(batch_.n_tokens, n_outputs, next);
+            const bool tail = needs_tail_row(batch_.n_tokens, n_outputs, slot.kv.size() + (end - done));
             if (tail) {
                 batch_add(batch_, 0, next, slot.id, true);
             }

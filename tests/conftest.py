@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests import models
+from tests import tiny_qwen2vl as qwen2vl_files
 from tests.tiny_model import CHATML, write_tiny_model
 from tests.tiny_vision import MMPROJ_FILE, TEXT_FILE, write_tiny_vision_model
 
@@ -28,18 +30,29 @@ def tiny_model_path() -> str:
     return str(TINY_MODEL) if Path.cwd() == ROOT else str(path)
 
 
-@pytest.fixture(scope="session")
-def tiny_vision() -> tuple[str, str]:
-    """A tiny random-weight vision model: (text model GGUF, its LLaVA-style mmproj GGUF)."""
-    directory = ROOT / "build" / "test-models" / "tiny-vision"
-    text, mmproj = directory / TEXT_FILE, directory / MMPROJ_FILE
+def _model_pair(name: str, files: tuple[str, str], write: Callable[[Path], tuple[Path, Path]]) -> tuple[str, str]:
+    directory = ROOT / "build" / "test-models" / name
+    text, mmproj = directory / files[0], directory / files[1]
     if not (text.exists() and mmproj.exists()):
         with tempfile.TemporaryDirectory(dir=directory.parent if directory.parent.exists() else None) as tmp:
-            written = write_tiny_vision_model(Path(tmp))
+            written = write(Path(tmp))
             directory.mkdir(parents=True, exist_ok=True)
             for path in written:
                 os.replace(path, directory / path.name)
     return str(text), str(mmproj)
+
+
+@pytest.fixture(scope="session")
+def tiny_vision() -> tuple[str, str]:
+    """A tiny random-weight vision model: (text model GGUF, its LLaVA-style mmproj GGUF)."""
+    return _model_pair("tiny-vision", (TEXT_FILE, MMPROJ_FILE), write_tiny_vision_model)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl() -> tuple[str, str]:
+    """A tiny random-weight Qwen2-VL-style model: (text model GGUF with M-RoPE, its qwen2vl_merger mmproj)."""
+    files = (qwen2vl_files.TEXT_FILE, qwen2vl_files.MMPROJ_FILE)
+    return _model_pair("tiny-qwen2vl", files, qwen2vl_files.write_tiny_qwen2vl)
 
 
 @pytest.fixture(scope="session")

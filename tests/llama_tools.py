@@ -94,9 +94,17 @@ _MTMD_RESPONSE_MARKER = "<<<llama-mtmd-cli response follows>>>"
 
 
 def llama_mtmd_cli(
-    model: str, mmproj: str, image: str, prompt: str, *, n_predict: int, threads: int = 2, n_ctx: int = 512
+    model: str,
+    mmproj: str,
+    image: str | list[str],
+    prompt: str,
+    *,
+    n_predict: int,
+    threads: int = 2,
+    n_ctx: int = 512,
 ) -> str:
-    """The text that ``llama-mtmd-cli`` generates greedily for one image and one prompt: exactly `n_predict`
+    """The text that ``llama-mtmd-cli`` generates greedily for one image (or several, at the prompt's
+    markers, in order) and one prompt: exactly `n_predict`
     tokens (``--ignore-eos``: end-of-generation tokens get a -inf logit bias), their pieces concatenated as
     the tool prints them (``common_token_to_piece`` with special tokens rendered; bytes that are not valid
     UTF-8 become U+FFFD). Everything on CPU (``-ngl 0 --no-mmproj-offload``), no warmup, seed 0,
@@ -134,7 +142,7 @@ def llama_mtmd_cli(
         str(llama_tool("llama-mtmd-cli")),
         "-m", model,
         "--mmproj", mmproj,
-        "--image", image,
+        *(arg for path in ([image] if isinstance(image, str) else image) for arg in ("--image", path)),
         "-p", prompt,
         "-n", str(n_predict),
         "--ignore-eos",

@@ -49,17 +49,20 @@ def write_tiny_model(
     chat_template: str | None = None,
     weight_scale: float = 0.02,
     n_expert: int = 0,
+    arch: str = "llama",
+    rope_sections: list[int] | None = None,
 ) -> Path:
     """Write the model to `path`. `weight_scale` is the standard deviation of the blocks' weights: at the
     default the attention is nearly uniform and weak, so that the next token depends little on the context.
     With `n_expert`, a mixture of experts (as Mixtral: two of them used per token) in place of each dense
-    feed-forward block."""
+    feed-forward block. `arch` "qwen2vl" with `rope_sections` (M-RoPE's time, height, width and unused
+    sections, in pairs of rotated dimensions) makes the same blocks a Qwen2-VL text model."""
     reader = GGUFReader(str(VOCAB))
     tokens = _field_value(reader, "tokenizer.ggml.tokens")
     assert isinstance(tokens, list)
     n_vocab = len(tokens)
-    writer = GGUFWriter(str(path), "llama")
-    writer.add_name("tiny-random-llama")
+    writer = GGUFWriter(str(path), arch)
+    writer.add_name(f"tiny-random-{arch}")
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
@@ -71,6 +74,8 @@ def write_tiny_model(
         writer.add_expert_count(n_expert)
         writer.add_expert_used_count(2)
     writer.add_rope_dimension_count(n_embd // n_head)
+    if rope_sections is not None:
+        writer.add_rope_dimension_sections(rope_sections)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(0)
     writer.add_tokenizer_model(str(_field_value(reader, "tokenizer.ggml.model")))

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+from collections.abc import Sequence
 
 from tests.fuzz.common import Case
 
 MAGIC = b"LCLPCACH"
-VERSION = 1
+VERSION = 2
 HEADER = 88
 # name -> (offset, struct format) in the header
 FIELDS = {"version": (8, "<I"), "header_size": (12, "<I"), "payload_size": (48, "<Q")}
@@ -30,14 +31,16 @@ def prompt_file(
     key: bytes,
     tokens: list[int],
     state: bytes,
-    media: list[tuple[int, int, bytes]] = (),  # type: ignore[assignment]
+    media: Sequence[tuple[int, int, bytes] | tuple[int, int, bytes, int]] = (),
     version: int = VERSION,
 ) -> bytes:
-    """A prompt cache file: header (magic, version, header size, key, payload size, sha256) and payload."""
+    """A prompt cache file: header (magic, version, header size, key, payload size, sha256) and payload;
+    `media` as (offset, n_tokens, id), each taking as many positions as tokens, or (offset, n_tokens, id,
+    n_pos)."""
     payload = struct.pack("<I", len(tokens)) + struct.pack(f"<{len(tokens)}i", *tokens)
     payload += struct.pack("<I", len(media))
-    for offset, n_tokens, media_id in media:
-        payload += struct.pack("<QQI", offset, n_tokens, len(media_id)) + media_id
+    for offset, n_tokens, media_id, *n_pos in media:
+        payload += struct.pack("<QQQI", offset, n_tokens, n_pos[0] if n_pos else n_tokens, len(media_id)) + media_id
     payload += struct.pack("<Q", len(state)) + state
     header = MAGIC + struct.pack("<II", version, HEADER) + key + struct.pack("<Q", len(payload))
     return header + hashlib.sha256(payload).digest() + payload
@@ -54,7 +57,7 @@ def payload_fields(data: bytes) -> dict[str, int]:
     media_at = HEADER + 4 + 4 * n
     at = media_at + 4
     for _ in range(struct.unpack_from("<I", data, media_at)[0]):
-        at += 20 + struct.unpack_from("<I", data, at + 16)[0]
+        at += 28 + struct.unpack_from("<I", data, at + 24)[0]
     return {"n_tokens": HEADER, "n_media": media_at, "state_size": at}
 
 

@@ -255,3 +255,17 @@ def test_chat_template_override(smollm_path: str) -> None:
     assert [tokens[: len(expected)] for tokens in cached if tokens] == [expected]
     own = ChatLlamaCpp(model_path=smollm_path, temperature=0, max_tokens=4).invoke("Hello").usage_metadata
     assert own is not None and own["input_tokens"] != len(expected)
+
+
+def test_structured_output_with_include_raw_passes_the_call_options_on(smollm_path: str) -> None:
+    """`with_structured_output(..., include_raw=True).invoke(x, **options)` reaches the model with the
+    options (LangChain's usual `RunnableMap(raw=llm)` chain drops them), and streams {"raw": chunk} first."""
+    chat = ChatLlamaCpp(model_path=smollm_path, temperature=0, max_tokens=24, seed=1)
+    structured = chat.with_structured_output({"type": "object", "title": "Answer"}, include_raw=True)
+    out: Any = structured.invoke("hi", max_tokens=2)
+    assert out["raw"].usage_metadata["output_tokens"] == 2  # the call's max_tokens, not the field's 24
+    assert out["raw"].response_metadata["finish_reason"] == "length"
+    pieces = list(structured.stream("hi", max_tokens=3))
+    assert [set(p) for p in pieces[:-1]] == [{"raw"}] * (len(pieces) - 1)
+    assert sum(len(p["raw"].content) for p in pieces[:-1]) >= 1
+    assert "parsed" in pieces[-1] or "parsing_error" in pieces[-1]

@@ -90,9 +90,9 @@ def test_structured_output_after_thinking(qwen_path: str) -> None:
 
 def test_structured_output_without_thinking(qwen_path: str) -> None:
     for template in (R1, QWEN3):  # both templates can turn thinking off (enable_thinking)
-        # A field: LangChain's include_raw chain does not pass a call's options on to the model.
-        chat = _chat(qwen_path, template, max_tokens=48, reasoning=False)
-        result = chat.with_structured_output(Speed, include_raw=True).invoke(QUESTION)
+        # Per call: the include_raw chain passes a call's options on to the model.
+        chat = _chat(qwen_path, template, max_tokens=48)
+        result = chat.with_structured_output(Speed, include_raw=True).invoke(QUESTION, reasoning=False)
         assert isinstance(result["parsed"], Speed)
         assert "reasoning_content" not in result["raw"].additional_kwargs
         assert _reasoning_tokens(result["raw"]) == 0

@@ -1,9 +1,11 @@
 """The package's modules import one another without a cycle: each can be read (and loaded) after the
-ones it uses. Imports inside functions count too: a deferred import hides a cycle, it does not end it."""
+ones it uses. Imports inside functions count too: a deferred import hides a cycle, it does not end it.
+And docs/architecture.md, the page that says which file does what, names every source file."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "langchain_llamacpp"
@@ -77,3 +79,19 @@ def test_no_import_cycle_among_the_modules() -> None:
     graph = import_graph()
     assert f"{PACKAGE}._readers" in graph and f"{PACKAGE}.chat_models" in graph
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def _named_in(page: str) -> set[str]:
+    """File names a page mentions: `name.py` or `name.{h,cpp}` (each extension of the braces)."""
+    names = set(re.findall(r"([\w.]+\.(?:py|pyi|cpp|h))\b", page))
+    for stem, exts in re.findall(r"([\w.]+)\.\{([\w,]+)\}", page):
+        names.update(f"{stem}.{ext}" for ext in exts.split(","))
+    return {Path(name).name for name in names}
+
+
+def test_the_architecture_page_names_every_source_file() -> None:
+    top = ROOT.parent
+    named = _named_in((top / "docs" / "architecture.md").read_text())
+    sources = [*ROOT.rglob("*.py"), *(top / "native").glob("*.h"), *(top / "native").glob("*.cpp")]
+    missing = sorted(str(p.relative_to(top)) for p in sources if p.name not in named and p.name != "__init__.py")
+    assert not missing, f"docs/architecture.md does not say what these files do: {missing}"

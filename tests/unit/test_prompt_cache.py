@@ -25,6 +25,8 @@ FILE = prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha-of-the-image")])
 
 def test_a_file_gives_back_its_tokens_media_and_state() -> None:
     assert _native._read_prompt_file(FILE, KEY) == (TOKENS, [3], STATE)
+    m_rope = prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha-of-the-image", 1)])  # 2 cells at 1 position
+    assert _native._read_prompt_file(m_rope, KEY) == (TOKENS, [3], STATE)
 
 
 @pytest.mark.parametrize(
@@ -40,7 +42,7 @@ def test_a_file_gives_back_its_tokens_media_and_state() -> None:
         (b"", "truncated"),
         (FILE + b"\0", "trailing bytes"),
         (prompt_file(bytes(32), TOKENS, STATE), "key mismatch"),
-        (prompt_file(KEY, TOKENS, STATE, version=2), "format version 2"),
+        (prompt_file(KEY, TOKENS, STATE, version=1), "format version 1"),
         (mutate(FILE, [["field", "header_size", 96]]), "bad header size 96"),
         (b"GGUF" + FILE[4:], "bad magic"),
         (mutate(FILE, [["field", "payload_size", len(FILE)]]), "truncated"),
@@ -50,6 +52,10 @@ def test_a_file_gives_back_its_tokens_media_and_state() -> None:
         (mutate(FILE, [["forge", "n_media", 7]]), "bad media count"),
         (mutate(FILE, [["forge", "state_size", 2**63]]), "bad state size"),
         (reseal(FILE[:-3]), "truncated"),
+        # Media entries whose positions could not be counted: more positions than cells, none, overlapping.
+        (prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha", 3)]), "bad media entry"),
+        (prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"sha", 0)]), "bad media entry"),
+        (prompt_file(KEY, TOKENS, STATE, media=[(3, 2, b"a"), (4, 2, b"b")]), "bad media entry"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
