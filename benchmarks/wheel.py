@@ -1,9 +1,11 @@
 """Decode speed from the release wheel (CPU variant chosen at run time) vs the source build (GGML_NATIVE).
 
-    python benchmarks/wheel.py WHEEL_VENV/bin/python [--model qwen] [--rounds 7] [--threads 2]
+    .venv/bin/python benchmarks/wheel.py [--wheel dist/X.whl | --wheel-python VENV/bin/python]
+                                         [--model gemma3] [--rounds 9] [--threads 2]
 
-The reference is this interpreter's package (the source build: `./dev build`); the measure is the other
-interpreter's (a venv with the wheel installed, run from a temporary folder so that it imports the wheel).
+The reference is this interpreter's package (the source build: `./dev build`); the measure is the wheel's:
+the newest wheel in dist/ for this interpreter (or --wheel) installed into a fresh venv (dependencies from
+pip's cache), or a venv named by --wheel-python; it runs from a temporary folder so that it imports the wheel.
 Each side is one long-lived process holding the model, asked for one measure at a time, alternated
 (`interleave`): the same model, threads, prompt and 128 greedy tokens through `stream()`.
 """
@@ -20,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import interleave
 from tests.models import get
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = """
 import sys, time
@@ -61,17 +65,41 @@ class Side:
         self.proc.wait()
 
 
+def newest_wheel() -> Path:
+    """dist/'s newest wheel that this interpreter installs (cp3XX, or the abi3 one from 3.12 on)."""
+    v = sys.version_info[:2]
+    tag = "cp312-abi3" if v >= (3, 12) else f"cp{v[0]}{v[1]}-cp{v[0]}{v[1]}"
+    wheels = sorted((ROOT / "dist").glob(f"langchain_llamacpp-*-{tag}-*.whl"), key=lambda p: p.stat().st_mtime)
+    if not wheels:
+        raise SystemExit(f"no {tag} wheel in dist/: run ./dev wheel first")
+    return wheels[-1]
+
+
+def wheel_venv(wheel: Path, folder: Path) -> str:
+    """A fresh venv in folder with the wheel installed; its python."""
+    subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+    python = str(folder / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)], check=True)
+    return python
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("wheel_python", help="the python of a venv with the wheel installed")
-    parser.add_argument("--model", default="qwen")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--wheel", type=Path, help="the wheel to install into a fresh venv (default: dist/'s newest)")
+    parser.add_argument("--wheel-python", help="instead: the python of a venv with the wheel installed")
+    parser.add_argument("--model", default="gemma3")
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     model = str(get(args.model))
     with tempfile.TemporaryDirectory() as cwd:
+        wheel_python = args.wheel_python
+        if wheel_python is None:
+            wheel_file = (args.wheel or newest_wheel()).resolve()
+            print(f"installing {wheel_file.name} into a fresh venv", flush=True)
+            wheel_python = wheel_venv(wheel_file, Path(cwd) / "venv")
         source = Side(sys.executable, model, args.threads, cwd)
-        wheel = Side(args.wheel_python, model, args.threads, cwd)
+        wheel = Side(wheel_python, model, args.threads, cwd)
         try:
             reference, series = interleave(args.rounds, source.rate, wheel=wheel.rate)
         finally:

@@ -1,6 +1,7 @@
 // Python bindings. Whole tasks are bound (load a model, run a request), not llama.h call by
 // call; every call that computes or waits releases the GIL.
 #include <cstring>
+#include <stdexcept>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/function.h>
@@ -70,16 +71,22 @@ nb::list embed_as_lists(lcl::Engine & self, const std::vector<std::vector<llama_
         flat = self.embed(inputs, normalize);
     }
     const size_t n_embd = static_cast<size_t>(self.n_embd_out());
-    nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
-    for (size_t i = 0; i < inputs.size(); ++i) {
-        PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
-        if (row == nullptr) {
+    // PyList_SetItem (limited API, for the abi3 wheel) steals the item even when it fails.
+    auto set_item = [](PyObject * list, size_t i, PyObject * item) {
+        if (item == nullptr || PyList_SetItem(list, static_cast<Py_ssize_t>(i), item) != 0) {
             throw nb::python_error();
         }
+    };
+    nb::list out = nb::steal<nb::list>(PyList_New(static_cast<Py_ssize_t>(inputs.size())));
+    if (!out.is_valid()) {
+        throw nb::python_error();
+    }
+    for (size_t i = 0; i < inputs.size(); ++i) {
+        PyObject * row = PyList_New(static_cast<Py_ssize_t>(n_embd));
+        set_item(out.ptr(), i, row);
         for (size_t j = 0; j < n_embd; ++j) {
-            PyList_SET_ITEM(row, static_cast<Py_ssize_t>(j), PyFloat_FromDouble(flat[i * n_embd + j]));
+            set_item(row, j, PyFloat_FromDouble(flat[i * n_embd + j]));
         }
-        PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), row);
     }
     return out;
 }
@@ -431,6 +438,9 @@ void register_planner(nb::module_ & m) {
 NB_MODULE(_native, m) {
     m.doc() = "Native llama.cpp engine for langchain_llamacpp (no LangChain here).";
     lcl::g_main_thread = nb::cast<unsigned long>(nb::module_::import_("threading").attr("main_thread")().attr("ident"));
+    if (!lcl::find_is_finalizing()) {
+        throw std::runtime_error("this Python exports neither Py_IsFinalizing nor _Py_IsFinalizing");
+    }
     // Objects still alive at interpreter exit are expected (cached models); don't print about them.
     nb::set_leak_warnings(false);
 

@@ -24,10 +24,15 @@ ROOT = Path(__file__).resolve().parents[2]
 # Absolute: the venv fixture installs from a temporary folder, not the checkout.
 _NAMED = os.environ.get("LANGCHAIN_LLAMACPP_WHEEL", "")
 WHEEL = str((ROOT / _NAMED).resolve()) if _NAMED else ""
+# The interpreter of the fresh venv: this one unless named (the abi3 wheel is tested with 3.12 and 3.13 so).
+VENV_PYTHON = os.environ.get("LANGCHAIN_LLAMACPP_WHEEL_PYTHON") or sys.executable
 QEMU = shutil.which("qemu-x86_64")
 
 pytestmark = [
     pytest.mark.integration,
+    # pytest's own 600 s limit (pyproject) also bounds the venv fixture: pip installing the wheel and its
+    # dependencies into a fresh venv took longer than that on the loaded 2-core machine.
+    pytest.mark.timeout(int(1800 * SCALE)),
     pytest.mark.skipif(not WHEEL, reason="LANGCHAIN_LLAMACPP_WHEEL unset: ./dev test builds the wheel and sets it"),
 ]
 
@@ -64,7 +69,7 @@ def _run(venv: Path, args: list[str], cwd: Path, timeout: float = 600, **env: st
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the wheel installed (dependencies from the index, through pip's cache)."""
     path = tmp_path_factory.mktemp("wheel") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    subprocess.run([VENV_PYTHON, "-m", "venv", str(path)], check=True)
     for tool in ("cc", "gcc", "c++", "g++", "cmake"):
         assert shutil.which(tool, path=str(path / "bin")) is None, tool
     _run(path, [str(path / "bin" / "python"), "-m", "pip", "install", "-q", WHEEL], cwd=path.parent)
@@ -76,6 +81,8 @@ def test_the_wheel_holds_everything_the_package_runs() -> None:
     for wanted in ("llamacpp-template-worker", "_native.pyi", "py.typed", "grammars/json.gbnf", "libggml-base.so"):
         assert any(n.endswith(wanted) for n in names), wanted
     assert any("_native." in n and n.endswith(".so") for n in names)
+    if "-abi3-" in Path(WHEEL).name:  # the stable-ABI build of the extension, for every CPython from 3.12 on
+        assert any(n.endswith("/_native.abi3.so") for n in names), names
     assert len([n for n in names if "/libggml-cpu-" in n]) >= 2, "one CPU backend per instruction-set level"
     assert not [n for n in names if n.endswith((".cpp", ".h", ".c"))], "no sources in the wheel"
 
@@ -106,6 +113,24 @@ def test_the_package_is_the_installed_one(venv: Path, tmp_path: Path, tiny_model
         LD_LIBRARY_PATH=str(tmp_path),
     )
     assert f"package: {venv.resolve()}" in out and "cpu_backend: libggml-cpu-" in out and "chat:" in out, out
+
+
+def test_exit_with_a_request_in_flight_is_quiet(venv: Path, tmp_path: Path, tiny_model_path: str) -> None:
+    """A daemon thread still generating at exit is parked, not ended inside a destructor (native/gil.h):
+    in the abi3 build its finalization check is the interpreter's own function, found at import."""
+    from tests.unit.test_process import _EXIT_SCRIPT
+
+    script = _EXIT_SCRIPT.format(path=str(Path(tiny_model_path).resolve()), how="stream")
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script],
+        cwd=tmp_path,
+        env=_env(venv),
+        capture_output=True,
+        text=True,
+        timeout=300 * SCALE,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-user is not installed (apt-get install qemu-user)")
