@@ -17,22 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from gguf import GGUFWriter
-
 from tests.tiny_model import CHATML, write_tiny_model
 
-PATCH_SIZE = 8
+# The sizes of tests/tiny_vision.py's model (a ViT head of 8 dimensions: its M-RoPE takes a quarter each).
+from tests.tiny_vision import PATCH_SIZE, TEXT_N_EMBD, TEXT_WEIGHT_SCALE, VISION_N_EMBD, ClipWriter
+
 MERGE = 2  # 2x2 patches per token
-TEXT_N_EMBD = 64
 TEXT_N_HEAD = 4
 ROPE_SECTIONS = [2, 3, 3, 0]  # time, height, width, unused: pairs of the 16 rotated dimensions per head
-TEXT_WEIGHT_SCALE = 0.125
-VISION_N_EMBD = 32
-VISION_N_HEAD = 4  # a head of 8 dimensions: the ViT's M-RoPE takes a quarter each
-VISION_N_FF = 64  # must differ from VISION_N_EMBD: llama.cpp swaps ffn up/down otherwise
-VISION_N_LAYER = 2
-PROJECTOR_N_HIDDEN = 64
 TEXT_FILE = "tiny-qwen2vl-text.gguf"
 MMPROJ_FILE = "tiny-qwen2vl-mmproj.gguf"
 
@@ -61,54 +53,13 @@ def write_tiny_qwen2vl(directory: Path, *, seed: int = 0) -> tuple[Path, Path]:
 
 
 def _write_mmproj(path: Path, *, seed: int) -> Path:
-    writer = GGUFWriter(str(path), "clip")
-    writer.add_name("tiny-random-qwen2vl-mmproj")
-    writer.add_file_type(0)
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type("qwen2vl_merger")
-    writer.add_vision_image_size(64)  # only the warmup's image size: images keep their own
-    writer.add_vision_patch_size(PATCH_SIZE)
-    writer.add_vision_spatial_merge_size(MERGE)
-    writer.add_vision_embedding_length(VISION_N_EMBD)
-    writer.add_vision_feed_forward_length(VISION_N_FF)
-    writer.add_vision_block_count(VISION_N_LAYER)
-    writer.add_vision_head_count(VISION_N_HEAD)
-    writer.add_vision_projection_dim(TEXT_N_EMBD)
-    writer.add_vision_attention_layernorm_eps(1e-6)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
-
-    rng = np.random.default_rng(seed)
-
-    def tensor(name: str, *shape: int, scale: float | None = None) -> None:
-        # numpy shapes are ggml's reversed: a weight is (n_out, n_in); default scale 1/sqrt(n_in).
-        s = scale if scale is not None else 1.0 / np.sqrt(np.prod(shape[1:]))
-        writer.add_tensor(name, (rng.standard_normal(shape) * s).astype(np.float32))
-
-    def norm(name: str, n: int) -> None:
-        writer.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
-        writer.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
-
+    # Only the warmup's image size: images keep their own.
+    clip = ClipWriter(path, "tiny-random-qwen2vl-mmproj", "qwen2vl_merger", seed=seed, image_size=64, eps=1e-6)
+    clip.writer.add_vision_spatial_merge_size(MERGE)
     d = VISION_N_EMBD
-    tensor("v.patch_embd.weight", d, 3, PATCH_SIZE, PATCH_SIZE)
-    tensor("v.patch_embd.weight.1", d, 3, PATCH_SIZE, PATCH_SIZE)
-    for i in range(VISION_N_LAYER):
-        norm(f"v.blk.{i}.ln1", d)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensor(f"v.blk.{i}.{name}.weight", d, d)
-            tensor(f"v.blk.{i}.{name}.bias", d, scale=0.1)
-        norm(f"v.blk.{i}.ln2", d)
-        tensor(f"v.blk.{i}.ffn_up.weight", VISION_N_FF, d)
-        tensor(f"v.blk.{i}.ffn_up.bias", VISION_N_FF, scale=0.1)
-        tensor(f"v.blk.{i}.ffn_down.weight", d, VISION_N_FF)
-        tensor(f"v.blk.{i}.ffn_down.bias", d, scale=0.1)
-    norm("v.post_ln", d)
-    tensor("mm.0.weight", PROJECTOR_N_HIDDEN, d * MERGE * MERGE)
-    tensor("mm.0.bias", PROJECTOR_N_HIDDEN, scale=0.1)
-    tensor("mm.2.weight", TEXT_N_EMBD, PROJECTOR_N_HIDDEN)
-    tensor("mm.2.bias", TEXT_N_EMBD, scale=0.1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    clip.tensor("v.patch_embd.weight", d, 3, PATCH_SIZE, PATCH_SIZE)
+    clip.tensor("v.patch_embd.weight.1", d, 3, PATCH_SIZE, PATCH_SIZE)
+    clip.blocks()
+    clip.norm("v.post_ln", d)
+    clip.mlp(d * MERGE * MERGE)
+    return clip.close()

@@ -46,59 +46,78 @@ def write_tiny_vision_model(directory: Path, *, seed: int = 0) -> tuple[Path, Pa
     return text, mmproj
 
 
-def _write_mmproj(path: Path, *, seed: int) -> Path:
-    writer = GGUFWriter(str(path), "clip")
-    writer.add_name("tiny-random-llava-mmproj")
-    writer.add_file_type(0)
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type("mlp")
-    writer.add_vision_image_size(IMAGE_SIZE)
-    writer.add_vision_patch_size(PATCH_SIZE)
-    writer.add_vision_embedding_length(VISION_N_EMBD)
-    writer.add_vision_feed_forward_length(VISION_N_FF)
-    writer.add_vision_block_count(VISION_N_LAYER)
-    writer.add_vision_head_count(VISION_N_HEAD)
-    writer.add_vision_projection_dim(TEXT_N_EMBD)
-    writer.add_vision_attention_layernorm_eps(1e-5)
-    writer.add_vision_image_mean([0.5, 0.5, 0.5])
-    writer.add_vision_image_std([0.5, 0.5, 0.5])
-    writer.add_vision_use_gelu(True)
+class ClipWriter:
+    """An mmproj GGUF of random weights: the header every tiny projector here shares, and its tensors in
+    the order they are drawn from one seeded generator."""
 
-    rng = np.random.default_rng(seed)
+    def __init__(self, path: Path, name: str, projector: str, *, seed: int, image_size: int, eps: float) -> None:
+        self.path = path
+        self.rng = np.random.default_rng(seed)
+        w = self.writer = GGUFWriter(str(path), "clip")
+        w.add_name(name)
+        w.add_file_type(0)
+        w.add_clip_has_vision_encoder(True)
+        w.add_clip_projector_type(projector)
+        w.add_vision_image_size(image_size)
+        w.add_vision_patch_size(PATCH_SIZE)
+        w.add_vision_embedding_length(VISION_N_EMBD)
+        w.add_vision_feed_forward_length(VISION_N_FF)
+        w.add_vision_block_count(VISION_N_LAYER)
+        w.add_vision_head_count(VISION_N_HEAD)
+        w.add_vision_projection_dim(TEXT_N_EMBD)
+        w.add_vision_attention_layernorm_eps(eps)
+        w.add_vision_image_mean([0.5, 0.5, 0.5])
+        w.add_vision_image_std([0.5, 0.5, 0.5])
 
-    def tensor(name: str, *shape: int, scale: float | None = None) -> None:
+    def tensor(self, name: str, *shape: int, scale: float | None = None) -> None:
         # numpy shapes are ggml's reversed: a weight is (n_out, n_in); default scale 1/sqrt(n_in).
         s = scale if scale is not None else 1.0 / np.sqrt(np.prod(shape[1:]))
-        writer.add_tensor(name, (rng.standard_normal(shape) * s).astype(np.float32))
+        self.writer.add_tensor(name, (self.rng.standard_normal(shape) * s).astype(np.float32))
 
-    def norm(name: str, n: int) -> None:
-        writer.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
-        writer.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
+    def norm(self, name: str, n: int) -> None:
+        self.writer.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
+        self.writer.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
 
-    d, n_patches = VISION_N_EMBD, N_IMAGE_TOKENS
-    tensor("v.patch_embd.weight", d, 3, PATCH_SIZE, PATCH_SIZE)
-    tensor("v.patch_embd.bias", d, scale=0.1)
-    tensor("v.position_embd.weight", n_patches, d, scale=0.5)
-    norm("v.pre_ln", d)
-    for i in range(VISION_N_LAYER):
-        norm(f"v.blk.{i}.ln1", d)
-        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            tensor(f"v.blk.{i}.{name}.weight", d, d)
-            tensor(f"v.blk.{i}.{name}.bias", d, scale=0.1)
-        norm(f"v.blk.{i}.ln2", d)
-        tensor(f"v.blk.{i}.ffn_up.weight", VISION_N_FF, d)
-        tensor(f"v.blk.{i}.ffn_up.bias", VISION_N_FF, scale=0.1)
-        tensor(f"v.blk.{i}.ffn_down.weight", d, VISION_N_FF)
-        tensor(f"v.blk.{i}.ffn_down.bias", d, scale=0.1)
-    tensor("mm.0.weight", PROJECTOR_N_HIDDEN, d)
-    tensor("mm.0.bias", PROJECTOR_N_HIDDEN, scale=0.1)
-    tensor("mm.2.weight", TEXT_N_EMBD, PROJECTOR_N_HIDDEN)
-    tensor("mm.2.bias", TEXT_N_EMBD, scale=0.1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    def blocks(self) -> None:
+        """The ViT's pre-norm blocks, with biases."""
+        d = VISION_N_EMBD
+        for i in range(VISION_N_LAYER):
+            self.norm(f"v.blk.{i}.ln1", d)
+            for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+                self.tensor(f"v.blk.{i}.{name}.weight", d, d)
+                self.tensor(f"v.blk.{i}.{name}.bias", d, scale=0.1)
+            self.norm(f"v.blk.{i}.ln2", d)
+            self.tensor(f"v.blk.{i}.ffn_up.weight", VISION_N_FF, d)
+            self.tensor(f"v.blk.{i}.ffn_up.bias", VISION_N_FF, scale=0.1)
+            self.tensor(f"v.blk.{i}.ffn_down.weight", d, VISION_N_FF)
+            self.tensor(f"v.blk.{i}.ffn_down.bias", d, scale=0.1)
+
+    def mlp(self, n_in: int) -> None:
+        """The two-layer projector into the text model's embeddings (``mm.0``, GELU, ``mm.2``)."""
+        self.tensor("mm.0.weight", PROJECTOR_N_HIDDEN, n_in)
+        self.tensor("mm.0.bias", PROJECTOR_N_HIDDEN, scale=0.1)
+        self.tensor("mm.2.weight", TEXT_N_EMBD, PROJECTOR_N_HIDDEN)
+        self.tensor("mm.2.bias", TEXT_N_EMBD, scale=0.1)
+
+    def close(self) -> Path:
+        self.writer.write_header_to_file()
+        self.writer.write_kv_data_to_file()
+        self.writer.write_tensors_to_file()
+        self.writer.close()
+        return self.path
+
+
+def _write_mmproj(path: Path, *, seed: int) -> Path:
+    clip = ClipWriter(path, "tiny-random-llava-mmproj", "mlp", seed=seed, image_size=IMAGE_SIZE, eps=1e-5)
+    clip.writer.add_vision_use_gelu(True)
+    d = VISION_N_EMBD
+    clip.tensor("v.patch_embd.weight", d, 3, PATCH_SIZE, PATCH_SIZE)
+    clip.tensor("v.patch_embd.bias", d, scale=0.1)
+    clip.tensor("v.position_embd.weight", N_IMAGE_TOKENS, d, scale=0.5)
+    clip.norm("v.pre_ln", d)
+    clip.blocks()
+    clip.mlp(d)
+    return clip.close()
 
 
 def write_test_png(path: Path, width: int, height: int, seed: int) -> Path:
