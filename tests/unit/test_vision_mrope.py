@@ -14,7 +14,7 @@ import base64
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from langchain_llamacpp import ChatLlamaCpp
 from tests.llama_tools import llama_mtmd_cli
@@ -50,6 +50,17 @@ def _ask(image: Path, prompt: str = PROMPT) -> HumanMessage:
 def _cache_read(reply: AIMessage) -> int:
     assert reply.usage_metadata is not None
     return reply.usage_metadata.get("input_token_details", {}).get("cache_read", 0)
+
+
+def _image_from_cache(reply: AIMessage, image: str) -> bool:
+    """Whether the reply's prompt read more than the image's own cells from the cache."""
+    nx, ny = grid(*SIZES[image])
+    return _cache_read(reply) > nx * ny
+
+
+def _cold(model: tuple[str, str], messages: list[BaseMessage]) -> str:
+    """The reply of an engine that has cached nothing."""
+    return str(_fresh(model, max_tokens=8, n_seq=2).invoke(messages).content)
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +113,10 @@ def test_two_images_in_one_message(tiny_qwen2vl: tuple[str, str], images: dict[s
 def test_follow_up_reads_the_image_from_the_cache(tiny_qwen2vl: tuple[str, str], images: dict[str, Path]) -> None:
     chat = _chat(tiny_qwen2vl, max_tokens=8)
     tall = images["tall"]
-    nx, ny = grid(*SIZES["tall"])
     first = chat.invoke([_ask(tall)])
     follow_up = [_ask(tall), first, HumanMessage(content="And the colours?")]
     second = chat.invoke(follow_up)
-    assert _cache_read(second) > nx * ny  # the turn's prefix, image included, came from the cache
+    assert _image_from_cache(second, "tall")  # the turn's prefix, image included, came from the cache
     fresh = _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up)
     assert _cache_read(fresh) == 0
     assert second.content == fresh.content
@@ -120,9 +130,8 @@ def test_an_edited_reply_cuts_the_cache_after_the_image(tiny_qwen2vl: tuple[str,
     chat.invoke([question])
     edited = [question, AIMessage(content="A gradient."), HumanMessage(content="And the colours?")]
     second = chat.invoke(edited)
-    nx, ny = grid(*SIZES["wide"])
-    assert _cache_read(second) > nx * ny
-    assert second.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(edited).content
+    assert _image_from_cache(second, "wide")
+    assert second.content == _cold(tiny_qwen2vl, edited)
 
 
 def test_a_prefix_shared_from_another_slot_keeps_the_positions(
@@ -141,9 +150,8 @@ def test_a_prefix_shared_from_another_slot_keeps_the_positions(
     assert engine.slot_tokens(copy) and not engine.slot_tokens(held[0])
     follow_up = [*question, first, HumanMessage(content="And the colours?")]
     second = chat.invoke(follow_up)
-    nx, ny = grid(*SIZES["tall"])
-    assert _cache_read(second) > nx * ny
-    assert second.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up).content
+    assert _image_from_cache(second, "tall")
+    assert second.content == _cold(tiny_qwen2vl, follow_up)
 
 
 def test_a_regenerated_prompt_shares_the_image_from_its_first_slot(
@@ -156,8 +164,7 @@ def test_a_regenerated_prompt_shares_the_image_from_its_first_slot(
     first = chat.invoke(question)
     again = chat.invoke(question)
     assert len([tokens for tokens in chat.load().cached_prompts() if tokens]) == 2
-    nx, ny = grid(*SIZES["wide"])
-    assert _cache_read(again) > nx * ny
+    assert _image_from_cache(again, "wide")
     assert again.content == first.content
 
 
@@ -170,9 +177,8 @@ def test_the_prompt_cache_on_disk_keeps_the_positions(
     assert list(tmp_path.glob("*.lcpc"))
     follow_up = [*question, first, HumanMessage(content="And the colours?")]
     restored = _fresh(tiny_qwen2vl, n_seq=3, **settings).invoke(follow_up)  # another engine: reads the file
-    nx, ny = grid(*SIZES["wide"])
-    assert _cache_read(restored) > nx * ny
-    assert restored.content == _fresh(tiny_qwen2vl, max_tokens=8, n_seq=2).invoke(follow_up).content
+    assert _image_from_cache(restored, "wide")
+    assert restored.content == _cold(tiny_qwen2vl, follow_up)
 
 
 def test_prompt_lookup_drafts_after_an_image_give_the_same_text(
