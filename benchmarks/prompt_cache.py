@@ -22,14 +22,10 @@ from typing import Any
 
 from benchmarks.common import interleave
 from tests.models import get
-from tests.texts import chatml
+from tests.texts import chatml, committee_minutes
 
 # A document of ~3,000 tokens under discussion, and two questions about it.
-DOCUMENT = "".join(
-    f"Section {i}. The committee reviewed item {i} of the plan: its cost, its schedule and the risks the "
-    f"engineers listed, and agreed to revisit item {i} in the next quarterly meeting after the audit.\n"
-    for i in range(1, 67)
-)
+DOCUMENT = committee_minutes(66)
 # As chat turns (both models are ChatML instruct models): a bare completion ends at once on these.
 FIRST = chatml(DOCUMENT + "\nWhich section mentions item 7?")
 SECOND = chatml(DOCUMENT + "\nWhat did the committee agree to do about each item?")

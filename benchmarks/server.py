@@ -33,20 +33,13 @@ from pydantic import SecretStr
 from benchmarks.common import free_port, interleave, llama_server, running
 from langchain_llamacpp import ChatLlamaCpp
 from tests import models
+from tests.texts import WEATHER_TOOL as WEATHER
 
 SLOTS = 8
 TOKENS = 64
 N_CTX = SLOTS * 512  # total KV cells, both servers
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 POPULATION = {
     "type": "function",
     "function": {

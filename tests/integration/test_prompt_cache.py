@@ -8,13 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.texts import chatml
+from tests.texts import chatml, committee_minutes
 
-DOCUMENT = "".join(
-    f"Section {i}. The committee reviewed item {i} of the plan: its cost, its schedule and the risks the "
-    f"engineers listed, and agreed to revisit item {i} in the next quarterly meeting after the audit.\n"
-    for i in range(1, 20)
-)
+DOCUMENT = committee_minutes(19)
 # As chat turns (SmolLM2 is a ChatML instruct model): a bare completion of these ends at once, and two
 # empty answers would be equal whatever the cache did.
 FIRST = chatml(DOCUMENT + "\nWhich section mentions item 3?")

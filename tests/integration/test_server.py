@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from langchain_llamacpp import ChatLlamaCpp, LlamaCppEmbeddings
 from langchain_llamacpp.server import HTTPSettings, OpenAIAPI, create_app
 from tests.serving import API_KEY, model_settings, serving
+from tests.texts import WEATHER_TOOL as WEATHER
 
 pytestmark = pytest.mark.integration
 
@@ -85,14 +86,6 @@ def test_openai_completions_with_logprobs(client: openai.OpenAI) -> None:
     assert all(len(top) >= 1 for top in choice.logprobs.top_logprobs or [])
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 TOOL_PROMPTS = ["What is the weather in Paris?", "Is it raining in Oslo right now?"]
 
 
