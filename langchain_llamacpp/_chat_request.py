@@ -9,6 +9,8 @@ worker, and `request_params` tokenizes the prompt and builds the native request 
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -238,5 +240,38 @@ def reply_parser(request: ChatRequest, rendered: _native.RenderResult) -> tuple[
         request.parses_tool_calls,
         request.render.reasoning_format,
     )
-    needed = request.parses_tool_calls or rendered.supports_thinking or rendered.format != 0
-    return parser, needed
+    needed = request.parses_tool_calls or rendered.supports_thinking
+    return parser, needed or not plain_content(rendered.format, rendered.parser, rendered.generation_prompt)
+
+
+# The nodes of a PEG parser that reads the whole reply as content: the generation prompt, then content to the end.
+_PLAIN_NODES = frozenset({"epsilon", "end", "until", "tag", "sequence", "literal"})
+
+
+@functools.lru_cache(maxsize=64)
+def plain_content(chat_format: int, parser: str, generation_prompt: str) -> bool:
+    """Whether llama.cpp's parser of this format reads any reply as its text, unchanged: the plain format,
+    or a PEG parser with no tag but content, read to the end (no delimiter) after the generation prompt.
+    Such a reply needs no parse at each token (llama.cpp's templates without tools or thinking, ChatML's)."""
+    if chat_format == 0:
+        return True
+    try:
+        tree = json.loads(parser) if parser else None
+    except ValueError:
+        return False
+    if not isinstance(tree, dict) or tree.get("rules") or not isinstance(tree.get("parsers"), list):
+        return False
+    return all(_plain_node(node, generation_prompt) for node in tree["parsers"])
+
+
+def _plain_node(node: Any, generation_prompt: str) -> bool:
+    if not isinstance(node, dict) or node.get("type") not in _PLAIN_NODES:
+        return False
+    kind = node["type"]
+    if kind == "tag":
+        return node.get("tag") == "content"
+    if kind == "until":
+        return not node.get("delimiters")
+    if kind == "literal":
+        return node.get("literal") in ("", generation_prompt)
+    return True
