@@ -5,7 +5,8 @@ Both keep one rule (`_Deadline`): a call times out when its deadline passed befo
 finished on its own. A reply that finished in time is returned whole, however late its chunks are read.
 
 The engine writes a byte to a pipe when a request has output. `AsyncRequest` lets the event loop
-watch that pipe, so no thread waits per request and the loop is never blocked. A blocking reader
+watch that pipe (one per loop, shared by its requests: `_LoopWaker`), so no thread waits per
+request and the loop is never blocked. A blocking reader
 needs the pipe only until its first output: cancelling ends a request that has a slot within one
 step, but one still queued only once it reaches the head of the queue, so a thread blocked in
 `Request.next()` on it could wait far past the deadline. Until its first output a timed request
@@ -81,6 +82,7 @@ def _after_fork_in_child() -> None:
         os.close(pipe.write_fd)
     _idle_pipes.clear()
     _pipes_lock = threading.Lock()
+    _LoopWaker.forget_all()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -250,16 +252,13 @@ class AsyncRequest(_Deadline):
         self._loop = asyncio.get_running_loop()
         self.timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
-        # A pooled pipe, never closed: a cancelled request's engine may still write its last byte
-        # after we are gone, and a closed descriptor's number is soon another file's.
-        self._pipe = _borrow_pipe()
         self._ready = asyncio.Event()
         self._closed = False
-        self._loop.add_reader(self._pipe.read_fd, self._on_readable)
+        self._waker = _LoopWaker.join(self._loop, self)
 
     def _submit(self, engine: _native.Engine, params: _native.RequestParams) -> _native.Request:
         with quiet_at_exit():
-            return engine.submit(params, self._pipe.write_fd)
+            return engine.submit(params, self._waker.write_fd)
 
     def _start_timer(self) -> None:
         if self.timeout is not None:
@@ -269,9 +268,10 @@ class AsyncRequest(_Deadline):
         self._expired = True
         self._ready.set()
 
-    def _on_readable(self) -> None:
-        self._pipe.drain()
-        self._ready.set()
+    def _wake_if_signaled(self) -> None:
+        request = getattr(self, "request", None)  # None while being submitted: its first poll needs no wake-up
+        if request is not None and request.signaled:
+            self._ready.set()
 
     async def batches(self) -> AsyncIterator[list[_native.Chunk]]:
         """Chunks as they become ready, a list at a time."""
@@ -299,6 +299,56 @@ class AsyncRequest(_Deadline):
             self._timer.cancel()
         if hasattr(self, "request"):
             self.request.cancel()
+        self._waker.leave(self)
+
+
+class _LoopWaker:
+    """One wake-up pipe for all the async requests of an event loop: the engine writes a byte when any
+    of them has output, and one read wakes those whose output came (`Request.signaled`). With a pipe
+    per request, 8 streams cost 8 reads and 8 callbacks per decode step; this costs one of each.
+
+    The pipe is pooled, never closed: a cancelled request's engine may still write its last byte after
+    the request has gone (one wake-up for nothing), and a closed descriptor's number is soon another file's.
+    """
+
+    _by_loop: dict[asyncio.AbstractEventLoop, _LoopWaker] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pipe = _borrow_pipe()
+        self.write_fd = self._pipe.write_fd
+        self._requests: dict[AsyncRequest, None] = {}  # insertion-ordered: woken in the order they came
+        loop.add_reader(self._pipe.read_fd, self._on_readable)
+
+    @classmethod
+    def join(cls, loop: asyncio.AbstractEventLoop, request: AsyncRequest) -> _LoopWaker:
+        """The loop's waker (made on its first request), with `request` among those it wakes."""
+        with cls._lock:
+            waker = cls._by_loop.get(loop)
+            if waker is None:
+                waker = cls._by_loop[loop] = cls(loop)
+            waker._requests[request] = None
+        return waker
+
+    def leave(self, request: AsyncRequest) -> None:
+        """`request` is done with; the last one out gives the pipe back."""
+        with self._lock:
+            self._requests.pop(request, None)
+            if self._requests or self._by_loop.get(self._loop) is not self:
+                return
+            del self._by_loop[self._loop]
         self._loop.remove_reader(self._pipe.read_fd)
         self._pipe.drain()
         _return_pipe(self._pipe)
+
+    def _on_readable(self) -> None:
+        self._pipe.drain()
+        for request in list(self._requests):
+            request._wake_if_signaled()
+
+    @classmethod
+    def forget_all(cls) -> None:
+        """In a forked child: the parent's loops and pipes are not this process's to use."""
+        cls._by_loop.clear()
+        cls._lock = threading.Lock()

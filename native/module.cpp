@@ -269,6 +269,8 @@ void register_request(nb::module_ & m) {
             "Block until the next chunk; None at the end. Raises RuntimeError on engine errors; "
             "Ctrl-C cancels the request and raises KeyboardInterrupt.")
         .def("poll", &lcl::Request::poll, "Chunks ready now, without blocking.")
+        .def_prop_ro("signaled", &lcl::Request::signaled,
+                     "Whether output or the end came since the last poll (a byte was written to its notify_fd).")
         .def(
             "wait",
             [](lcl::Request & self) {

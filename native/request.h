@@ -78,6 +78,9 @@ public:
     // Waits up to timeout_ms for a chunk or the end (until_done: for the end only); true if it came.
     // Lets a binding wait in slices and look for signals (Ctrl-C) in between.
     bool wait_for(bool until_done, int timeout_ms);
+    // Output (or the end) came since the last poll(): a wake-up byte was written for it. Lets one pipe
+    // serve many requests: its reader wakes only the requests that have something.
+    bool signaled() const { return state_->signaled.load(); }
     // Non-blocking: all chunks ready now.
     std::vector<Chunk> poll();
     // Blocks until the request finished; all remaining chunks.

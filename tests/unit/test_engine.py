@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pytest
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
 import langchain_llamacpp
-from langchain_llamacpp import native
+from langchain_llamacpp import _readers, native
 from tests.concurrency import call_from_threads, collect_counting_loop_ticks
 from tests.tiny_model import greedy_llm, write_tiny_lora
 
@@ -216,6 +217,49 @@ async def test_cancelled_task_stops_its_sequence(tiny_model_path: str) -> None:
     await asyncio.sleep(0.3)
     assert engine.stats().tokens_decoded - before <= 2  # stopped within a step
     assert llm.invoke("Hello", max_tokens=3)  # the slot is free again
+
+
+async def test_concurrent_streams_share_one_wake_up_pipe(tiny_model_path: str) -> None:
+    """The loop's async requests share one pipe (one read per decode step, not one per stream); each still
+    gets exactly its own text, a cancelled one's late byte wakes nobody wrongly, and the pipe is given
+    back when the last request is done."""
+    llm = greedy_llm(tiny_model_path, max_tokens=24, n_seq=4, ignore_eos=True)
+    prompts = [f"Stream {i}:" for i in range(6)]
+    expected = [llm.invoke(p) for p in prompts]
+    fds_before = len(os.listdir("/proc/self/fd"))
+    seen: set[int] = set()
+
+    async def collect(prompt: str) -> str:
+        text = ""
+        async for piece in llm.astream(prompt):
+            seen.update(w.write_fd for w in _readers._LoopWaker._by_loop.values())
+            text += piece
+        return text
+
+    async def abandoned() -> None:
+        async for _ in llm.astream("left after one token", max_tokens=-1):
+            return  # leaves at once: cancelled, its slot freed; its engine may still write a byte
+
+    results = await asyncio.gather(*(collect(p) for p in prompts), abandoned())
+    assert results[:-1] == expected
+    assert len(seen) == 1  # one pipe for all seven requests of this loop
+    assert asyncio.get_running_loop() not in _readers._LoopWaker._by_loop  # given back
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # at most the one pooled pipe
+    assert await collect("Stream 0:") == expected[0]  # the pooled pipe, maybe with a stale byte, works
+
+
+def test_loops_in_threads_each_have_their_pipe(tiny_model_path: str) -> None:
+    llm = greedy_llm(tiny_model_path, max_tokens=16, n_seq=4)
+    prompts = ["One", "Two", "Three"]
+    expected = [llm.invoke(p) for p in prompts]
+
+    def run(prompt: str) -> str:
+        async def main() -> str:
+            return "".join([piece async for piece in llm.astream(prompt)])
+
+        return asyncio.run(main())
+
+    assert call_from_threads(run, prompts, n_threads=3) == [expected] * 3
 
 
 def test_closing_a_stream_frees_the_slot(tiny_model_path: str) -> None:
