@@ -8,8 +8,21 @@
 Needs the `server` extra: `pip install "langchain-llamacpp[server]"`.
 """
 
-from langchain_llamacpp.server._api import OpenAIAPI
-from langchain_llamacpp.server._app import HTTPSettings, create_app
-from langchain_llamacpp.server._errors import APIError, BadRequest, NotFound, Overloaded
+import importlib.util
+
+
+def _require_extra() -> None:
+    missing = [name for name in ("fastapi", "uvicorn", "orjson") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f'langchain_llamacpp.server needs {", ".join(missing)}: pip install "langchain-llamacpp[server]"'
+        )
+
+
+_require_extra()
+
+from langchain_llamacpp.server._api import OpenAIAPI  # noqa: E402  # after the check, whose message names the extra
+from langchain_llamacpp.server._app import HTTPSettings, create_app  # noqa: E402
+from langchain_llamacpp.server._errors import APIError, BadRequest, NotFound, Overloaded  # noqa: E402
 
 __all__ = ["APIError", "BadRequest", "HTTPSettings", "NotFound", "OpenAIAPI", "Overloaded", "create_app"]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -172,7 +173,7 @@ async def _sse(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
     status is sent by then) as an `error` object, as OpenAI sends it."""
     try:
         async for chunk in chunks:
-            yield b"data: " + json.dumps(chunk, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"  # a tenth of json.dumps's time: one per token
     except APIError as e:
         yield b"data: " + json.dumps(e.body()).encode() + b"\n\n"
     finally:

@@ -413,3 +413,10 @@ def test_model_ids_and_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert _cli._named("a=b.gguf") == (None, "a=b.gguf")
     (tmp_path / "b.gguf").touch()  # ...unless what follows the '=' names a file too
     assert _cli._named("a=b.gguf") == ("a", "b.gguf")
+
+
+def test_without_the_server_extra_the_import_error_names_it() -> None:
+    code = "import sys; sys.modules['orjson'] = sys.modules['uvicorn'] = None; import langchain_llamacpp.server"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert 'needs uvicorn, orjson: pip install "langchain-llamacpp[server]"' in result.stderr
