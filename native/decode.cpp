@@ -128,10 +128,13 @@ void Engine::decode_slots(int lo, int hi, int tail_row, llama_token guess) {
         fail_decode(lo, hi, rc, capture.message("no details"));
         return;
     }
-    for (int i = lo; i <= hi; ++i) {
-        Slot & slot = *slots_[i];
-        if (slot.active() && slot.i_batch >= 0) {
-            sample_slot(slot, i == tail_row, guess);
+    {
+        const DeferredWakeups wakeups;  // the step's tokens reach an event loop together
+        for (int i = lo; i <= hi; ++i) {
+            Slot & slot = *slots_[i];
+            if (slot.active() && slot.i_batch >= 0) {
+                sample_slot(slot, i == tail_row, guess);
+            }
         }
     }
     drop_fillers(lo, hi);

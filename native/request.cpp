@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <stdexcept>
 
@@ -9,13 +10,49 @@
 
 namespace lcl {
 
-void RequestState::notify(bool wake_waiters) {
+namespace {
+
+thread_local DeferredWakeups * t_wakeups = nullptr;
+
+void write_wakeup(int fd) {
+    const char byte = 1;
+    [[maybe_unused]] const auto n = ::write(fd, &byte, 1);
+}
+
+}  // namespace
+
+DeferredWakeups::DeferredWakeups() : outer_(t_wakeups) { t_wakeups = this; }
+
+DeferredWakeups::~DeferredWakeups() {
+    t_wakeups = outer_;
+    for (const int fd : fds_) {
+        write_wakeup(fd);
+    }
+}
+
+bool DeferredWakeups::defer(int fd) {
+    if (t_wakeups == nullptr) {
+        return false;
+    }
+    auto & fds = t_wakeups->fds_;
+    if (std::find(fds.begin(), fds.end(), fd) == fds.end()) {
+        fds.push_back(fd);
+    }
+    return true;
+}
+
+void RequestState::notify(bool wake_waiters, bool at_once) {
     if (wake_waiters) {
         cv.notify_all();
     }
-    if (notify_fd >= 0 && !signaled.exchange(true)) {
-        const char byte = 1;
-        [[maybe_unused]] const auto n = ::write(notify_fd, &byte, 1);
+    if (notify_fd < 0) {
+        return;
+    }
+    const bool first = !signaled.exchange(true);
+    // The end is written at once, even if a token's byte waits in the step's scope: the reader learns
+    // of it before anything the engine does after (a prompt saved to the disk cache).
+    if (at_once || (first && !DeferredWakeups::defer(notify_fd))) {
+        write_wakeup(notify_fd);
     }
 }
 
@@ -26,7 +63,7 @@ void RequestState::push(Chunk chunk) {
         chunks.push_back(std::move(chunk));
         wake = chunk_waiters > 0;
     }
-    notify(wake);
+    notify(wake, false);
 }
 
 void RequestState::finish(std::string reason, std::string error_text) {
@@ -39,7 +76,7 @@ void RequestState::finish(std::string reason, std::string error_text) {
         error = std::move(error_text);
         done = true;
     }
-    notify(true);
+    notify(true, true);
 }
 
 Request::Request(std::shared_ptr<RequestState> state, std::shared_ptr<Engine> engine)

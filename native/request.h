@@ -64,7 +64,25 @@ struct RequestState {
 
     void push(Chunk chunk);
     void finish(std::string reason, std::string error_text = {});
-    void notify(bool wake_waiters);
+    // at_once: write the wake-up byte now even inside a DeferredWakeups scope (the end of a request).
+    void notify(bool wake_waiters, bool at_once);
+};
+
+// The wake-up bytes of one decode step's tokens, written together when the scope ends (one per distinct
+// descriptor): an event loop whose requests share a pipe then wakes once per step, not once per stream
+// (the loop woke ~1.2 tokens at a time, each wake-up a context switch beside ggml's threads). Per thread.
+class DeferredWakeups {
+public:
+    DeferredWakeups();
+    ~DeferredWakeups();
+    DeferredWakeups(const DeferredWakeups &) = delete;
+    DeferredWakeups & operator=(const DeferredWakeups &) = delete;
+    // Inside a scope on this thread: remember fd and return true; otherwise false (write it now).
+    static bool defer(int fd);
+
+private:
+    std::vector<int> fds_;
+    DeferredWakeups * outer_;
 };
 
 class Engine;  // woken by a cancel

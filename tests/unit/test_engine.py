@@ -237,8 +237,10 @@ async def test_concurrent_streams_share_one_wake_up_pipe(tiny_model_path: str) -
         return text
 
     async def abandoned() -> None:
-        async for _ in llm.astream("left after one token", max_tokens=-1):
-            return  # leaves at once: cancelled, its slot freed; its engine may still write a byte
+        stream = llm.astream("left after one token", max_tokens=-1)
+        async for _ in stream:
+            break
+        await stream.aclose()  # cancelled, its slot freed; the engine may still write its byte after
 
     results = await asyncio.gather(*(collect(p) for p in prompts), abandoned())
     assert results[:-1] == expected
