@@ -242,7 +242,11 @@ def running(args: list[str], port: int, ready_s: float = 600) -> Iterator[str]:
         yield f"{url}/v1"
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # llama-server has once hung on SIGTERM after a run
+            process.kill()
+            process.wait(timeout=20)
 
 
 def llama_server(path: str, threads: int, n_ctx: int, slots: int = 1) -> contextlib.AbstractContextManager[str]:

@@ -3,7 +3,8 @@ against the same calls in-process.
 
 - throughput: 8 concurrent chat requests of 64 tokens each (end of generation ignored), the same async
   `openai` client against both servers, each in a process of its own with the same model, threads and total
-  KV cells; the ratio per round (`interleave`).
+  KV cells; the ratio per round (`interleave`). Ours twice: with its default KV pool shared by the slots,
+  and with a cache per slot as llama-server -np lays it out (each slot's attention then reads its own cells).
 - ttft: the median time to the first streamed token of 8 concurrent streams, both servers.
 - latency: `invoke` of a short reply (8 tokens) in-process vs `ChatOpenAI` through our server: the time the
   HTTP layer adds per request.
@@ -23,7 +24,9 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -62,11 +65,18 @@ TOOL_PROMPTS = [
 ]
 
 
-def ours(path: str, threads: int) -> contextlib.AbstractContextManager[str]:
+def ours(path: str, threads: int, per_slot: bool = False) -> contextlib.AbstractContextManager[str]:
+    """Our server: by default its slots share one KV pool of N_CTX cells (a request may use all of them);
+    `per_slot`: a cache of N_CTX / SLOTS cells per slot, the layout llama-server -np has (kv_unified off)."""
     port = free_port()
-    args = [sys.executable, "-m", "langchain_llamacpp.server", "--model", f"local={path}", "--port", str(port)]
-    args += ["--n-ctx", str(N_CTX), "--n-seq", str(SLOTS), "--n-threads", str(threads)]
-    return running(args, port)
+    args = [sys.executable, "-m", "langchain_llamacpp.server", "--port", str(port)]
+    args += ["--n-seq", str(SLOTS), "--n-threads", str(threads)]
+    if not per_slot:
+        return running([*args, "--model", f"local={path}", "--n-ctx", str(N_CTX)], port)
+    model = {"model_path": path, "n_ctx": N_CTX // SLOTS, "model_kwargs": {"kv_unified": 0}}
+    config = Path(tempfile.mkdtemp()) / "per_slot.json"
+    config.write_text(json.dumps({"models": {"local": model}}))
+    return running([*args, "--config", str(config)], port)
 
 
 def theirs(path: str, threads: int) -> contextlib.AbstractContextManager[str]:
@@ -107,23 +117,29 @@ async def _streams(url: str, tokens_each: int) -> tuple[float, float]:
 
 
 def throughput(path: str, threads: int, rounds: int, tokens_each: int = TOKENS) -> list[str]:
-    with ours(path, threads) as mine, theirs(path, threads) as reference_url:
-        asyncio.run(_streams(mine, tokens_each))  # warm-up: caches, first-call costs
-        asyncio.run(_streams(reference_url, tokens_each))
+    with ours(path, threads) as mine, ours(path, threads, per_slot=True) as split, theirs(path, threads) as ref:
+        for url in (mine, split, ref):
+            asyncio.run(_streams(url, tokens_each))  # warm-up: caches, first-call costs
         ttft: dict[str, list[float]] = {"ours": [], "llama-server": []}
 
-        def measure(url: str, side: str) -> float:
+        def measure(url: str, side: str | None) -> float:
             rate, first = asyncio.run(_streams(url, tokens_each))
-            ttft[side].append(first)
+            if side is not None:
+                ttft[side].append(first)
             return rate
 
         reference, series = interleave(
-            rounds, lambda: measure(reference_url, "llama-server"), ours=lambda: measure(mine, "ours")
+            rounds,
+            lambda: measure(ref, "llama-server"),
+            ours=lambda: measure(mine, "ours"),
+            per_slot=lambda: measure(split, None),
         )
-    ratio = series["ours"]
+    ratio, per_slot = series["ours"], series["per_slot"]
     return [
         f"| {SLOTS} concurrent streams x {tokens_each} tokens, tokens/s | {ratio.value()} | {reference:.1f} | "
         f"{ratio.ratio()} |",
+        f"| the same, a KV cache per slot ({N_CTX // SLOTS} cells each, llama-server's layout), tokens/s | "
+        f"{per_slot.value()} | {reference:.1f} | {per_slot.ratio()} |",
         f"| median time to first token, ms | {statistics.median(ttft['ours']):.0f} | "
         f"{statistics.median(ttft['llama-server']):.0f} | "
         f"{statistics.median(ttft['ours']) / statistics.median(ttft['llama-server']):.2f} |",
@@ -134,7 +150,9 @@ def throughput(path: str, threads: int, rounds: int, tokens_each: int = TOKENS) 
 
 
 def latency(path: str, threads: int, rounds: int) -> list[str]:
-    local = ChatLlamaCpp(model_path=path, n_threads=threads, temperature=0, max_tokens=8, n_ctx=N_CTX, n_seq=SLOTS)
+    local = ChatLlamaCpp(
+        model_path=path, n_threads=threads, temperature=0, max_tokens=8, n_ctx=N_CTX, n_seq=SLOTS, repeat_penalty=1.0
+    )  # the server's sampling: no repetition penalty unless a request asks
     local.invoke("Hi")  # load and warm up
     with ours(path, threads) as url:
         remote = ChatOpenAI(base_url=url, api_key=SecretStr("none"), model="local", temperature=0, max_tokens=8)
@@ -159,6 +177,7 @@ def _calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def tools(path: str, threads: int, prompts: list[str]) -> list[str]:
     fields = {"model_path": path, "n_threads": threads, "temperature": 0, "max_tokens": 96, "n_ctx": N_CTX}
+    fields["repeat_penalty"] = 1.0  # the server's default (OpenAI's and llama-server's: none)
     local_model = ChatLlamaCpp(**fields, n_seq=SLOTS)
     local = local_model.bind_tools([WEATHER, POPULATION], tool_choice="auto")
     got: dict[str, list[list[tuple[str, dict[str, Any]]]]] = {"local": [], "ours": [], "llama-server": []}
