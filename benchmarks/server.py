@@ -150,9 +150,7 @@ def throughput(path: str, threads: int, rounds: int, tokens_each: int = TOKENS) 
 
 
 def latency(path: str, threads: int, rounds: int) -> list[str]:
-    local = ChatLlamaCpp(
-        model_path=path, n_threads=threads, temperature=0, max_tokens=8, n_ctx=N_CTX, n_seq=SLOTS, repeat_penalty=1.0
-    )  # the server's sampling: no repetition penalty unless a request asks
+    local = ChatLlamaCpp(model_path=path, n_threads=threads, temperature=0, max_tokens=8, n_ctx=N_CTX, n_seq=SLOTS)
     local.invoke("Hi")  # load and warm up
     with ours(path, threads) as url:
         remote = ChatOpenAI(base_url=url, api_key=SecretStr("none"), model="local", temperature=0, max_tokens=8)
@@ -177,7 +175,6 @@ def _calls(message: Any) -> list[tuple[str, dict[str, Any]]]:
 
 def tools(path: str, threads: int, prompts: list[str]) -> list[str]:
     fields = {"model_path": path, "n_threads": threads, "temperature": 0, "max_tokens": 96, "n_ctx": N_CTX}
-    fields["repeat_penalty"] = 1.0  # the server's default (OpenAI's and llama-server's: none)
     local_model = ChatLlamaCpp(**fields, n_seq=SLOTS)
     local = local_model.bind_tools([WEATHER, POPULATION], tool_choice="auto")
     got: dict[str, list[list[tuple[str, dict[str, Any]]]]] = {"local": [], "ours": [], "llama-server": []}

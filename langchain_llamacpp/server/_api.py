@@ -129,9 +129,8 @@ class OpenAIAPI:
 
     `models` maps a model id to the fields of `ChatLlamaCpp` for it (`model_path` and any other field:
     `n_ctx`, `n_seq`, `temperature`, `chat_template`, `mmproj_path`, ...); the first is the default for
-    requests that name none; `repeat_penalty` defaults to 1.0 here (none, as OpenAI and llama-server).
-    `embedding_models` maps ids to the fields of `LlamaCppEmbeddings`, `reranker_models` to those of
-    `LlamaCppReranker` (llama-server's `/v1/rerank`).
+    requests that name none. `embedding_models` maps ids to the fields of `LlamaCppEmbeddings`,
+    `reranker_models` to those of `LlamaCppReranker` (llama-server's `/v1/rerank`).
 
     `create_chat_completion(messages=..., tools=..., stream=...)` and the others take OpenAI's request
     fields and return OpenAI's response dicts, or with `stream=True` an iterator of chunk dicts; the `a`
@@ -173,10 +172,6 @@ class OpenAIAPI:
 
     @staticmethod
     def _model(name: str, fields: dict[str, Any], max_queue: int) -> _Model:
-        # OpenAI's API has no repetition penalty and llama-server applies none unless asked: a request that
-        # sends no repeat_penalty is not penalized (the classes' 1.1 is langchain-community's default), so
-        # temperature=0 is plain greedy decoding, as an OpenAI client expects. A model's config may set one.
-        fields = {"repeat_penalty": 1.0, **fields}
         chat = ChatLlamaCpp(**fields)
         llm = LlamaCpp(**{k: v for k, v in fields.items() if k not in _CHAT_ONLY})
         slots = 1 if chat.batch_invariant and chat.n_seq is None else chat.n_seq or DEFAULT_N_SEQ

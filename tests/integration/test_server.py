@@ -92,8 +92,7 @@ TOOL_PROMPTS = ["What is the weather in Paris?", "Is it raining in Oslo right no
 def test_tool_calls_are_the_ones_chatllamacpp_makes(client: openai.OpenAI, settings: Any) -> None:
     # benchmarks/server.py compares more requests; here two, each from an empty prompt cache on both sides (a
     # prompt evaluated in other chunks rounds differently, which can tip a 0.5B model's choice).
-    # The server's sampling: no repetition penalty unless a request asks (OpenAI's and llama-server's default).
-    chat = ChatLlamaCpp(**settings[0]["qwen"], repeat_penalty=1.0).bind_tools([WEATHER], tool_choice="auto")
+    chat = ChatLlamaCpp(**settings[0]["qwen"]).bind_tools([WEATHER], tool_choice="auto")
     for prompt in TOOL_PROMPTS:
         _clear_cache(settings[0]["qwen"])
         local = chat.invoke(prompt, max_tokens=48)

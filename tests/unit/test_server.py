@@ -421,11 +421,3 @@ def test_without_the_server_extra_the_import_error_names_it() -> None:
     assert result.returncode != 0
     assert 'needs uvicorn, orjson: pip install "langchain-llamacpp[server]"' in result.stderr
 
-
-def test_no_repetition_penalty_unless_asked(tiny_model_path: str) -> None:
-    """OpenAI's API has no repetition penalty and llama-server applies none by default: neither does the
-    server, unless a model's config (or a request) sets one."""
-    api = OpenAIAPI({"a": {"model_path": tiny_model_path}, "b": {"model_path": tiny_model_path, "repeat_penalty": 1.3}})
-    assert (api._models["a"].chat.repeat_penalty, api._models["a"].llm.repeat_penalty) == (1.0, 1.0)
-    assert api._models["b"].chat.repeat_penalty == 1.3
-    assert _requests.chat_request({**CHAT, "repeat_penalty": 1.2}).choice_options(0)["repeat_penalty"] == 1.2
