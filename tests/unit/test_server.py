@@ -420,4 +420,3 @@ def test_without_the_server_extra_the_import_error_names_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert 'needs uvicorn, orjson: pip install "langchain-llamacpp[server]"' in result.stderr
-
