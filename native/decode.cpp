@@ -87,6 +87,7 @@ void Engine::count_decode(const BatchCounts & counts) {
     stats_.fillers += counts.fill;
     stats_.prompt_tokens_evaluated += counts.prompt;
     stats_.max_batch = std::max<long long>(stats_.max_batch, batch_.n_tokens - counts.fill);
+    stats_.graphs_reused = llama_perf_context(ctx()).n_reused;
 }
 
 void Engine::drop_fillers(int lo, int hi) {

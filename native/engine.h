@@ -46,6 +46,7 @@ struct Slot;
     X(long long, draft_tokens, "Speculative decoding: tokens drafted and checked.")                                 \
     X(long long, drafts_accepted, "Drafted tokens that were right.")                                                \
     X(long long, guesses_accepted, "batch_invariant: tail rows whose guess was right (a second token).")            \
+    X(long long, graphs_reused, "Decode calls that reused the previous call's compute graph (llama.cpp's count).")   \
     X(double, media_ms, "Encoding and decoding images and audio.")                                                  \
     X(long long, slots_busy, "Now, not a counter: slots with a request (as of the last step).")                     \
     X(long long, queue_length, "Now, not a counter: requests waiting for a slot.")
