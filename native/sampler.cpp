@@ -33,6 +33,44 @@ TokenRules::TokenRules(const llama_vocab * vocab) : level_(static_cast<size_t>(l
     }
 }
 
+Penalties::Penalties(int last_n, float repeat, float freq, float present)
+    : repeat_(repeat), freq_(freq), present_(present) {
+    const bool off = repeat == 1.0f && freq == 0.0f && present == 0.0f;  // llama.cpp's is_disabled()
+    last_n_ = off ? 0 : static_cast<size_t>(std::max(last_n, 0));
+}
+
+void Penalties::accept(llama_token token) {
+    if (last_n_ == 0) {
+        return;
+    }
+    count_[token]++;
+    if (prev_.size() >= last_n_) {
+        const llama_token old = prev_.front();
+        prev_.pop_front();
+        if (--count_[old] == 0) {
+            count_.erase(old);
+        }
+    }
+    prev_.push_back(token);
+}
+
+void Penalties::apply(float * logits) {
+    saved_.clear();
+    for (const auto & [token, count] : count_) {
+        float & logit = logits[token];
+        saved_.emplace_back(token, logit);
+        logit = logit <= 0 ? logit * repeat_ : logit / repeat_;
+        logit -= static_cast<float>(count) * freq_ + static_cast<float>(count > 0) * present_;
+    }
+}
+
+void Penalties::restore(float * logits) {
+    for (const auto & [token, logit] : saved_) {
+        logits[token] = logit;
+    }
+    saved_.clear();
+}
+
 size_t penalty_window(int repeat_last_n, size_t n) {
     return repeat_last_n < 0 ? n : std::min(n, static_cast<size_t>(std::max(64, repeat_last_n)));
 }
@@ -294,6 +332,7 @@ RequestSampler::RequestSampler(const Model & model, const TokenRules & rules, co
     has_grammar_ = !request.sampling.grammar.empty();
     common_params_sampling params = to_common(request, rules, model.vocab(), preserved_);
     set_dry_xtc_sigma(request.sampling, model.n_ctx_train(), params);
+    take_penalties(params);
     greedy_ = picks_argmax(params, request.ignore_eos ? rules.eog().size() : 0);
     ErrorCapture capture;
     try {
@@ -308,15 +347,54 @@ RequestSampler::RequestSampler(const Model & model, const TokenRules & rules, co
 
 RequestSampler::~RequestSampler() = default;
 
+void RequestSampler::take_penalties(common_params_sampling & params) {
+    // In llama.cpp's chain a logit bias comes before the penalties (whose rule reads the logit's sign):
+    // with a finite one the chain keeps them. The ignore_eos and suppressed tokens' -inf stays -inf either way.
+    const bool finite_bias = std::any_of(params.logit_bias.begin(), params.logit_bias.end(),
+                                         [](const llama_logit_bias & b) { return std::isfinite(b.bias); });
+    if (finite_bias) {
+        return;
+    }
+    penalties_ = Penalties(params.penalty_last_n, params.penalty_repeat, params.penalty_freq, params.penalty_present);
+    params.penalty_repeat = 1.0f;
+    params.penalty_freq = 0.0f;
+    params.penalty_present = 0.0f;
+}
+
 void RequestSampler::prime(const std::vector<llama_token> & prompt) {
     for (size_t i = prompt.size() - penalty_window(repeat_last_n_, prompt.size()); i < prompt.size(); ++i) {
         if (prompt[i] >= 0) {  // not a media placeholder
             common_sampler_accept(chain_.get(), prompt[i], false);
+            penalties_.accept(prompt[i]);
         }
     }
 }
 
 llama_token RequestSampler::sample(llama_context * ctx, int idx) {
+    if (!penalties_.active()) {
+        return choose(ctx, idx);
+    }
+    float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) {
+        throw std::runtime_error("no logits for this position");
+    }
+    // On the context's own row, put back before anything else reads it (logprobs are of the model's logits).
+    penalties_.apply(logits);
+    llama_token token = LLAMA_TOKEN_NULL;
+    try {
+        token = choose(ctx, idx);
+    } catch (...) {
+        penalties_.restore(logits);
+        throw;
+    }
+    penalties_.restore(logits);
+    if (token != LLAMA_TOKEN_NULL) {
+        penalties_.accept(token);
+    }
+    return token;
+}
+
+llama_token RequestSampler::choose(llama_context * ctx, int idx) {
     if (greedy_) {
         return argmax(ctx, idx);
     }

@@ -1,4 +1,5 @@
-"""DRY, XTC and top-n-sigma: llama.cpp's own samplers, as fields and per call, each shown to do what it is for."""
+"""DRY, XTC and top-n-sigma: llama.cpp's own samplers, as fields and per call, each shown to do what it is for;
+and the repetition penalties, applied outside llama.cpp's chain, giving what its chain gives."""
 
 from __future__ import annotations
 
@@ -92,3 +93,27 @@ def test_top_n_sigma_keeps_only_the_top_logits(smollm_path: str) -> None:
     assert llm.invoke(prompt, seed=1) != greedy
     assert llm.invoke(prompt, seed=1, top_n_sigma=0.001) == greedy
     assert _llm(smollm_path, top_n_sigma=0.001, seed=2, **hot).invoke(prompt) == greedy
+
+
+PENALTIES = [
+    {"repeat_penalty": 1.3},
+    {"repeat_penalty": 1.5, "frequency_penalty": 0.4, "presence_penalty": 0.3, "last_n_tokens_size": 8},
+    {"repeat_penalty": 0.8},  # below 1 favours repeating
+    {"repeat_penalty": 1.0, "frequency_penalty": 0.7},
+]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("penalties", PENALTIES, ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_penalties_give_what_llamacpps_chain_gives(
+    smollm_path: str, penalties: dict[str, Any], temperature: float
+) -> None:
+    """The engine applies the penalties to the window's tokens only; a finite logit bias (0.0 changes no logit)
+    makes it leave them in llama.cpp's chain, where they come after the bias: both must give the same text."""
+    llm = _llm(smollm_path, max_tokens=48, ignore_eos=True, temperature=temperature, seed=3, **penalties)
+    prompt = "The old lighthouse keeper climbed the stairs and"
+    ours = llm.invoke(prompt)
+    chains = llm.invoke(prompt, logit_bias={50: 0.0})
+    assert ours == chains
+    plain = _llm(smollm_path, max_tokens=48, ignore_eos=True, temperature=temperature, seed=3)
+    assert ours != plain.invoke(prompt)  # the penalties did something
