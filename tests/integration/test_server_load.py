@@ -161,9 +161,9 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def _mixed(url: str, first: int, count: int, concurrency: int = 4) -> None:
-    """`count` short requests, `concurrency` at a time: chat, completions, embeddings, chat streams read to the
-    end, and one stream in 50 left after its first chunk."""
+async def _mixed(url: str, first: int, count: int, concurrency: int = SLOTS) -> None:
+    """`count` short requests, `concurrency` at a time (a client per slot): chat, completions, embeddings, chat
+    streams read to the end, and one stream in 50 left after its first chunk."""
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
     gate = asyncio.Semaphore(concurrency)
 
