@@ -203,9 +203,8 @@ void Engine::start_slot(Slot & slot, Pending && pending, size_t n_keep) {
     n_keep = slot.kv.truncate(n_keep);
     // One slot, no media, from a chunk boundary its cells are exact up to: the prompt is evaluated in a
     // cold run's chunks (plan_batch gives a lone prompt n_batch tokens a step), its cells become exact.
-    const size_t granule = prompt_granule();
-    const bool exact = slots_.size() == 1 && granule > 0 && !pending.params.media && n_keep % granule == 0 &&
-                       n_keep == slot.kv.exact();
+    const size_t granule = exact_granule();
+    const bool exact = granule > 0 && !pending.params.media && n_keep % granule == 0 && n_keep == slot.kv.exact();
     const size_t reserve = unified_ ? reservation(pending.params) : 0;
     slot.begin(std::move(pending), n_keep, reserve);
     slot.exact_prompt = exact;
@@ -284,9 +283,8 @@ void Engine::count_busy() {
 }
 
 void Engine::loop() {
-    const auto any_active = [&] {
-        return std::any_of(slots_.begin(), slots_.end(), [](const auto & slot) { return slot->active(); });
-    };
+    // Slots change on this thread only, and count_busy() ran after the last change: the count is current.
+    const auto any_active = [&] { return slots_busy_.load() > 0; };
     while (queue_.wait(any_active)) {
         run_tasks();
         // Cancelled requests leave first, so that a request sent right after cancelling another

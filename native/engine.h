@@ -129,6 +129,9 @@ private:
     // The chunk a cold prompt is evaluated in from position 0 (n_ubatch, or n_batch where n_ubatch does not
     // divide it); 0 under batch_invariant, whose outputs do not depend on it.
     size_t prompt_granule() const;
+    // The chunk in which a slot's cells are exact (a cold run's shapes): prompt_granule() with one slot;
+    // 0 with several, whose prompts share batches (their exact cells are not tracked).
+    size_t exact_granule() const { return slots_.size() == 1 ? prompt_granule() : 0; }
     // How much of a saved sequence matching `n` prompt tokens to restore: with one slot, on a memory that
     // can be cut, the largest chunk boundary within its exact cells, so that the rest of the prompt is
     // evaluated in the micro-batches of a cold run and the greedy output is the cold one (prompt_cache.h).

@@ -110,7 +110,7 @@ size_t Engine::restore_point(const StoredPrompt & read, size_t n) const {
     // restored whole (they end after their reply, decoded a token per step: identity cannot hold there).
     // Saved with other batch sizes or several slots (granule 0), or restored into one of several slots
     // (whose prompts share batches): no restore point gives a cold run's shapes; what matches is restored.
-    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;
+    const size_t granule = exact_granule();
     if (disk_exact_ || granule == 0 || read.granule != granule) {
         return n;
     }
@@ -138,7 +138,7 @@ void Engine::save_to_disk(Slot & slot) {
     if (slot.kv.size() < saved.usable + min) {
         return;
     }
-    const size_t granule = slots_.size() == 1 ? prompt_granule() : 0;  // 0: its exact cells are not tracked
+    const size_t granule = exact_granule();
     disk_->save({slot.kv.tokens(), slot.kv.media(), slot.kv.save_state(), static_cast<uint32_t>(granule), slot.kv.exact()});
 }
 
