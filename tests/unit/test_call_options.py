@@ -160,7 +160,7 @@ async def test_a_reply_finished_in_time_is_whole_however_late_it_is_read(tiny_mo
 
 def test_time_in_the_queue_counts(tiny_model_path: str) -> None:
     """With one slot taken and a request queued before it, a call still times out on time."""
-    llm = _llm(tiny_model_path)
+    llm = _llm(tiny_model_path, n_seq=1)  # one slot: the call waits in the queue (with 8 it would just run)
     expected = llm.invoke("Hello there")
     errors: list[BaseException] = []
 
@@ -183,7 +183,7 @@ def test_time_in_the_queue_counts(tiny_model_path: str) -> None:
 
 
 async def test_time_in_the_queue_counts_async(tiny_model_path: str) -> None:
-    llm = _llm(tiny_model_path)
+    llm = _llm(tiny_model_path, n_seq=1)
     expected = await llm.ainvoke("Hello there")
     occupying = [
         asyncio.create_task(llm.ainvoke("Once upon a time", timeout=TIMEOUT + SLACK + 2, **ENDLESS)) for _ in range(2)
