@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +66,23 @@ TOOL_PROMPTS = [
 ]
 
 
-def ours(path: str, threads: int, per_slot: bool = False) -> contextlib.AbstractContextManager[str]:
+@contextlib.contextmanager
+def ours(path: str, threads: int, per_slot: bool = False) -> Iterator[str]:
     """Our server: by default its slots share one KV pool of N_CTX cells (a request may use all of them);
     `per_slot`: a cache of N_CTX / SLOTS cells per slot, the layout llama-server -np has (kv_unified off)."""
     port = free_port()
     args = [sys.executable, "-m", "langchain_llamacpp.server", "--port", str(port)]
     args += ["--n-seq", str(SLOTS), "--n-threads", str(threads)]
-    if not per_slot:
-        return running([*args, "--model", f"local={path}", "--n-ctx", str(N_CTX)], port)
-    model = {"model_path": path, "n_ctx": N_CTX // SLOTS, "model_kwargs": {"kv_unified": 0}}
-    config = Path(tempfile.mkdtemp()) / "per_slot.json"
-    config.write_text(json.dumps({"models": {"local": model}}))
-    return running([*args, "--config", str(config)], port)
+    with tempfile.TemporaryDirectory() as folder:  # the config file lives as long as the server
+        if per_slot:
+            model = {"model_path": path, "n_ctx": N_CTX // SLOTS, "model_kwargs": {"kv_unified": 0}}
+            config = Path(folder) / "per_slot.json"
+            config.write_text(json.dumps({"models": {"local": model}}))
+            args += ["--config", str(config)]
+        else:
+            args += ["--model", f"local={path}", "--n-ctx", str(N_CTX)]
+        with running(args, port) as url:
+            yield url
 
 
 def theirs(path: str, threads: int) -> contextlib.AbstractContextManager[str]:

@@ -6,9 +6,9 @@ finished on its own. A reply that finished in time is returned whole, however la
 
 The engine writes a byte to a pipe when a request has output. `AsyncRequest` lets the event loop
 watch that pipe (one per loop, shared by its requests: `_LoopWaker`), so no thread waits per
-request and the loop is never blocked. A blocking reader
-needs the pipe only until its first output: cancelling ends a request that has a slot within one
-step, but one still queued only once it reaches the head of the queue, so a thread blocked in
+request and the loop is never blocked. A blocking reader needs the pipe only until its first
+output: cancelling ends a request that has a slot within one step, but one still queued only
+once it reaches the head of the queue, so a thread blocked in
 `Request.next()` on it could wait far past the deadline. Until its first output a timed request
 is therefore awaited on the pipe, for no longer than the time left; from then on it is read like
 any other, while a watchdog timer cancels it at the deadline. Neither costs anything per token.
